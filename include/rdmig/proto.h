@@ -1,0 +1,96 @@
+/*
+ * The wire protocol of rdmig's control messages: one header for all of it.
+ *
+ * Every control message is one transport message (rdmig_tp_send/recv):
+ *
+ *   0      4        6      8       12        16
+ *   | magic | version | type | length | reserved | payload (length bytes) ...
+ *
+ * All fields are little-endian and fixed-width, encoded and decoded byte by byte
+ * (no struct overlays), so neither padding nor the host's byte order reaches the
+ * wire. A decoder checks magic, version, type, that length matches the bytes
+ * received exactly, and each type's own limits, before anything else reads the
+ * payload; a message that fails any check is rejected whole with -EBADMSG (or
+ * -EPROTONOSUPPORT for another version) and the caller closes the connection.
+ *
+ * Handshake (rdma/auth.c), both sides at once, before any memory descriptor:
+ *   HELLO   {page_size, role, nonce[32]}          each side's fresh random nonce
+ *   AUTH    {mac[32]}  HMAC-SHA256(token, "rdmig-auth-v1" | role | own nonce | peer nonce)
+ *   AUTH_OK {}         or ERROR {code, text} and the connection is closed
+ * Nothing secret crosses the wire; the role in the MAC stops a reflected answer.
+ */
+#ifndef RDMIG_PROTO_H
+#define RDMIG_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rdmig/transport.h"
+
+#define RDMIG_PROTO_MAGIC 0x474d4452u /* "RDMG" on the wire */
+#define RDMIG_PROTO_VERSION 1u
+#define RDMIG_HDR_LEN 16u
+#define RDMIG_NONCE_LEN 32u
+#define RDMIG_MAC_LEN 32u
+#define RDMIG_ERRTEXT_MAX 200u
+/* A region table fits one message: 16 + 8 + n*32 <= RDMIG_MSG_MAX. */
+#define RDMIG_REGIONS_MAX 2000u
+
+enum rdmig_msg_type {
+	RDMIG_MSG_HELLO = 1,
+	RDMIG_MSG_AUTH = 2,
+	RDMIG_MSG_AUTH_OK = 3,
+	RDMIG_MSG_ERROR = 4,
+	RDMIG_MSG_REGIONS = 5, /* a table of registered regions the peer may read */
+	RDMIG_MSG_BYE = 6,     /* orderly end of a session */
+	RDMIG_MSG_TYPE_MAX = 6,
+};
+
+enum rdmig_role {
+	RDMIG_ROLE_LISTENER = 1,
+	RDMIG_ROLE_CONNECTOR = 2,
+};
+
+struct rdmig_region {
+	uint64_t id; /* the owner's name for it (for a mirror: the target's address) */
+	struct rdmig_rdesc desc;
+};
+
+/* A decoded message, in host form. */
+struct rdmig_msg {
+	uint16_t type;
+	union {
+		struct {
+			uint32_t page_size;
+			uint8_t role;
+			uint8_t nonce[RDMIG_NONCE_LEN];
+		} hello;
+		struct {
+			uint8_t mac[RDMIG_MAC_LEN];
+		} auth;
+		struct {
+			int32_t code; /* an errno value, positive */
+			char text[RDMIG_ERRTEXT_MAX + 1]; /* NUL-terminated, printable */
+		} error;
+		struct {
+			uint32_t count;
+			const uint8_t *raw; /* count entries, decode with rdmig_msg_region() */
+		} regions;
+	} u;
+};
+
+/* Encoders write into buf (cap bytes) and return the message length or -ENOSPC. */
+int rdmig_msg_encode_hello(void *buf, size_t cap, uint32_t page_size, uint8_t role,
+			   const uint8_t nonce[RDMIG_NONCE_LEN]);
+int rdmig_msg_encode_auth(void *buf, size_t cap, const uint8_t mac[RDMIG_MAC_LEN]);
+int rdmig_msg_encode_empty(void *buf, size_t cap, uint16_t type);
+int rdmig_msg_encode_error(void *buf, size_t cap, int code, const char *text);
+int rdmig_msg_encode_regions(void *buf, size_t cap, const struct rdmig_region *r, uint32_t n);
+
+/* Check and decode one received message. 0, -EBADMSG or -EPROTONOSUPPORT. */
+int rdmig_msg_decode(const void *buf, size_t len, struct rdmig_msg *out);
+/* Entry i (< count, checked) of a decoded REGIONS message. */
+int rdmig_msg_region(const struct rdmig_msg *m, uint32_t i, struct rdmig_region *out);
+const char *rdmig_msg_type_name(uint16_t type);
+
+#endif /* RDMIG_PROTO_H */

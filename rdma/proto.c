@@ -1,0 +1,250 @@
+/*
+ * Encoding and checking of control messages (the format is in rdmig/proto.h).
+ * The decoder is the only code that reads bytes from a peer before they are
+ * trusted: it is fuzzed (test/fuzz/fuzz_proto.c) and keeps no state.
+ */
+#include "rdmig/proto.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define REGION_WIRE_LEN 32u
+
+static void put_le16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t get_le16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+	uint32_t v = 0;
+
+	for (int i = 3; i >= 0; i--)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+/* Write the header for a payload of plen bytes; returns the payload pointer. */
+static uint8_t *put_hdr(void *buf, size_t cap, uint16_t type, size_t plen)
+{
+	uint8_t *p = buf;
+
+	if (cap < RDMIG_HDR_LEN || plen > cap - RDMIG_HDR_LEN || plen > RDMIG_MSG_MAX)
+		return NULL;
+	put_le32(p, RDMIG_PROTO_MAGIC);
+	put_le16(p + 4, RDMIG_PROTO_VERSION);
+	put_le16(p + 6, type);
+	put_le32(p + 8, (uint32_t)plen);
+	put_le32(p + 12, 0);
+	return p + RDMIG_HDR_LEN;
+}
+
+int rdmig_msg_encode_hello(void *buf, size_t cap, uint32_t page_size, uint8_t role,
+			   const uint8_t nonce[RDMIG_NONCE_LEN])
+{
+	const size_t plen = 8 + RDMIG_NONCE_LEN;
+	uint8_t *p = put_hdr(buf, cap, RDMIG_MSG_HELLO, plen);
+
+	if (!p)
+		return -ENOSPC;
+	put_le32(p, page_size);
+	p[4] = role;
+	memset(p + 5, 0, 3);
+	memcpy(p + 8, nonce, RDMIG_NONCE_LEN);
+	return (int)(RDMIG_HDR_LEN + plen);
+}
+
+int rdmig_msg_encode_auth(void *buf, size_t cap, const uint8_t mac[RDMIG_MAC_LEN])
+{
+	uint8_t *p = put_hdr(buf, cap, RDMIG_MSG_AUTH, RDMIG_MAC_LEN);
+
+	if (!p)
+		return -ENOSPC;
+	memcpy(p, mac, RDMIG_MAC_LEN);
+	return (int)(RDMIG_HDR_LEN + RDMIG_MAC_LEN);
+}
+
+int rdmig_msg_encode_empty(void *buf, size_t cap, uint16_t type)
+{
+	if (type != RDMIG_MSG_AUTH_OK && type != RDMIG_MSG_BYE)
+		return -EINVAL;
+	if (!put_hdr(buf, cap, type, 0))
+		return -ENOSPC;
+	return (int)RDMIG_HDR_LEN;
+}
+
+int rdmig_msg_encode_error(void *buf, size_t cap, int code, const char *text)
+{
+	size_t tlen = strnlen(text ? text : "", RDMIG_ERRTEXT_MAX);
+	uint8_t *p = put_hdr(buf, cap, RDMIG_MSG_ERROR, 4 + tlen);
+
+	if (!p)
+		return -ENOSPC;
+	put_le32(p, (uint32_t)(code < 0 ? -code : code));
+	for (size_t i = 0; i < tlen; i++) {
+		unsigned char ch = (unsigned char)text[i];
+
+		p[4 + i] = (ch >= 0x20 && ch < 0x7f) ? ch : '?';
+	}
+	return (int)(RDMIG_HDR_LEN + 4 + tlen);
+}
+
+int rdmig_msg_encode_regions(void *buf, size_t cap, const struct rdmig_region *r, uint32_t n)
+{
+	uint8_t *p;
+
+	if (n > RDMIG_REGIONS_MAX)
+		return -E2BIG;
+	p = put_hdr(buf, cap, RDMIG_MSG_REGIONS, 8 + (size_t)n * REGION_WIRE_LEN);
+	if (!p)
+		return -ENOSPC;
+	put_le32(p, n);
+	put_le32(p + 4, 0);
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t *e = p + 8 + (size_t)i * REGION_WIRE_LEN;
+
+		put_le64(e, r[i].id);
+		put_le64(e + 8, r[i].desc.addr);
+		put_le64(e + 16, r[i].desc.len);
+		put_le64(e + 24, r[i].desc.key);
+	}
+	return (int)(RDMIG_HDR_LEN + 8 + (size_t)n * REGION_WIRE_LEN);
+}
+
+static int decode_payload(uint16_t type, const uint8_t *p, uint32_t plen, struct rdmig_msg *m)
+{
+	switch (type) {
+	case RDMIG_MSG_HELLO:
+		if (plen != 8 + RDMIG_NONCE_LEN || p[5] || p[6] || p[7])
+			return -EBADMSG;
+		m->u.hello.page_size = get_le32(p);
+		m->u.hello.role = p[4];
+		if (m->u.hello.role != RDMIG_ROLE_LISTENER && m->u.hello.role != RDMIG_ROLE_CONNECTOR)
+			return -EBADMSG;
+		/* a page size is a power of two between 4 KiB and 1 GiB */
+		if (m->u.hello.page_size < 4096 || m->u.hello.page_size > (1u << 30) ||
+		    (m->u.hello.page_size & (m->u.hello.page_size - 1)))
+			return -EBADMSG;
+		memcpy(m->u.hello.nonce, p + 8, RDMIG_NONCE_LEN);
+		return 0;
+	case RDMIG_MSG_AUTH:
+		if (plen != RDMIG_MAC_LEN)
+			return -EBADMSG;
+		memcpy(m->u.auth.mac, p, RDMIG_MAC_LEN);
+		return 0;
+	case RDMIG_MSG_AUTH_OK:
+	case RDMIG_MSG_BYE:
+		return plen == 0 ? 0 : -EBADMSG;
+	case RDMIG_MSG_ERROR: {
+		uint32_t code;
+
+		if (plen < 4 || plen - 4 > RDMIG_ERRTEXT_MAX)
+			return -EBADMSG;
+		code = get_le32(p);
+		if (code == 0 || code > 4095)
+			return -EBADMSG;
+		m->u.error.code = (int32_t)code;
+		for (uint32_t i = 0; i < plen - 4; i++) {
+			if (p[4 + i] < 0x20 || p[4 + i] >= 0x7f)
+				return -EBADMSG; /* the text goes to a terminal: printable only */
+			m->u.error.text[i] = (char)p[4 + i];
+		}
+		m->u.error.text[plen - 4] = '\0';
+		return 0;
+	}
+	case RDMIG_MSG_REGIONS: {
+		uint32_t n;
+
+		if (plen < 8)
+			return -EBADMSG;
+		n = get_le32(p);
+		if (n > RDMIG_REGIONS_MAX || get_le32(p + 4) != 0 ||
+		    plen != 8 + (uint64_t)n * REGION_WIRE_LEN)
+			return -EBADMSG;
+		for (uint32_t i = 0; i < n; i++) {
+			const uint8_t *e = p + 8 + (size_t)i * REGION_WIRE_LEN;
+			uint64_t addr = get_le64(e + 8), len = get_le64(e + 16);
+
+			/* a region that wraps the address space is a lie */
+			if (len == 0 || addr + len < addr)
+				return -EBADMSG;
+		}
+		m->u.regions.count = n;
+		m->u.regions.raw = p + 8;
+		return 0;
+	}
+	default:
+		return -EBADMSG;
+	}
+}
+
+int rdmig_msg_decode(const void *buf, size_t len, struct rdmig_msg *out)
+{
+	const uint8_t *p = buf;
+	uint32_t plen;
+	uint16_t type;
+
+	memset(out, 0, sizeof(*out));
+	if (!buf || len < RDMIG_HDR_LEN || len > RDMIG_MSG_MAX)
+		return -EBADMSG;
+	if (get_le32(p) != RDMIG_PROTO_MAGIC)
+		return -EBADMSG;
+	if (get_le16(p + 4) != RDMIG_PROTO_VERSION)
+		return -EPROTONOSUPPORT;
+	type = get_le16(p + 6);
+	plen = get_le32(p + 8);
+	if (type == 0 || type > RDMIG_MSG_TYPE_MAX || get_le32(p + 12) != 0)
+		return -EBADMSG;
+	if (plen != len - RDMIG_HDR_LEN)
+		return -EBADMSG;
+	out->type = type;
+	return decode_payload(type, p + RDMIG_HDR_LEN, plen, out);
+}
+
+int rdmig_msg_region(const struct rdmig_msg *m, uint32_t i, struct rdmig_region *out)
+{
+	const uint8_t *e;
+
+	if (m->type != RDMIG_MSG_REGIONS || i >= m->u.regions.count)
+		return -EINVAL;
+	e = m->u.regions.raw + (size_t)i * REGION_WIRE_LEN;
+	out->id = get_le64(e);
+	out->desc.addr = get_le64(e + 8);
+	out->desc.len = get_le64(e + 16);
+	out->desc.key = get_le64(e + 24);
+	return 0;
+}
+
+const char *rdmig_msg_type_name(uint16_t type)
+{
+	static const char *const names[] = { "?", "HELLO", "AUTH", "AUTH_OK", "ERROR", "REGIONS", "BYE" };
+
+	return type <= RDMIG_MSG_TYPE_MAX ? names[type] : "?";
+}

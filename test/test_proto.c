@@ -1,0 +1,150 @@
+/*
+ * Unit tests of the control-message codec (rdma/proto.c) and host:port parsing:
+ * every encoder round-trips, and every way a message can be malformed is refused.
+ */
+#include "helpers.h"
+
+#include "rdmig/proto.h"
+#include "tp_internal.h"
+
+#include <stdint.h>
+
+T_DEFINE_STATE;
+
+static void roundtrip_hello(void)
+{
+	uint8_t buf[256], nonce[RDMIG_NONCE_LEN];
+	struct rdmig_msg m;
+
+	for (unsigned i = 0; i < sizeof(nonce); i++)
+		nonce[i] = (uint8_t)(i * 7);
+	int n = rdmig_msg_encode_hello(buf, sizeof(buf), 4096, RDMIG_ROLE_CONNECTOR, nonce);
+	T_CHECK(n == RDMIG_HDR_LEN + 40, "length %d", n);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_HELLO, "type %u", m.type);
+	T_CHECK(m.u.hello.page_size == 4096 && m.u.hello.role == RDMIG_ROLE_CONNECTOR, "fields");
+	T_CHECK(!memcmp(m.u.hello.nonce, nonce, sizeof(nonce)), "nonce");
+	/* the byte order on the wire is little-endian whatever the host is */
+	T_CHECK(buf[0] == 'R' && buf[1] == 'D' && buf[2] == 'M' && buf[3] == 'G', "magic bytes");
+	T_CHECK(rdmig_msg_encode_hello(buf, 20, 4096, 1, nonce) == -ENOSPC, "short buffer");
+}
+
+static void roundtrip_regions(void)
+{
+	static uint8_t buf[RDMIG_MSG_MAX];
+	struct rdmig_region r[3] = {
+		{ 0x7f0000000000, { 0x1000, 1 << 20, 42 } },
+		{ 2, { 0, 4096, UINT64_MAX } },
+		{ 3, { UINT64_MAX - 4096, 4096, 7 } },
+	}, got;
+	struct rdmig_msg m;
+	int n = rdmig_msg_encode_regions(buf, sizeof(buf), r, 3);
+
+	T_CHECK(n > 0, "encode %d", n);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.u.regions.count == 3, "count %u", m.u.regions.count);
+	for (uint32_t i = 0; i < 3; i++) {
+		T_OK(rdmig_msg_region(&m, i, &got));
+		T_CHECK(!memcmp(&got, &r[i], sizeof(got)), "entry %u", i);
+	}
+	T_CHECK(rdmig_msg_region(&m, 3, &got) == -EINVAL, "index past the end");
+	T_CHECK(rdmig_msg_encode_regions(buf, sizeof(buf), r, RDMIG_REGIONS_MAX + 1) == -E2BIG,
+		"too many");
+	n = rdmig_msg_encode_regions(buf, sizeof(buf), r, 0);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+}
+
+static void roundtrip_error(void)
+{
+	uint8_t buf[512];
+	struct rdmig_msg m;
+	int n = rdmig_msg_encode_error(buf, sizeof(buf), -EACCES, "no\x1b[31mway");
+
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.u.error.code == EACCES, "code %d", m.u.error.code);
+	/* control characters never reach a terminal */
+	T_CHECK(!strcmp(m.u.error.text, "no?[31mway"), "text '%s'", m.u.error.text);
+}
+
+static void rejects_malformed(void)
+{
+	uint8_t buf[256], nonce[RDMIG_NONCE_LEN] = { 0 }, bad[256];
+	struct rdmig_msg m;
+	int n = rdmig_msg_encode_hello(buf, sizeof(buf), 4096, RDMIG_ROLE_LISTENER, nonce);
+
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n - 1, &m) == -EBADMSG, "truncated");
+	T_CHECK(rdmig_msg_decode(buf, 3, &m) == -EBADMSG, "shorter than a header");
+	memcpy(bad, buf, (size_t)n);
+	bad[0] ^= 1;
+	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EBADMSG, "magic");
+	memcpy(bad, buf, (size_t)n);
+	bad[4] = 2;
+	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EPROTONOSUPPORT, "version");
+	memcpy(bad, buf, (size_t)n);
+	bad[6] = 99;
+	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EBADMSG, "type");
+	memcpy(bad, buf, (size_t)n);
+	bad[8] = 0xff;
+	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EBADMSG, "length field");
+	memcpy(bad, buf, (size_t)n);
+	bad[RDMIG_HDR_LEN + 4] = 9;
+	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EBADMSG, "role");
+	memcpy(bad, buf, (size_t)n);
+	bad[RDMIG_HDR_LEN + 1] = 0x30; /* page size 0x3000: not a power of two */
+	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EBADMSG, "page size");
+	memcpy(bad, buf, (size_t)n);
+	bad[12] = 1;
+	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EBADMSG, "reserved bits");
+
+	/* a region table whose count disagrees with its length, or that wraps */
+	struct rdmig_region r = { 1, { UINT64_MAX - 10, 4096, 1 } };
+	n = rdmig_msg_encode_regions(buf, sizeof(buf), &r, 1);
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "wrapping region");
+	r.desc.addr = 0;
+	n = rdmig_msg_encode_regions(buf, sizeof(buf), &r, 1);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	buf[RDMIG_HDR_LEN] = 2;
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "count vs length");
+	r.desc.len = 0;
+	buf[RDMIG_HDR_LEN] = 1;
+	n = rdmig_msg_encode_regions(buf, sizeof(buf), &r, 1);
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "empty region");
+
+	n = rdmig_msg_encode_empty(buf, sizeof(buf), RDMIG_MSG_AUTH_OK);
+	buf[8] = 1;
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n + 1, &m) == -EBADMSG, "AUTH_OK with payload");
+	n = rdmig_msg_encode_error(buf, sizeof(buf), EIO, "x");
+	buf[RDMIG_HDR_LEN] = 0;
+	buf[RDMIG_HDR_LEN + 1] = 0;
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "error code 0");
+	T_CHECK(rdmig_msg_encode_empty(buf, sizeof(buf), RDMIG_MSG_HELLO) == -EINVAL,
+		"empty HELLO");
+}
+
+static void hostport(void)
+{
+	char h[64], p[8];
+
+	T_OK(rdmig_split_hostport("127.0.0.1:7471", h, sizeof(h), p, sizeof(p)));
+	T_CHECK(!strcmp(h, "127.0.0.1") && !strcmp(p, "7471"), "%s %s", h, p);
+	T_OK(rdmig_split_hostport("[::1]:0", h, sizeof(h), p, sizeof(p)));
+	T_CHECK(!strcmp(h, "::1") && !strcmp(p, "0"), "%s %s", h, p);
+	T_CHECK(rdmig_split_hostport("::1:80", h, sizeof(h), p, sizeof(p)) == -EINVAL, "bare v6");
+	T_CHECK(rdmig_split_hostport("host", h, sizeof(h), p, sizeof(p)) == -EINVAL, "no port");
+	T_CHECK(rdmig_split_hostport("host:", h, sizeof(h), p, sizeof(p)) == -EINVAL, "empty port");
+	T_CHECK(rdmig_split_hostport(":80", h, sizeof(h), p, sizeof(p)) == -EINVAL, "empty host");
+	T_CHECK(rdmig_split_hostport("h:65536", h, sizeof(h), p, sizeof(p)) == -EINVAL, "port");
+	T_CHECK(rdmig_split_hostport("h:-1", h, sizeof(h), p, sizeof(p)) == -EINVAL, "sign");
+	T_CHECK(rdmig_split_hostport("[::1]80", h, sizeof(h), p, sizeof(p)) == -EINVAL, "bracket");
+}
+
+int main(int argc, char **argv)
+{
+	t_state.only = argc > 1 ? argv[1] : NULL;
+	T_RUN(roundtrip_hello);
+	T_RUN(roundtrip_regions);
+	T_RUN(roundtrip_error);
+	T_RUN(rejects_malformed);
+	T_RUN(hostport);
+	return t_finish();
+}
