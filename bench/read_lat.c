@@ -52,7 +52,7 @@ struct result {
 	int have_bw;
 };
 
-static const size_t sizes[2] = { 4096, 65536 };
+static const size_t sizes[2] = {4096, 65536};
 
 static uint64_t mix64(uint64_t x)
 {
@@ -83,7 +83,7 @@ static void tp_server(const struct opts *o, struct rdmig_listener *l) __attribut
 static void tp_server(const struct opts *o, struct rdmig_listener *l)
 {
 	static uint8_t msg[RDMIG_MSG_MAX];
-	struct rdmig_region reg = { .id = 1 };
+	struct rdmig_region reg = {.id = 1};
 	struct rdmig_conn *c;
 	struct rdmig_mr *mr;
 	uint8_t *region;
@@ -167,7 +167,7 @@ static int run_ours(const struct opts *o, struct result *res)
 	close(pfd[0]);
 	if (port < 0) {
 		fprintf(stderr, "read_lat: the %s transport cannot listen on %s: %s\n",
-			o->tp.transport, o->addr, strerror(-port));
+		        o->tp.transport, o->addr, strerror(-port));
 		ret = port;
 		goto out_kill;
 	}
@@ -230,7 +230,7 @@ static int run_ours(const struct opts *o, struct result *res)
 			while (inflight < BW_DEPTH &&
 			       now_ns() - t0 < (uint64_t)o->bw_ms * 1000000ull) {
 				ret = rdmig_tp_post_read(c, buf + (seq % BW_DEPTH) * 65536, mr, len,
-							 &reg.desc, offset_of(seq, len), seq);
+				                         &reg.desc, offset_of(seq, len), seq);
 				if (ret < 0)
 					goto out_dereg;
 				seq++;
@@ -260,7 +260,7 @@ out_dereg:
 out_close:
 	if (ret < 0)
 		fprintf(stderr, "read_lat: %s transport failed: %s\n", o->tp.transport,
-			strerror(-ret));
+		        strerror(-ret));
 	if (c)
 		rdmig_tp_send(c, "bye", 3);
 	rdmig_tp_close(c);
@@ -309,7 +309,7 @@ static int run_tcp_baseline(const struct opts *o, struct result *res)
 		}
 		lat_compute(ns, (size_t)o->iters, &res->lat[s]);
 		lat_print_histogram(s ? "tcp page server 64KiB" : "tcp page server 4KiB", ns,
-				    (size_t)o->iters);
+		                    (size_t)o->iters);
 
 		uint64_t t0 = now_ns(), bytes = 0, seq = 0;
 		int inflight = 0;
@@ -360,13 +360,15 @@ static int run_perftest_baseline(const struct opts *o, struct result *res)
 		size_t n;
 
 		fputs(line, stdout);
-		if (sscanf(line, "perftest read_lat %lu p50_us=%lf p90_us=%lf p99_us=%lf max_us=%lf n=%zu",
-			   &size, &p50, &p90, &p99, &max, &n) == 6) {
+		if (sscanf(
+		        line,
+		        "perftest read_lat %lu p50_us=%lf p90_us=%lf p99_us=%lf max_us=%lf n=%zu",
+		        &size, &p50, &p90, &p99, &max, &n) == 6) {
 			int s = size == 4096 ? 0 : size == 65536 ? 1 : -1;
 
 			if (s >= 0) {
-				res->lat[s] = (struct lat_stats){ .p50 = p50, .p90 = p90, .p99 = p99,
-								  .max = max, .n = n };
+				res->lat[s] = (struct lat_stats){
+				    .p50 = p50, .p90 = p90, .p99 = p99, .max = max, .n = n};
 				got |= 1 << s;
 			}
 		} else if (sscanf(line, "perftest read_bw %lu MBps=%lf", &size, &mbps) == 2) {
@@ -379,8 +381,9 @@ static int run_perftest_baseline(const struct opts *o, struct result *res)
 		}
 	}
 	if (pclose(f) != 0 || (got & 3) != 3) {
-		fprintf(stderr, "read_lat: the perftest baseline (%s) failed or printed no latency\n",
-			o->perftest_cmd);
+		fprintf(stderr,
+		        "read_lat: the perftest baseline (%s) failed or printed no latency\n",
+		        o->perftest_cmd);
 		return -EIO;
 	}
 	res->have_bw = (got & 12) == 12;
@@ -390,9 +393,9 @@ static int run_perftest_baseline(const struct opts *o, struct result *res)
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: read_lat [--transport fabric|verbs] [--provider tcp|verbs] [--addr IPV4]\n"
-		"                [--token-file F] [--iters N] [--bw-ms MS]\n"
-		"                [--baseline tcp|perftest|none] [--perftest-cmd CMD]\n");
+	        "usage: read_lat [--transport fabric|verbs] [--provider tcp|verbs] [--addr IPV4]\n"
+	        "                [--token-file F] [--iters N] [--bw-ms MS]\n"
+	        "                [--baseline tcp|perftest|none] [--perftest-cmd CMD]\n");
 	exit(2);
 }
 
@@ -423,8 +426,8 @@ static int make_token(char *path, size_t cap)
 
 int main(int argc, char **argv)
 {
-	struct opts o = { .addr = "127.0.0.1", .iters = 5000, .bw_ms = 2000 };
-	struct result ours = { 0 }, base = { 0 };
+	struct opts o = {.addr = "127.0.0.1", .iters = 5000, .bw_ms = 2000};
+	struct result ours = {0}, base = {0};
 	char token[64] = "", label[64];
 	const char *bname = NULL;
 	int ret;
@@ -471,8 +474,8 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	printf("read_lat: transport %s%s%s, %s, %d samples per size, bandwidth at %d in flight\n",
-	       o.tp.transport, o.tp.provider ? "/" : "", o.tp.provider ? o.tp.provider : "",
-	       o.addr, o.iters, BW_DEPTH);
+	       o.tp.transport, o.tp.provider ? "/" : "", o.tp.provider ? o.tp.provider : "", o.addr,
+	       o.iters, BW_DEPTH);
 	fflush(stdout);
 	ret = run_ours(&o, &ours);
 	if (ret == 0) {
@@ -495,7 +498,7 @@ int main(int argc, char **argv)
 	lat_print_header();
 	for (int s = 0; s < 2; s++) {
 		snprintf(label, sizeof(label), "%s %s READ %zuKiB", o.tp.transport,
-			 o.tp.provider ? o.tp.provider : "", sizes[s] >> 10);
+		         o.tp.provider ? o.tp.provider : "", sizes[s] >> 10);
 		lat_print_row(label, &ours.lat[s]);
 		if (bname) {
 			snprintf(label, sizeof(label), "%s %zuKiB", bname, sizes[s] >> 10);

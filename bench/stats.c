@@ -60,7 +60,7 @@ void lat_print_row(const char *label, const struct lat_stats *st)
 
 void lat_print_histogram(const char *label, const uint64_t *s, size_t n)
 {
-	size_t counts[40] = { 0 }, most = 0;
+	size_t counts[40] = {0}, most = 0;
 	int lo = 39, hi = 0;
 
 	for (size_t i = 0; i < n; i++) {

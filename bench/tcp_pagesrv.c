@@ -86,10 +86,10 @@ static void serve(int lfd, const uint8_t *region, size_t size)
 	}
 }
 
-int tcp_pagesrv_start(const char *addr, size_t region, void (*fill)(uint8_t *, size_t),
-		      pid_t *pid, int *port)
+int tcp_pagesrv_start(const char *addr, size_t region, void (*fill)(uint8_t *, size_t), pid_t *pid,
+                      int *port)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct sockaddr_in sa = {.sin_family = AF_INET};
 	socklen_t sl = sizeof(sa);
 	int lfd, one = 1;
 
@@ -116,7 +116,7 @@ int tcp_pagesrv_start(const char *addr, size_t region, void (*fill)(uint8_t *, s
 	}
 	if (*pid == 0) {
 		uint8_t *r = mmap(NULL, region, PROT_READ | PROT_WRITE,
-				  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+		                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 
 		if (r == MAP_FAILED)
 			_exit(1);
@@ -137,7 +137,7 @@ void tcp_pagesrv_stop(pid_t pid)
 
 int tcp_pagesrv_connect(const char *addr, int port)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
 	int fd;
 
 	if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1)
@@ -158,7 +158,7 @@ int tcp_pagesrv_connect(const char *addr, int port)
 
 int tcp_page_request(int fd, uint64_t off, uint32_t len)
 {
-	uint8_t req[16] = { 0 };
+	uint8_t req[16] = {0};
 
 	for (int i = 0; i < 8; i++)
 		req[i] = (uint8_t)(off >> (8 * i));

@@ -12,8 +12,8 @@
 #include <sys/types.h>
 
 /* Fork a server holding region bytes of 'fill'ed memory on addr (IPv4), any port. */
-int tcp_pagesrv_start(const char *addr, size_t region, void (*fill)(uint8_t *, size_t),
-		      pid_t *pid, int *port);
+int tcp_pagesrv_start(const char *addr, size_t region, void (*fill)(uint8_t *, size_t), pid_t *pid,
+                      int *port);
 void tcp_pagesrv_stop(pid_t pid);
 int tcp_pagesrv_connect(const char *addr, int port);
 /* Ask for len bytes at off (no wait for the answer). */

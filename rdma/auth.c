@@ -3,8 +3,8 @@
  * page size agree, and each side proves it holds the shared secret (the token
  * file) without sending it. Flow and message formats: include/rdmig/proto.h.
  *
- * Both sides run the same steps at once (neither waits for the other to speak
- * first), so the handshake costs two round trips whoever is slower. A failure at
+ * Both sides send HELLO at once; then the connector proves itself, and the
+ * listener proves itself only to a connector that passed. A failure at
  * any step closes the connection in the caller; the peer is told why with an
  * ERROR message where that is safe (it never learns which part of the proof was
  * wrong beyond "authentication failed").
@@ -57,13 +57,15 @@ int rdmig_token_load(const char *path, struct rdmig_token *tok)
 	}
 	/* Like ssh with its keys: a secret others can read is no secret. */
 	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-		pr_err("token file %s is accessible by group or others (mode %03o); run chmod 600 %s",
-		       path, (unsigned)(st.st_mode & 0777), path);
+		pr_err(
+		    "token file %s is accessible by group or others (mode %03o); run chmod 600 %s",
+		    path, (unsigned)(st.st_mode & 0777), path);
 		ret = -EPERM;
 		goto out_close;
 	}
 	if (st.st_size < TOKEN_MIN || st.st_size > TOKEN_MAX) {
-		pr_err("token file %s holds %lld bytes; it needs %d to %d (e.g. head -c 32 /dev/urandom | base64 > %s)",
+		pr_err("token file %s holds %lld bytes; it needs %d to %d (e.g. head -c 32 "
+		       "/dev/urandom | base64 > %s)",
 		       path, (long long)st.st_size, TOKEN_MIN, TOKEN_MAX, path);
 		ret = -EINVAL;
 		goto out_close;
@@ -88,7 +90,7 @@ void rdmig_token_wipe(struct rdmig_token *tok)
 
 /* HMAC-SHA256(key, "rdmig-auth-v1" | role | nonce_a | nonce_b) */
 static int auth_mac(const struct rdmig_token *tok, uint8_t role, const uint8_t *nonce_a,
-		    const uint8_t *nonce_b, uint8_t mac[RDMIG_MAC_LEN])
+                    const uint8_t *nonce_b, uint8_t mac[RDMIG_MAC_LEN])
 {
 	static const char label[] = "rdmig-auth-v1";
 	uint8_t msg[sizeof(label) - 1 + 1 + 2 * RDMIG_NONCE_LEN];
@@ -124,7 +126,7 @@ static int left_ms(long long deadline)
  * (logged); any other type than 'want' is a protocol error.
  */
 static int recv_expect(struct rdmig_conn *c, uint8_t *buf, size_t cap, long long deadline,
-		       uint16_t want, struct rdmig_msg *m)
+                       uint16_t want, struct rdmig_msg *m)
 {
 	int n = c->ops->recv(c, buf, cap, left_ms(deadline));
 
@@ -165,6 +167,14 @@ static void send_error(struct rdmig_conn *c, int code, const char *text)
 
 	if (n > 0 && c->ops->send(c, buf, (size_t)n) < 0)
 		pr_debug("could not tell the peer: %s", text);
+}
+
+static int send_auth(struct rdmig_conn *c, const uint8_t mac[RDMIG_MAC_LEN])
+{
+	uint8_t buf[RDMIG_HDR_LEN + RDMIG_MAC_LEN];
+	int n = rdmig_msg_encode_auth(buf, sizeof(buf), mac);
+
+	return n < 0 ? n : c->ops->send(c, buf, (size_t)n);
 }
 
 int rdmig_handshake(struct rdmig_conn *c, const struct rdmig_tp_opts *o, uint8_t role)
@@ -216,13 +226,20 @@ int rdmig_handshake(struct rdmig_conn *c, const struct rdmig_tp_opts *o, uint8_t
 		goto out_wipe;
 	}
 
+	/*
+	 * The connector proves itself first; the listener answers with its own proof
+	 * only after checking the connector's, so a peer without the token learns
+	 * nothing but a nonce and "authentication failed". The connector then
+	 * checks the listener's proof and confirms with AUTH_OK.
+	 */
 	ret = auth_mac(&tok, role, nonce, peer_nonce, mac);
 	if (ret < 0)
 		goto out_wipe;
-	n = rdmig_msg_encode_auth(buf, sizeof(buf), mac);
-	ret = n < 0 ? n : c->ops->send(c, buf, (size_t)n);
-	if (ret < 0)
-		goto out_wipe;
+	if (role == RDMIG_ROLE_CONNECTOR) {
+		ret = send_auth(c, mac);
+		if (ret < 0)
+			goto out_wipe;
+	}
 	ret = recv_expect(c, buf, sizeof(buf), deadline, RDMIG_MSG_AUTH, &m);
 	if (ret < 0)
 		goto out_wipe;
@@ -235,13 +252,16 @@ int rdmig_handshake(struct rdmig_conn *c, const struct rdmig_tp_opts *o, uint8_t
 		ret = -EACCES;
 		goto out_wipe;
 	}
-
-	n = rdmig_msg_encode_empty(buf, sizeof(buf), RDMIG_MSG_AUTH_OK);
-	ret = n < 0 ? n : c->ops->send(c, buf, (size_t)n);
-	if (ret < 0)
-		goto out_wipe;
-	/* The peer may still reject us: only its AUTH_OK makes the connection usable. */
-	ret = recv_expect(c, buf, sizeof(buf), deadline, RDMIG_MSG_AUTH_OK, &m);
+	if (role == RDMIG_ROLE_LISTENER) {
+		ret = send_auth(c, mac);
+		if (ret < 0)
+			goto out_wipe;
+		/* the connector may still reject our proof */
+		ret = recv_expect(c, buf, sizeof(buf), deadline, RDMIG_MSG_AUTH_OK, &m);
+	} else {
+		n = rdmig_msg_encode_empty(buf, sizeof(buf), RDMIG_MSG_AUTH_OK);
+		ret = n < 0 ? n : c->ops->send(c, buf, (size_t)n);
+	}
 out_wipe:
 	rdmig_token_wipe(&tok);
 	OPENSSL_cleanse(mac, sizeof(mac));

@@ -9,7 +9,7 @@
 #include <string.h>
 
 int rdmig_split_hostport(const char *hostport, char *host, size_t hostcap, char *port,
-			 size_t portcap)
+                         size_t portcap)
 {
 	const char *colon, *h = hostport;
 	size_t hlen;

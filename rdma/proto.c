@@ -67,7 +67,7 @@ static uint8_t *put_hdr(void *buf, size_t cap, uint16_t type, size_t plen)
 }
 
 int rdmig_msg_encode_hello(void *buf, size_t cap, uint32_t page_size, uint8_t role,
-			   const uint8_t nonce[RDMIG_NONCE_LEN])
+                           const uint8_t nonce[RDMIG_NONCE_LEN])
 {
 	const size_t plen = 8 + RDMIG_NONCE_LEN;
 	uint8_t *p = put_hdr(buf, cap, RDMIG_MSG_HELLO, plen);
@@ -146,7 +146,8 @@ static int decode_payload(uint16_t type, const uint8_t *p, uint32_t plen, struct
 			return -EBADMSG;
 		m->u.hello.page_size = get_le32(p);
 		m->u.hello.role = p[4];
-		if (m->u.hello.role != RDMIG_ROLE_LISTENER && m->u.hello.role != RDMIG_ROLE_CONNECTOR)
+		if (m->u.hello.role != RDMIG_ROLE_LISTENER &&
+		    m->u.hello.role != RDMIG_ROLE_CONNECTOR)
 			return -EBADMSG;
 		/* a page size is a power of two between 4 KiB and 1 GiB */
 		if (m->u.hello.page_size < 4096 || m->u.hello.page_size > (1u << 30) ||
@@ -244,7 +245,8 @@ int rdmig_msg_region(const struct rdmig_msg *m, uint32_t i, struct rdmig_region 
 
 const char *rdmig_msg_type_name(uint16_t type)
 {
-	static const char *const names[] = { "?", "HELLO", "AUTH", "AUTH_OK", "ERROR", "REGIONS", "BYE" };
+	static const char *const names[] = {"?",     "HELLO",   "AUTH", "AUTH_OK",
+	                                    "ERROR", "REGIONS", "BYE"};
 
 	return type <= RDMIG_MSG_TYPE_MAX ? names[type] : "?";
 }

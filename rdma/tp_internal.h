@@ -33,7 +33,7 @@ struct rdmig_mr {
 	unsigned access;
 };
 
-#define rdmig_container_of(ptr, type, member) \
+#define rdmig_container_of(ptr, type, member)                                                      \
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 /* op_timeout_ms with its default applied */
@@ -44,6 +44,6 @@ static inline int rdmig_opts_op_timeout(const struct rdmig_tp_opts *o)
 
 /* Split "host:port" / "[v6]:port" into host and port. 0 or -EINVAL. */
 int rdmig_split_hostport(const char *hostport, char *host, size_t hostcap, char *port,
-			 size_t portcap);
+                         size_t portcap);
 
 #endif /* RDMIG_TP_INTERNAL_H */

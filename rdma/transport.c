@@ -21,8 +21,8 @@
 static atomic_long live_listeners, live_conns, live_mrs;
 
 static const struct rdmig_transport_ops *const backends[] = {
-	&rdmig_fabric_ops,
-	&rdmig_verbs_ops,
+    &rdmig_fabric_ops,
+    &rdmig_verbs_ops,
 };
 
 const struct rdmig_transport_ops *rdmig_tp_find(const char *name)
@@ -47,7 +47,7 @@ static const struct rdmig_transport_ops *find_or_complain(const struct rdmig_tp_
 }
 
 int rdmig_tp_listen(const struct rdmig_tp_opts *o, const char *hostport,
-		    struct rdmig_listener **out)
+                    struct rdmig_listener **out)
 {
 	const struct rdmig_transport_ops *ops = find_or_complain(o);
 	struct rdmig_listener *l = NULL;
@@ -91,8 +91,7 @@ int rdmig_tp_accept(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn 
 	atomic_fetch_add(&live_conns, 1);
 	ret = rdmig_handshake(c, &l->opts, RDMIG_ROLE_LISTENER);
 	if (ret < 0) {
-		pr_warn("peer rejected during the handshake (%s); disconnected it",
-			strerror(-ret));
+		pr_warn("peer rejected during the handshake (%s); disconnected it", strerror(-ret));
 		rdmig_tp_close(c);
 		return ret == -EACCES ? -EACCES : ret;
 	}
@@ -109,7 +108,7 @@ void rdmig_tp_close_listener(struct rdmig_listener *l)
 }
 
 int rdmig_tp_connect(const struct rdmig_tp_opts *o, const char *hostport, int timeout_ms,
-		     struct rdmig_conn **out)
+                     struct rdmig_conn **out)
 {
 	const struct rdmig_transport_ops *ops = find_or_complain(o);
 	struct rdmig_conn *c = NULL;
@@ -148,7 +147,7 @@ void rdmig_tp_close(struct rdmig_conn *c)
 }
 
 int rdmig_tp_mr_reg(struct rdmig_conn *c, void *addr, size_t len, unsigned access,
-		    struct rdmig_mr **out)
+                    struct rdmig_mr **out)
 {
 	struct rdmig_mr *mr = NULL;
 	int ret;
@@ -190,7 +189,7 @@ void rdmig_tp_mr_desc(const struct rdmig_mr *mr, struct rdmig_rdesc *out)
 
 /* Both ends of an operation inside their regions, no wrap-around. */
 static int check_xfer(struct rdmig_conn *c, const void *local, const struct rdmig_mr *lmr,
-		      size_t len, const struct rdmig_rdesc *r, uint64_t roff)
+                      size_t len, const struct rdmig_rdesc *r, uint64_t roff)
 {
 	uintptr_t l = (uintptr_t)local, base;
 
@@ -205,15 +204,15 @@ static int check_xfer(struct rdmig_conn *c, const void *local, const struct rdmi
 }
 
 int rdmig_tp_post_read(struct rdmig_conn *c, void *local, struct rdmig_mr *lmr, size_t len,
-		       const struct rdmig_rdesc *r, uint64_t roff, uint64_t ctx)
+                       const struct rdmig_rdesc *r, uint64_t roff, uint64_t ctx)
 {
 	int ret = check_xfer(c, local, lmr, len, r, roff);
 
 	return ret < 0 ? ret : c->ops->post_read(c, local, lmr, len, r, roff, ctx);
 }
 
-int rdmig_tp_post_write(struct rdmig_conn *c, const void *local, struct rdmig_mr *lmr,
-			size_t len, const struct rdmig_rdesc *r, uint64_t roff, uint64_t ctx)
+int rdmig_tp_post_write(struct rdmig_conn *c, const void *local, struct rdmig_mr *lmr, size_t len,
+                        const struct rdmig_rdesc *r, uint64_t roff, uint64_t ctx)
 {
 	int ret = check_xfer(c, local, lmr, len, r, roff);
 
@@ -238,7 +237,7 @@ static long long now_ms(void)
 int rdmig_tp_wait(struct rdmig_conn *c, struct rdmig_completion *out, int max, int timeout_ms)
 {
 	long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
-	struct pollfd pfd = { .fd = c->ops->event_fd(c), .events = POLLIN };
+	struct pollfd pfd = {.fd = c->ops->event_fd(c), .events = POLLIN};
 
 	for (;;) {
 		int n = rdmig_tp_poll(c, out, max);

@@ -17,7 +17,7 @@
 static _Atomic int log_level = -1;
 static char log_tag[32];
 
-static const char *const level_names[] = { "error", "warn", "info", "debug" };
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void rdmig_log_set_level(enum rdmig_log_level level)
 {
@@ -45,7 +45,7 @@ void rdmig_log_set_tag(const char *tag)
 }
 
 void rdmig_log_emit(enum rdmig_log_level level, const char *subsys, const char *func, int line,
-		    const char *fmt, ...)
+                    const char *fmt, ...)
 {
 	int saved = errno;
 	char buf[1024];
@@ -55,9 +55,9 @@ void rdmig_log_emit(enum rdmig_log_level level, const char *subsys, const char *
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	n = snprintf(buf, sizeof(buf), "[%5lld.%06ld] %s%s%s %s %s:%d: ", (long long)ts.tv_sec,
-		     ts.tv_nsec / 1000, log_tag[0] ? log_tag : "", log_tag[0] ? " " : "",
-		     level_names[level > RDMIG_LOG_DEBUG ? RDMIG_LOG_DEBUG : level], subsys, func,
-		     line);
+	             ts.tv_nsec / 1000, log_tag[0] ? log_tag : "", log_tag[0] ? " " : "",
+	             level_names[level > RDMIG_LOG_DEBUG ? RDMIG_LOG_DEBUG : level], subsys, func,
+	             line);
 	if (n < 0)
 		n = 0;
 	if ((size_t)n < sizeof(buf)) {

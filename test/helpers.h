@@ -26,44 +26,44 @@ struct t_state {
 
 extern struct t_state t_state;
 
-#define T_CHECK(cond, ...)                                                              \
-	do {                                                                            \
-		if (!(cond)) {                                                          \
-			t_state.checks_failed++;                                        \
-			fprintf(stderr, "  FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-			fprintf(stderr, __VA_ARGS__);                                   \
-			fputc('\n', stderr);                                            \
-		}                                                                       \
+#define T_CHECK(cond, ...)                                                                         \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			t_state.checks_failed++;                                                   \
+			fprintf(stderr, "  FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);          \
+			fprintf(stderr, __VA_ARGS__);                                              \
+			fputc('\n', stderr);                                                       \
+		}                                                                                  \
 	} while (0)
 
 /* An int result that must be 0 (or >= 0); prints the errno name otherwise. */
-#define T_OK(expr)                                                                      \
-	do {                                                                            \
-		int t_ret_ = (expr);                                                    \
-		T_CHECK(t_ret_ >= 0, "%s returned %d (%s)", #expr, t_ret_,              \
-			strerror(t_ret_ < 0 ? -t_ret_ : 0));                            \
+#define T_OK(expr)                                                                                 \
+	do {                                                                                       \
+		int t_ret_ = (expr);                                                               \
+		T_CHECK(t_ret_ >= 0, "%s returned %d (%s)", #expr, t_ret_,                         \
+		        strerror(t_ret_ < 0 ? -t_ret_ : 0));                                       \
 	} while (0)
 
-#define T_RUN(fn)                                                                       \
-	do {                                                                            \
-		if (t_state.only && strcmp(t_state.only, #fn))                          \
-			break;                                                          \
-		t_state.checks_failed = 0;                                              \
-		struct timespec t_a_, t_b_;                                             \
-		clock_gettime(CLOCK_MONOTONIC, &t_a_);                                  \
-		fprintf(stderr, "-- %s\n", #fn);                                        \
-		fn();                                                                   \
-		clock_gettime(CLOCK_MONOTONIC, &t_b_);                                  \
-		double t_s_ = (double)(t_b_.tv_sec - t_a_.tv_sec) +                    \
-			      (double)(t_b_.tv_nsec - t_a_.tv_nsec) / 1e9;              \
-		if (t_state.checks_failed) {                                            \
-			t_state.failed++;                                               \
-			printf("not ok %s (%.1fs)\n", #fn, t_s_);                        \
-		} else {                                                                \
-			t_state.passed++;                                               \
-			printf("ok %s (%.1fs)\n", #fn, t_s_);                            \
-		}                                                                       \
-		fflush(stdout);                                                         \
+#define T_RUN(fn)                                                                                  \
+	do {                                                                                       \
+		if (t_state.only && strcmp(t_state.only, #fn))                                     \
+			break;                                                                     \
+		t_state.checks_failed = 0;                                                         \
+		struct timespec t_a_, t_b_;                                                        \
+		clock_gettime(CLOCK_MONOTONIC, &t_a_);                                             \
+		fprintf(stderr, "-- %s\n", #fn);                                                   \
+		fn();                                                                              \
+		clock_gettime(CLOCK_MONOTONIC, &t_b_);                                             \
+		double t_s_ = (double)(t_b_.tv_sec - t_a_.tv_sec) +                                \
+		              (double)(t_b_.tv_nsec - t_a_.tv_nsec) / 1e9;                         \
+		if (t_state.checks_failed) {                                                       \
+			t_state.failed++;                                                          \
+			printf("not ok %s (%.1fs)\n", #fn, t_s_);                                  \
+		} else {                                                                           \
+			t_state.passed++;                                                          \
+			printf("ok %s (%.1fs)\n", #fn, t_s_);                                      \
+		}                                                                                  \
+		fflush(stdout);                                                                    \
 	} while (0)
 
 #define T_DEFINE_STATE struct t_state t_state

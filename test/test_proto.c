@@ -32,11 +32,13 @@ static void roundtrip_hello(void)
 static void roundtrip_regions(void)
 {
 	static uint8_t buf[RDMIG_MSG_MAX];
-	struct rdmig_region r[3] = {
-		{ 0x7f0000000000, { 0x1000, 1 << 20, 42 } },
-		{ 2, { 0, 4096, UINT64_MAX } },
-		{ 3, { UINT64_MAX - 4096, 4096, 7 } },
-	}, got;
+	struct rdmig_region r[3] =
+	    {
+	        {0x7f0000000000, {0x1000, 1 << 20, 42}},
+	        {2, {0, 4096, UINT64_MAX}},
+	        {3, {UINT64_MAX - 4096, 4096, 7}},
+	    },
+	                    got;
 	struct rdmig_msg m;
 	int n = rdmig_msg_encode_regions(buf, sizeof(buf), r, 3);
 
@@ -49,7 +51,7 @@ static void roundtrip_regions(void)
 	}
 	T_CHECK(rdmig_msg_region(&m, 3, &got) == -EINVAL, "index past the end");
 	T_CHECK(rdmig_msg_encode_regions(buf, sizeof(buf), r, RDMIG_REGIONS_MAX + 1) == -E2BIG,
-		"too many");
+	        "too many");
 	n = rdmig_msg_encode_regions(buf, sizeof(buf), r, 0);
 	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
 }
@@ -68,7 +70,7 @@ static void roundtrip_error(void)
 
 static void rejects_malformed(void)
 {
-	uint8_t buf[256], nonce[RDMIG_NONCE_LEN] = { 0 }, bad[256];
+	uint8_t buf[256], nonce[RDMIG_NONCE_LEN] = {0}, bad[256];
 	struct rdmig_msg m;
 	int n = rdmig_msg_encode_hello(buf, sizeof(buf), 4096, RDMIG_ROLE_LISTENER, nonce);
 
@@ -97,7 +99,7 @@ static void rejects_malformed(void)
 	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EBADMSG, "reserved bits");
 
 	/* a region table whose count disagrees with its length, or that wraps */
-	struct rdmig_region r = { 1, { UINT64_MAX - 10, 4096, 1 } };
+	struct rdmig_region r = {1, {UINT64_MAX - 10, 4096, 1}};
 	n = rdmig_msg_encode_regions(buf, sizeof(buf), &r, 1);
 	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "wrapping region");
 	r.desc.addr = 0;
@@ -118,7 +120,7 @@ static void rejects_malformed(void)
 	buf[RDMIG_HDR_LEN + 1] = 0;
 	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "error code 0");
 	T_CHECK(rdmig_msg_encode_empty(buf, sizeof(buf), RDMIG_MSG_HELLO) == -EINVAL,
-		"empty HELLO");
+	        "empty HELLO");
 }
 
 static void hostport(void)

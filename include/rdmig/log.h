@@ -32,16 +32,16 @@ enum rdmig_log_level rdmig_log_get_level(void);
 void rdmig_log_set_tag(const char *tag);
 
 void rdmig_log_emit(enum rdmig_log_level level, const char *subsys, const char *func, int line,
-		    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 #ifndef LOG_SUBSYS
 #define LOG_SUBSYS "rdmig"
 #endif
 
-#define rdmig_log_at(lvl, ...)                                                          \
-	do {                                                                            \
-		if ((lvl) <= rdmig_log_get_level())                                     \
-			rdmig_log_emit((lvl), LOG_SUBSYS, __func__, __LINE__, __VA_ARGS__); \
+#define rdmig_log_at(lvl, ...)                                                                     \
+	do {                                                                                       \
+		if ((lvl) <= rdmig_log_get_level())                                                \
+			rdmig_log_emit((lvl), LOG_SUBSYS, __func__, __LINE__, __VA_ARGS__);        \
 	} while (0)
 
 #define pr_err(...) rdmig_log_at(RDMIG_LOG_ERR, __VA_ARGS__)
@@ -50,11 +50,11 @@ void rdmig_log_emit(enum rdmig_log_level level, const char *subsys, const char *
 #ifdef RDMIG_DEBUG_LOG
 #define pr_debug(...) rdmig_log_at(RDMIG_LOG_DEBUG, __VA_ARGS__)
 #else
-#define pr_debug(...)                                                                   \
-	do {                                                                            \
-		if (0)                                                                  \
-			rdmig_log_emit(RDMIG_LOG_DEBUG, LOG_SUBSYS, __func__, __LINE__, \
-				       __VA_ARGS__);                                    \
+#define pr_debug(...)                                                                              \
+	do {                                                                                       \
+		if (0)                                                                             \
+			rdmig_log_emit(RDMIG_LOG_DEBUG, LOG_SUBSYS, __func__, __LINE__,            \
+			               __VA_ARGS__);                                               \
 	} while (0)
 #endif
 

@@ -13,10 +13,13 @@
  * payload; a message that fails any check is rejected whole with -EBADMSG (or
  * -EPROTONOSUPPORT for another version) and the caller closes the connection.
  *
- * Handshake (rdma/auth.c), both sides at once, before any memory descriptor:
- *   HELLO   {page_size, role, nonce[32]}          each side's fresh random nonce
- *   AUTH    {mac[32]}  HMAC-SHA256(token, "rdmig-auth-v1" | role | own nonce | peer nonce)
- *   AUTH_OK {}         or ERROR {code, text} and the connection is closed
+ * Handshake (rdma/auth.c), before any memory descriptor:
+ *   both:      HELLO   {page_size, role, nonce[32]}   each side's fresh random nonce
+ *   connector: AUTH    {mac[32]}  HMAC-SHA256(token, "rdmig-auth-v1" | role | own nonce | peer nonce)
+ *   listener:  AUTH    its own proof, sent only after the connector's checked out
+ *   connector: AUTH_OK {}
+ * Any failure: ERROR {code, text} and the connection is closed; a peer without
+ * the token sees nothing but the listener's HELLO and ERROR.
  * Nothing secret crosses the wire; the role in the MAC stops a reflected answer.
  */
 #ifndef RDMIG_PROTO_H
@@ -69,7 +72,7 @@ struct rdmig_msg {
 			uint8_t mac[RDMIG_MAC_LEN];
 		} auth;
 		struct {
-			int32_t code; /* an errno value, positive */
+			int32_t code;                     /* an errno value, positive */
 			char text[RDMIG_ERRTEXT_MAX + 1]; /* NUL-terminated, printable */
 		} error;
 		struct {
@@ -81,7 +84,7 @@ struct rdmig_msg {
 
 /* Encoders write into buf (cap bytes) and return the message length or -ENOSPC. */
 int rdmig_msg_encode_hello(void *buf, size_t cap, uint32_t page_size, uint8_t role,
-			   const uint8_t nonce[RDMIG_NONCE_LEN]);
+                           const uint8_t nonce[RDMIG_NONCE_LEN]);
 int rdmig_msg_encode_auth(void *buf, size_t cap, const uint8_t mac[RDMIG_MAC_LEN]);
 int rdmig_msg_encode_empty(void *buf, size_t cap, uint16_t type);
 int rdmig_msg_encode_error(void *buf, size_t cap, int code, const char *text);

@@ -62,19 +62,19 @@ struct rdmig_rdesc {
 };
 
 struct rdmig_completion {
-	uint64_t ctx;  /* the caller's context from the post */
-	int status;    /* 0, or -errno: -EREMOTEIO (peer refused: bad key, out of
+	uint64_t ctx; /* the caller's context from the post */
+	int status;   /* 0, or -errno: -EREMOTEIO (peer refused: bad key, out of
 			* bounds), -ECONNRESET (connection lost), -ETIMEDOUT (peer silent
 			* for op_timeout_ms), -ECANCELED (connection closed locally) */
-	uint32_t op;   /* enum rdmig_op */
+	uint32_t op;  /* enum rdmig_op */
 };
 
 struct rdmig_tp_opts {
-	const char *transport; /* "fabric" (default) or "verbs" */
-	const char *provider;  /* fabric: libfabric provider name ("tcp" default, "verbs");
+	const char *transport;    /* "fabric" (default) or "verbs" */
+	const char *provider;     /* fabric: libfabric provider name ("tcp" default, "verbs");
 				* verbs: ignored */
-	const char *token_file; /* shared secret both sides hold (mode 0600, >= 16 bytes) */
-	int op_timeout_ms;      /* an outstanding operation with no word from the peer
+	const char *token_file;   /* shared secret both sides hold (mode 0600, >= 16 bytes) */
+	int op_timeout_ms;        /* an outstanding operation with no word from the peer
 				 * for this long fails the connection; 0 = 10000 */
 	int handshake_timeout_ms; /* 0 = 5000 */
 };
@@ -89,7 +89,7 @@ struct rdmig_transport_ops {
 	/* Bind and listen on host:port ("0.0.0.0:7471", "[::1]:7471"; port 0 picks one,
 	 * see local_port). */
 	int (*listen)(const struct rdmig_tp_opts *o, const char *hostport,
-		      struct rdmig_listener **out);
+	              struct rdmig_listener **out);
 	/* The port the listener is bound to (host order), or -errno. */
 	int (*local_port)(struct rdmig_listener *l);
 	/* Wait up to timeout_ms (-1: forever) for one peer and return it connected
@@ -99,7 +99,7 @@ struct rdmig_transport_ops {
 
 	/* Connect to host:port within timeout_ms; -ECONNREFUSED, -ETIMEDOUT, ... */
 	int (*connect)(const struct rdmig_tp_opts *o, const char *hostport, int timeout_ms,
-		       struct rdmig_conn **out);
+	               struct rdmig_conn **out);
 	/* Tear down: outstanding operations are abandoned (their buffers must stay valid
 	 * until this returns), registrations of this connection must already be gone. */
 	void (*close)(struct rdmig_conn *c);
@@ -107,7 +107,7 @@ struct rdmig_transport_ops {
 	/* Register [addr, addr+len) for this connection; the peer may access it as
 	 * 'access' allows once it has the descriptor. */
 	int (*mr_reg)(struct rdmig_conn *c, void *addr, size_t len, unsigned access,
-		      struct rdmig_mr **out);
+	              struct rdmig_mr **out);
 	/* After this returns the peer can no longer reach the memory: its operations
 	 * against the old descriptor fail. */
 	int (*mr_dereg)(struct rdmig_mr *mr);
@@ -119,9 +119,9 @@ struct rdmig_transport_ops {
 	 * Bounds are checked by the wrapper against r->len and lmr; the peer's
 	 * transport enforces them again against its real registration. */
 	int (*post_read)(struct rdmig_conn *c, void *local, struct rdmig_mr *lmr, size_t len,
-			 const struct rdmig_rdesc *r, uint64_t roff, uint64_t ctx);
+	                 const struct rdmig_rdesc *r, uint64_t roff, uint64_t ctx);
 	int (*post_write)(struct rdmig_conn *c, const void *local, struct rdmig_mr *lmr, size_t len,
-			  const struct rdmig_rdesc *r, uint64_t roff, uint64_t ctx);
+	                  const struct rdmig_rdesc *r, uint64_t roff, uint64_t ctx);
 	/* Take up to max finished operations, never blocking. Returns how many. */
 	int (*poll)(struct rdmig_conn *c, struct rdmig_completion *out, int max);
 
@@ -148,32 +148,32 @@ const struct rdmig_transport_ops *rdmig_tp_find(const char *name);
 
 /* Listen; connections accepted from it are authenticated with o->token_file. */
 RDMIG_WUR int rdmig_tp_listen(const struct rdmig_tp_opts *o, const char *hostport,
-			      struct rdmig_listener **out);
+                              struct rdmig_listener **out);
 RDMIG_WUR int rdmig_tp_local_port(struct rdmig_listener *l);
 /* Accept one peer and authenticate it. A peer that fails the handshake is
  * disconnected and -EACCES returned (the listener stays usable). */
 RDMIG_WUR int rdmig_tp_accept(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn **out);
 void rdmig_tp_close_listener(struct rdmig_listener *l);
 /* Connect and authenticate; -EACCES when the peer does not prove the secret. */
-RDMIG_WUR int rdmig_tp_connect(const struct rdmig_tp_opts *o, const char *hostport,
-			       int timeout_ms, struct rdmig_conn **out);
+RDMIG_WUR int rdmig_tp_connect(const struct rdmig_tp_opts *o, const char *hostport, int timeout_ms,
+                               struct rdmig_conn **out);
 void rdmig_tp_close(struct rdmig_conn *c);
 
 RDMIG_WUR int rdmig_tp_mr_reg(struct rdmig_conn *c, void *addr, size_t len, unsigned access,
-			      struct rdmig_mr **out);
+                              struct rdmig_mr **out);
 int rdmig_tp_mr_dereg(struct rdmig_mr *mr);
 void rdmig_tp_mr_desc(const struct rdmig_mr *mr, struct rdmig_rdesc *out);
 
 RDMIG_WUR int rdmig_tp_post_read(struct rdmig_conn *c, void *local, struct rdmig_mr *lmr,
-				 size_t len, const struct rdmig_rdesc *r, uint64_t roff,
-				 uint64_t ctx);
+                                 size_t len, const struct rdmig_rdesc *r, uint64_t roff,
+                                 uint64_t ctx);
 RDMIG_WUR int rdmig_tp_post_write(struct rdmig_conn *c, const void *local, struct rdmig_mr *lmr,
-				  size_t len, const struct rdmig_rdesc *r, uint64_t roff,
-				  uint64_t ctx);
+                                  size_t len, const struct rdmig_rdesc *r, uint64_t roff,
+                                  uint64_t ctx);
 RDMIG_WUR int rdmig_tp_poll(struct rdmig_conn *c, struct rdmig_completion *out, int max);
 /* Wait up to timeout_ms for at least one completion; returns how many were taken. */
 RDMIG_WUR int rdmig_tp_wait(struct rdmig_conn *c, struct rdmig_completion *out, int max,
-			    int timeout_ms);
+                            int timeout_ms);
 int rdmig_tp_send(struct rdmig_conn *c, const void *msg, size_t len);
 RDMIG_WUR int rdmig_tp_recv(struct rdmig_conn *c, void *buf, size_t cap, int timeout_ms);
 int rdmig_tp_event_fd(struct rdmig_conn *c);

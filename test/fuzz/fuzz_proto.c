@@ -20,7 +20,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	if (m.type == RDMIG_MSG_REGIONS) {
 		for (uint32_t i = 0; i < m.u.regions.count; i++) {
-			if (rdmig_msg_region(&m, i, &r) < 0 || r.desc.addr + r.desc.len < r.desc.addr)
+			if (rdmig_msg_region(&m, i, &r) < 0 ||
+			    r.desc.addr + r.desc.len < r.desc.addr)
 				__builtin_trap();
 		}
 	}

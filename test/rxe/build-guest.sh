@@ -90,7 +90,7 @@ if [ -n "${RDMIG_RXE_KDEB:-}" ]; then
 elif R=$(resolve_kernel); then
   KPKG=${R% *} KVERSION=${R#* }
 else
-  KPKG= KVERSION=
+  KPKG='' KVERSION=''
 fi
 
 up_to_date() {

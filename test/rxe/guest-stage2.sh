@@ -1,4 +1,5 @@
 #!/run/rdmig-rxe-guest/busybox sh
+# shellcheck shell=dash
 # Guest stage 2: PID 1 on the host's root fs (under the overlay).  Creates the
 # soft-RoCE device rxe0 on a guest-internal netdev, lifts the memlock limit,
 # runs the command written by run-in-vm.sh, records its exit status in the

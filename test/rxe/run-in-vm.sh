@@ -78,13 +78,13 @@ if [ "$ACCEL" = auto ]; then
 fi
 case $ACCEL in
   kvm) ACCELOPT=(-accel kvm -cpu host) ;;
-  tcg) ACCELOPT=(-accel tcg,thread=multi -cpu max) ;;
+  tcg) ACCELOPT=(-accel "tcg,thread=multi" -cpu max) ;;
   *)   fail "RDMIG_RXE_ACCEL=$ACCEL: expected auto, kvm or tcg" 2 ;;
 esac
 BIOS=(); [ -f /usr/share/qemu/qboot.rom ] && BIOS=(-bios /usr/share/qemu/qboot.rom)   # boots faster than SeaBIOS
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/rdmig-rxe-run.XXXXXX") || fail "mktemp failed"
-QPID= OPID= EPID=
+QPID='' OPID='' EPID=''
 cleanup() {
   [ -n "$QPID" ] && kill "$QPID" 2>/dev/null
   [ -n "$OPID" ] && kill "$OPID" 2>/dev/null
