@@ -341,14 +341,27 @@ out:
 	return ret;
 }
 
+/* The value of "key=" in a perftest-baseline line, or -1. */
+static double field(const char *line, const char *key)
+{
+	size_t kl = strlen(key);
+
+	for (const char *p = strstr(line, key); p; p = strstr(p + 1, key)) {
+		if ((p == line || p[-1] == ' ') && p[kl] == '=')
+			return strtod(p + kl + 1, NULL);
+	}
+	return -1;
+}
+
 /*
  * perftest on the same device, through test/rxe/perftest-baseline.sh, whose lines
- * look like "perftest read_lat 4096 p50_us=.. p90_us=.. p99_us=.. max_us=.. n=.."
- * and "perftest read_bw 4096 MBps=..".
+ * look like "perftest read_lat 4096 iters=.. min_us=.. p50_us=.. p99_us=.. max_us=.."
+ * and "perftest read_bw 4096 ... MBps=.." (perftest's MB is 2^20 bytes). perftest
+ * reports no 90th percentile: that column stays empty for it.
  */
 static int run_perftest_baseline(const struct opts *o, struct result *res)
 {
-	char line[512];
+	char line[1024];
 	FILE *f = popen(o->perftest_cmd, "r");
 	int got = 0;
 
@@ -356,28 +369,28 @@ static int run_perftest_baseline(const struct opts *o, struct result *res)
 		return -errno;
 	while (fgets(line, sizeof(line), f)) {
 		unsigned long size;
-		double p50, p90, p99, max, mbps;
-		size_t n;
+		int s;
 
 		fputs(line, stdout);
-		if (sscanf(
-		        line,
-		        "perftest read_lat %lu p50_us=%lf p90_us=%lf p99_us=%lf max_us=%lf n=%zu",
-		        &size, &p50, &p90, &p99, &max, &n) == 6) {
-			int s = size == 4096 ? 0 : size == 65536 ? 1 : -1;
-
-			if (s >= 0) {
-				res->lat[s] = (struct lat_stats){
-				    .p50 = p50, .p90 = p90, .p99 = p99, .max = max, .n = n};
-				got |= 1 << s;
-			}
-		} else if (sscanf(line, "perftest read_bw %lu MBps=%lf", &size, &mbps) == 2) {
-			int s = size == 4096 ? 0 : size == 65536 ? 1 : -1;
-
-			if (s >= 0) {
-				res->bw_mbps[s] = mbps;
-				got |= 4 << s;
-			}
+		if (sscanf(line, "perftest read_lat %lu", &size) == 1) {
+			s = size == 4096 ? 0 : size == 65536 ? 1 : -1;
+			if (s < 0 || field(line, "p50_us") < 0)
+				continue;
+			res->lat[s] = (struct lat_stats){
+			    .p50 = field(line, "p50_us"),
+			    .p90 = -1,
+			    .p99 = field(line, "p99_us"),
+			    .max = field(line, "max_us"),
+			    .min = field(line, "min_us"),
+			    .n = (size_t)field(line, "iters"),
+			};
+			got |= 1 << s;
+		} else if (sscanf(line, "perftest read_bw %lu", &size) == 1) {
+			s = size == 4096 ? 0 : size == 65536 ? 1 : -1;
+			if (s < 0 || field(line, "MBps") < 0)
+				continue;
+			res->bw_mbps[s] = field(line, "MBps") * 1.048576;
+			got |= 4 << s;
 		}
 	}
 	if (pclose(f) != 0 || (got & 3) != 3) {

@@ -54,8 +54,11 @@ void lat_print_header(void)
 
 void lat_print_row(const char *label, const struct lat_stats *st)
 {
-	printf("%-34s %7zu %9.1f %9.1f %9.1f %9.1f\n", label, st->n, st->p50, st->p90, st->p99,
-	       st->max);
+	char p90[16] = "-"; /* not every baseline reports it */
+
+	if (st->p90 >= 0)
+		snprintf(p90, sizeof(p90), "%.1f", st->p90);
+	printf("%-34s %7zu %9.1f %9s %9.1f %9.1f\n", label, st->n, st->p50, p90, st->p99, st->max);
 }
 
 void lat_print_histogram(const char *label, const uint64_t *s, size_t n)

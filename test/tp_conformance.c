@@ -427,10 +427,14 @@ static void read_random(void)
 		uint64_t roff[64];
 		size_t len[64];
 		int inflight = 0, done = 0, total = depth * 12, posted = 0, errors = 0;
+		/* completions may come in any order: a slot is reused only once free */
+		int free_slots[64], nfree = depth;
 
+		for (int i = 0; i < depth; i++)
+			free_slots[i] = i;
 		while (done < total) {
 			while (posted < total && inflight < depth) {
-				int s = posted % depth;
+				int s = free_slots[--nfree];
 
 				len[s] = sizes[rnd() % NSIZES];
 				roff[s] = rnd() % (cfg.region_bytes - len[s] + 1);
@@ -461,6 +465,7 @@ static void read_random(void)
 				T_CHECK(comp[i].status == 0 && comp[i].op == RDMIG_OP_READ,
 				        "read of %zu at %" PRIu64 " failed: %d", len[s], roff[s],
 				        comp[i].status);
+				free_slots[nfree++] = s;
 				bad = mismatch(cl.buf + loff, roff[s], len[s], 1);
 				if (bad >= 0 && errors++ < 5)
 					T_CHECK(bad < 0,
