@@ -1,0 +1,32 @@
+/*
+ * The serving side of post-copy paging (src/mirror.c): memory laid out like the
+ * target's, registered on the connection, and its table sent to the peer, which
+ * then reads what it needs with one-sided READs and never asks again. Also the
+ * receiving side of that table.
+ */
+#ifndef RDMIG_MIRROR_H
+#define RDMIG_MIRROR_H
+
+#include "rdmig/proto.h"
+#include "rdmig/transport.h"
+
+struct rdmig_mirror_region {
+	uint64_t id; /* the target address the first byte mirrors */
+	void *base;  /* the mirror's memory in this process */
+	size_t len;
+};
+
+struct rdmig_mirror;
+
+/* Register every region (read-only to the peer) and send the table (REGIONS).
+ * Nothing is sent unless every registration succeeded. */
+RDMIG_WUR int rdmig_mirror_publish(struct rdmig_conn *c, const struct rdmig_mirror_region *r,
+                                   uint32_t n, struct rdmig_mirror **out);
+/* Deregister everything: the peer's READs against it fail from now on. */
+void rdmig_mirror_release(struct rdmig_mirror *m);
+
+/* Wait for the peer's table; *out is malloc'd (free it), *n its length. */
+RDMIG_WUR int rdmig_mirror_recv_table(struct rdmig_conn *c, int timeout_ms,
+                                      struct rdmig_region **out, uint32_t *n);
+
+#endif

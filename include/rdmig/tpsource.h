@@ -1,0 +1,29 @@
+/*
+ * The page source that fetches a target's pages from the source host's mirror
+ * with one-sided READs (src/tpsource.c). The mirror side publishes its regions
+ * with a REGIONS message; the fault loop on this side uses the source through
+ * the page-source interface of rdmig/pager.h.
+ */
+#ifndef RDMIG_TPSOURCE_H
+#define RDMIG_TPSOURCE_H
+
+#include "rdmig/pager.h"
+#include "rdmig/proto.h"
+#include "rdmig/transport.h"
+
+struct rdmig_tpsource_opts {
+	struct rdmig_conn *conn;            /* authenticated, not owned: outlives the source */
+	const struct rdmig_region *regions; /* the peer's table: id = target address */
+	uint32_t nregions;
+	unsigned slots;   /* fetches in flight at most; 0: 128 (<= RDMIG_MAX_OUTSTANDING) */
+	size_t slot_size; /* largest fetch; a multiple of 4096; 0: 64 KiB */
+};
+
+/* Copies and checks the table (overlapping or wrapping regions: -EBADMSG) and
+ * registers the staging buffer on the connection. */
+RDMIG_WUR int rdmig_tpsource_create(const struct rdmig_tpsource_opts *o,
+                                    struct rdmig_page_source **out);
+/* READs completed successfully and their bytes, for the summary lines. */
+void rdmig_tpsource_stats(struct rdmig_page_source *s, uint64_t *fetches, uint64_t *bytes);
+
+#endif

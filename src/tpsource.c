@@ -1,0 +1,262 @@
+/*
+ * The page source on the transport: the destination's fault loop asks for pages
+ * of the target "as they were at the switch", and this file fetches them with
+ * one-sided READs from the source's registered mirror.
+ *
+ * The source side publishes a table of regions (rdmig/proto.h REGIONS: each
+ * region's id is the target address its first byte mirrors). A fetch finds its
+ * region by binary search, takes a staging slot of a buffer registered on the
+ * same connection, and posts a READ whose context is the slot; the completion
+ * hands the slot's bytes to the loop, which copies them into place and releases
+ * the slot. Many fetches are in flight at once (as many as there are slots and
+ * the transport allows). Used by one thread, the loop's.
+ */
+#define LOG_SUBSYS "tpsource"
+#include "rdmig/tpsource.h"
+
+#include "rdmig/log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+struct slot {
+	uint64_t ctx;  /* the loop's context */
+	uint64_t addr; /* source address being fetched */
+	size_t len;
+};
+
+struct tpsource {
+	struct rdmig_page_source base;
+	struct rdmig_conn *conn;
+	struct rdmig_region *regions; /* sorted by id, non-overlapping */
+	uint32_t nregions;
+	uint8_t *staging;
+	size_t staging_len, slot_size;
+	struct rdmig_mr *mr;
+	struct slot *slots;
+	uint32_t *free_slots; /* a stack of free slot indices */
+	uint32_t nslots, nfree;
+	uint64_t fetches, bytes;
+};
+
+static struct tpsource *to_tps(struct rdmig_page_source *s)
+{
+	return (struct tpsource *)(void *)s;
+}
+
+/* The region holding [addr, addr+len) whole, or NULL. */
+static const struct rdmig_region *find_region(const struct tpsource *t, uint64_t addr, size_t len)
+{
+	uint32_t lo = 0, hi = t->nregions;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (t->regions[mid].id <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0)
+		return NULL;
+	const struct rdmig_region *r = &t->regions[lo - 1];
+	uint64_t off = addr - r->id;
+
+	if (off >= r->desc.len || len > r->desc.len - off)
+		return NULL;
+	return r;
+}
+
+static int tps_fetch(struct rdmig_page_source *s, uint64_t addr, size_t len, uint64_t ctx)
+{
+	struct tpsource *t = to_tps(s);
+	const struct rdmig_region *r;
+	uint32_t i;
+	int ret;
+
+	if (len == 0 || len > t->slot_size)
+		return -EINVAL;
+	r = find_region(t, addr, len);
+	if (!r) {
+		/* The loop only asks for what it was told is remote: a miss here means
+		 * the mirror does not cover the target's map, which must never be
+		 * papered over with zeros. */
+		pr_err("no mirror region holds [0x%llx, +%zu)", (unsigned long long)addr, len);
+		return -EFAULT;
+	}
+	if (!t->nfree)
+		return -EAGAIN;
+	i = t->free_slots[--t->nfree];
+	t->slots[i] = (struct slot){.ctx = ctx, .addr = addr, .len = len};
+	ret = rdmig_tp_post_read(t->conn, t->staging + (size_t)i * t->slot_size, t->mr, len,
+	                         &r->desc, addr - r->id, i);
+	if (ret < 0) {
+		t->free_slots[t->nfree++] = i;
+		return ret;
+	}
+	t->fetches++;
+	return 0;
+}
+
+static int tps_poll(struct rdmig_page_source *s, struct rdmig_fetch_done *out, int max)
+{
+	struct tpsource *t = to_tps(s);
+	struct rdmig_completion comp[64];
+	int n;
+
+	if (max > 64)
+		max = 64;
+	n = rdmig_tp_poll(t->conn, comp, max);
+	if (n <= 0)
+		return n;
+	for (int k = 0; k < n; k++) {
+		uint64_t i = comp[k].ctx;
+
+		if (i >= t->nslots) {
+			/* a context we never posted: the backend is broken, not the peer */
+			pr_err("completion with unknown slot %llu", (unsigned long long)i);
+			return -EIO;
+		}
+		out[k] = (struct rdmig_fetch_done){
+		    .ctx = t->slots[i].ctx,
+		    .addr = t->slots[i].addr,
+		    .len = t->slots[i].len,
+		    .status = comp[k].status,
+		    .data = t->staging + (size_t)i * t->slot_size,
+		};
+		if (comp[k].status == 0)
+			t->bytes += t->slots[i].len;
+	}
+	return n;
+}
+
+static void tps_release(struct rdmig_page_source *s, const struct rdmig_fetch_done *d)
+{
+	struct tpsource *t = to_tps(s);
+	size_t off = (size_t)((const uint8_t *)d->data - t->staging);
+	uint32_t i = (uint32_t)(off / t->slot_size);
+
+	if (off % t->slot_size || i >= t->nslots || t->nfree >= t->nslots) {
+		pr_err("release of staging that is not ours");
+		return;
+	}
+	t->free_slots[t->nfree++] = i;
+}
+
+static int tps_event_fd(struct rdmig_page_source *s)
+{
+	return rdmig_tp_event_fd(to_tps(s)->conn);
+}
+
+static void tps_destroy(struct rdmig_page_source *s)
+{
+	struct tpsource *t = to_tps(s);
+
+	if (!t)
+		return;
+	if (t->mr && rdmig_tp_mr_dereg(t->mr) < 0)
+		pr_warn("deregistering the staging buffer failed");
+	if (t->staging)
+		munmap(t->staging, t->staging_len);
+	free(t->slots);
+	free(t->free_slots);
+	free(t->regions);
+	free(t);
+}
+
+static const struct rdmig_page_source_ops tpsource_ops = {
+    .size = sizeof(struct rdmig_page_source_ops),
+    .name = "transport",
+    .fetch = tps_fetch,
+    .poll = tps_poll,
+    .release = tps_release,
+    .event_fd = tps_event_fd,
+    .destroy = tps_destroy,
+};
+
+static int cmp_region(const void *a, const void *b)
+{
+	const struct rdmig_region *x = a, *y = b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+int rdmig_tpsource_create(const struct rdmig_tpsource_opts *o, struct rdmig_page_source **out)
+{
+	struct tpsource *t;
+	int ret;
+
+	*out = NULL;
+	if (!o->conn || !o->nregions || o->nregions > RDMIG_REGIONS_MAX)
+		return -EINVAL;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->base.ops = &tpsource_ops;
+	t->conn = o->conn;
+	t->nslots = o->slots ? o->slots : 128;
+	t->slot_size = o->slot_size ? o->slot_size : 65536;
+	if (t->nslots > RDMIG_MAX_OUTSTANDING || t->slot_size % 4096 ||
+	    t->slot_size > RDMIG_MAX_XFER) {
+		ret = -EINVAL;
+		goto out_free;
+	}
+	/* The table comes from the peer: sorted here, then checked for overlap and
+	 * wrap-around, so a lookup can never land in the wrong region. */
+	t->regions = calloc(o->nregions, sizeof(*t->regions));
+	if (!t->regions) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	memcpy(t->regions, o->regions, o->nregions * sizeof(*t->regions));
+	t->nregions = o->nregions;
+	qsort(t->regions, t->nregions, sizeof(*t->regions), cmp_region);
+	for (uint32_t i = 0; i < t->nregions; i++) {
+		const struct rdmig_region *r = &t->regions[i];
+
+		if (!r->desc.len || r->id + r->desc.len < r->id ||
+		    (i + 1 < t->nregions && r->id + r->desc.len > t->regions[i + 1].id)) {
+			pr_err(
+			    "the peer's region table has an empty, wrapping or overlapping entry");
+			ret = -EBADMSG;
+			goto out_free;
+		}
+	}
+	t->slots = calloc(t->nslots, sizeof(*t->slots));
+	t->free_slots = calloc(t->nslots, sizeof(*t->free_slots));
+	if (!t->slots || !t->free_slots) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	for (uint32_t i = 0; i < t->nslots; i++)
+		t->free_slots[i] = t->nslots - 1 - i;
+	t->nfree = t->nslots;
+	t->staging_len = (size_t)t->nslots * t->slot_size;
+	t->staging =
+	    mmap(NULL, t->staging_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (t->staging == MAP_FAILED) {
+		t->staging = NULL;
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = rdmig_tp_mr_reg(t->conn, t->staging, t->staging_len, 0, &t->mr);
+	if (ret < 0) {
+		pr_err("cannot register %zu bytes of staging: %s", t->staging_len, strerror(-ret));
+		goto out_free;
+	}
+	*out = &t->base;
+	return 0;
+out_free:
+	tps_destroy(&t->base);
+	return ret;
+}
+
+void rdmig_tpsource_stats(struct rdmig_page_source *s, uint64_t *fetches, uint64_t *bytes)
+{
+	struct tpsource *t = to_tps(s);
+
+	*fetches = t->fetches;
+	*bytes = t->bytes;
+}
