@@ -26,15 +26,15 @@ format_check() {
 
 tier "build" scripts/build.sh build
 tier "format" format_check
-tier "unit+tcp" ctest --test-dir build --output-on-failure -L 'unit|tcp'
-tier "rxe" ctest --test-dir build --output-on-failure -L rxe
+tier "unit+tcp" ctest --no-tests=error --test-dir build --output-on-failure -L 'unit|tcp'
+tier "rxe" ctest --no-tests=error --test-dir build --output-on-failure -L rxe
 tier "asan-build" scripts/build.sh build-asan -DRDMIG_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 tier "asan unit+tcp" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan --output-on-failure -L 'unit|tcp'
+  ctest --no-tests=error --test-dir build-asan --output-on-failure -L 'unit|tcp'
 tier "fuzz-build" env CC=clang scripts/build.sh build-fuzz -DRDMIG_FUZZ=ON \
   -DRDMIG_FUZZ_SECONDS="${RDMIG_FUZZ_SECONDS:-60}"
-tier "fuzz" ctest --test-dir build-fuzz --output-on-failure -L fuzz
+tier "fuzz" ctest --no-tests=error --test-dir build-fuzz --output-on-failure -L fuzz
 
 [ ${#failures[@]} -eq 0 ] || echo "failed tiers: ${failures[*]}"
 echo "tests: $passed passed, $failed failed"
