@@ -514,6 +514,8 @@ static void write_random(void)
 
 		for (int s = 0; s < depth; s++) {
 			len[s] = sizes[rnd() % NSIZES];
+			if (len[s] > lane)
+				len[s] = lane; /* small regions: a write stays in its lane */
 			roff[s] = (uint64_t)s * lane + rnd() % (lane - len[s] + 1);
 			fill(cl.buf + (size_t)s * SLOT + 3, roff[s], len[s], seed);
 			ret = rdmig_tp_post_write(cl.c, cl.buf + (size_t)s * SLOT + 3, cl.mr,
