@@ -21,10 +21,17 @@
 #include <string.h>
 #include <sys/mman.h>
 
+enum slot_state {
+	SLOT_FREE = 0, /* on the free stack */
+	SLOT_POSTED,   /* READ outstanding */
+	SLOT_DONE,     /* completion handed to the loop, staging in use until release */
+};
+
 struct slot {
 	uint64_t ctx;  /* the loop's context */
 	uint64_t addr; /* source address being fetched */
 	size_t len;
+	uint8_t state; /* enum slot_state */
 };
 
 struct tpsource {
@@ -89,10 +96,11 @@ static int tps_fetch(struct rdmig_page_source *s, uint64_t addr, size_t len, uin
 	if (!t->nfree)
 		return -EAGAIN;
 	i = t->free_slots[--t->nfree];
-	t->slots[i] = (struct slot){.ctx = ctx, .addr = addr, .len = len};
+	t->slots[i] = (struct slot){.ctx = ctx, .addr = addr, .len = len, .state = SLOT_POSTED};
 	ret = rdmig_tp_post_read(t->conn, t->staging + (size_t)i * t->slot_size, t->mr, len,
 	                         &r->desc, addr - r->id, i);
 	if (ret < 0) {
+		t->slots[i].state = SLOT_FREE;
 		t->free_slots[t->nfree++] = i;
 		return ret;
 	}
@@ -100,36 +108,49 @@ static int tps_fetch(struct rdmig_page_source *s, uint64_t addr, size_t len, uin
 	return 0;
 }
 
+/* A completion whose context names no outstanding READ (a broken backend, not the
+ * peer) is logged and skipped: the others taken in the same batch still go to the
+ * loop, which ignores a negative return, so failing the batch would strand their
+ * pages in flight for good. */
 static int tps_poll(struct rdmig_page_source *s, struct rdmig_fetch_done *out, int max)
 {
 	struct tpsource *t = to_tps(s);
 	struct rdmig_completion comp[64];
-	int n;
+	int k = 0;
 
 	if (max > 64)
 		max = 64;
-	n = rdmig_tp_poll(t->conn, comp, max);
-	if (n <= 0)
-		return n;
-	for (int k = 0; k < n; k++) {
-		uint64_t i = comp[k].ctx;
+	while (k < max) {
+		int want = max - k, n = rdmig_tp_poll(t->conn, comp, want);
 
-		if (i >= t->nslots) {
-			/* a context we never posted: the backend is broken, not the peer */
-			pr_err("completion with unknown slot %llu", (unsigned long long)i);
-			return -EIO;
+		if (n < 0)
+			return k ? k : n;
+		for (int j = 0; j < n; j++) {
+			uint64_t i = comp[j].ctx;
+			struct slot *sl;
+
+			if (i >= t->nslots || t->slots[i].state != SLOT_POSTED) {
+				pr_err("completion for slot %llu, which has no READ outstanding: "
+				       "dropped",
+				       (unsigned long long)i);
+				continue;
+			}
+			sl = &t->slots[i];
+			sl->state = SLOT_DONE;
+			out[k++] = (struct rdmig_fetch_done){
+			    .ctx = sl->ctx,
+			    .addr = sl->addr,
+			    .len = sl->len,
+			    .status = comp[j].status,
+			    .data = t->staging + (size_t)i * t->slot_size,
+			};
+			if (comp[j].status == 0)
+				t->bytes += sl->len;
 		}
-		out[k] = (struct rdmig_fetch_done){
-		    .ctx = t->slots[i].ctx,
-		    .addr = t->slots[i].addr,
-		    .len = t->slots[i].len,
-		    .status = comp[k].status,
-		    .data = t->staging + (size_t)i * t->slot_size,
-		};
-		if (comp[k].status == 0)
-			t->bytes += t->slots[i].len;
+		if (n < want)
+			break;
 	}
-	return n;
+	return k;
 }
 
 static void tps_release(struct rdmig_page_source *s, const struct rdmig_fetch_done *d)
@@ -138,10 +159,11 @@ static void tps_release(struct rdmig_page_source *s, const struct rdmig_fetch_do
 	size_t off = (size_t)((const uint8_t *)d->data - t->staging);
 	uint32_t i = (uint32_t)(off / t->slot_size);
 
-	if (off % t->slot_size || i >= t->nslots || t->nfree >= t->nslots) {
-		pr_err("release of staging that is not ours");
+	if (off % t->slot_size || i >= t->nslots || t->slots[i].state != SLOT_DONE) {
+		pr_err("release of staging that is not ours, or released twice");
 		return;
 	}
+	t->slots[i].state = SLOT_FREE;
 	t->free_slots[t->nfree++] = i;
 }
 

@@ -926,11 +926,15 @@ static void prefetch(struct rdmig_faultloop *l)
 		                            .addr = addr,
 		                            .src = ref.src};
 		r = post(l, i);
+		/* The policy hands each page out once: a page the source has no room
+		 * for now must not be dropped (it would stay REMOTE until a demand
+		 * fault, and ALL_LOCAL would never come). It waits in the FIFO,
+		 * in flight, and is posted as soon as a slot frees. */
+		rdmig_pagestate_update(c->ps, &ref, RDMIG_PAGE_IN_FLIGHT);
 		if (r == -EAGAIN) {
-			slot_free(l, i);
+			fifo_push(l, i);
 			return;
 		}
-		rdmig_pagestate_update(c->ps, &ref, RDMIG_PAGE_IN_FLIGHT);
 		if (r)
 			return; /* parked: the source failed */
 	}
