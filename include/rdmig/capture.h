@@ -1,0 +1,60 @@
+/*
+ * Capture on the source (src/capture.c): what the process is, read from
+ * /proc/PID and from its stopped thread, into a struct rdmig_image.
+ *
+ *   rdmig_capture_check()  before anything is frozen: refuse clearly what this
+ *                          version cannot move (the process is not touched);
+ *   rdmig_capture()        with the process frozen (a seized, interrupted
+ *                          tracee): registers, signals, rseq, robust list,
+ *                          clear_child_tid, memory map with file identities and
+ *                          the written pages of private file mappings, mm fields,
+ *                          auxv, credentials, rlimits, cwd, umask, personality,
+ *                          descriptors, and which anonymous pages hold data.
+ *
+ * Everything read from /proc is checked before use (lengths, numbers, paths);
+ * a line that does not parse is an error, not a guess.
+ *
+ * Errors: 0 or -errno; -EOPNOTSUPP with the reason in `why` for something this
+ * version cannot migrate.
+ */
+#ifndef RDMIG_CAPTURE_H
+#define RDMIG_CAPTURE_H
+
+#include "rdmig/image.h"
+#include "rdmig/tracee.h"
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#define RDMIG_CAPTURE_WUR __attribute__((warn_unused_result))
+
+/*
+ * Refusals (each with a sentence in `why` naming the thing and what to do):
+ * more than one thread; a socket, pipe/FIFO (except stdin/stdout/stderr), eventfd,
+ * signalfd, timerfd, epoll, inotify, io_uring or other special descriptor; a
+ * directory or device descriptor other than the /dev/null-like ones; a file
+ * opened for writing that was deleted; shared memory (MAP_SHARED anonymous,
+ * shmem, SysV, or a writable shared file mapping); a mapping of a deleted file;
+ * a seccomp filter; a process that is itself being traced; a root directory
+ * other than /; a zombie or a kernel thread.
+ * Returns 0 when the process can be migrated, -EOPNOTSUPP (why filled), or
+ * -ESRCH / -EACCES / -errno when /proc cannot be read.
+ */
+RDMIG_CAPTURE_WUR int rdmig_capture_check(pid_t pid, char *why, size_t whylen);
+
+/*
+ * Fill img from the frozen process (t seized and interrupted). Injected calls
+ * ask the thread for what /proc does not show (signal handlers, alternate stack,
+ * clear_child_tid, brk); the scratch area is unmapped again before the memory
+ * map is read, so it never appears in the image. ANON vmas get their `touched`
+ * bitmaps (pages present or swapped, excluding the shared zero page); private
+ * file mappings' written pages are copied into img->cow.
+ * On failure img is freed (zeroed) and the tracee is as it was.
+ */
+RDMIG_CAPTURE_WUR int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why,
+                                    size_t whylen);
+
+/* One line per part, for logs and tests ("vmas 23 (anon 9, 61 MiB touched) ..."). */
+void rdmig_image_describe(const struct rdmig_image *img, char *buf, size_t cap);
+
+#endif /* RDMIG_CAPTURE_H */

@@ -1,0 +1,1051 @@
+/*
+ * Capture on the source (rdmig/capture.h).
+ *
+ * rdmig_capture_check() reads /proc/PID only and refuses, with one sentence,
+ * what this version cannot move. rdmig_capture() runs the same check again (the
+ * process may have changed since), then, with the thread frozen:
+ *   1. injected calls through the scratch area: every signal's sigaction, the
+ *      alternate stack, clear_child_tid (PR_GET_TID_ADDRESS), brk(0); then the
+ *      scratch is unmapped, so it never shows in the map read below;
+ *   2. ptrace: registers (as saved at seize), xstate, signal mask, rseq,
+ *      pending signals (thread and process), the robust list;
+ *   3. /proc: mm fields, credentials, umask, rlimits (prlimit), cwd, exe,
+ *      personality, comm, auxv, the memory map with file identities, the vdso
+ *      bytes, descriptors;
+ *   4. pages: PAGEMAP_SCAN on /proc/PID/pagemap marks, per anonymous vma, the
+ *      pages present or swapped that are not the shared zero page (the huge zero
+ *      page included), and finds in private file mappings the pages that are
+ *      anonymous copies (present or swapped, not file pages): those are read
+ *      into img->cow.
+ * File identities are stat()s of /proc/PID/map_files/S-E and /proc/PID/fd/N,
+ * i.e. of what is really mapped or open, with the path from readlink of the
+ * same link (no escaping to undo, unlike the maps text).
+ */
+#define LOG_SUBSYS "capture"
+#include "rdmig/capture.h"
+
+#include "procfs.h"
+#include "rdmig/log.h"
+#include "uffd_compat.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define PF_KTHREAD_FLAG 0x00200000u /* include/linux/sched.h */
+#define KSIGACTION_SIZE 32u         /* handler, flags, restorer, mask */
+#define DELETED_SUFFIX " (deleted)"
+
+struct rseq_conf {
+	uint64_t rseq_abi_pointer;
+	uint32_t rseq_abi_size;
+	uint32_t signature;
+	uint32_t flags;
+	uint32_t pad;
+};
+
+static int refuse(char *why, size_t whylen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int refuse(char *why, size_t whylen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (why && whylen) {
+		va_start(ap, fmt);
+		vsnprintf(why, whylen, fmt, ap);
+		va_end(ap);
+		pr_warn("%s", why);
+	}
+	return -EOPNOTSUPP;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+
+	return a >= b && !strcmp(s + a - b, suffix);
+}
+
+static bool is_devnull_like(dev_t rdev)
+{
+	/* drivers/char/mem.c: null 1:3, zero 1:5, full 1:7, random 1:8, urandom 1:9 */
+	unsigned mi = minor(rdev);
+
+	return major(rdev) == 1 && (mi == 3 || mi == 5 || mi == 7 || mi == 8 || mi == 9);
+}
+
+static bool is_tty(dev_t rdev)
+{
+	unsigned ma = major(rdev);
+
+	/* ttys (4), /dev/tty and /dev/console (5:0, 5:1), pty slaves (136-143) */
+	return ma == 4 || (ma == 5 && minor(rdev) <= 1) || (ma >= 136 && ma <= 143);
+}
+
+/*
+ * What descriptor f is: *kind, and *st for FILE/DEVNULL; 1 when it was closed
+ * meanwhile; -EOPNOTSUPP with a sentence for what cannot be moved.
+ */
+static int classify_fd(pid_t pid, const struct procfs_fd *f, uint32_t *kind, struct stat *st,
+                       char *why, size_t whylen)
+{
+	const char *tg = f->target;
+	char name[48];
+	int ret;
+
+	if (!strncmp(tg, "socket:", 7))
+		return refuse(why, whylen,
+		              "pid %d fd %d is a socket (%s); this version does not migrate "
+		              "sockets: close it or run the process without it",
+		              pid, f->fd, tg);
+	if (!strncmp(tg, "pipe:", 5)) {
+		if (f->fd <= 2) {
+			*kind = RDMIG_FD_STDIO;
+			return 0;
+		}
+		return refuse(why, whylen,
+		              "pid %d fd %d is a pipe (%s); only stdin, stdout and stderr may "
+		              "be pipes: close it first",
+		              pid, f->fd, tg);
+	}
+	if (!strncmp(tg, "anon_inode:", 11))
+		return refuse(why, whylen,
+		              "pid %d fd %d is a special descriptor (%s); eventfd, signalfd, "
+		              "timerfd, epoll, inotify, io_uring and the like are not migrated",
+		              pid, f->fd, tg);
+	if (tg[0] != '/')
+		return refuse(why, whylen,
+		              "pid %d fd %d is a special descriptor (%s) that cannot be reopened "
+		              "by path",
+		              pid, f->fd, tg);
+	if (!strncmp(tg, "/memfd:", 7))
+		return refuse(why, whylen,
+		              "pid %d fd %d is a memfd (%s); shared memory is not migrated", pid,
+		              f->fd, tg);
+	snprintf(name, sizeof(name), "fd/%d", f->fd);
+	ret = procfs_stat_link(pid, name, st);
+	if (ret == -ENOENT)
+		return 1;
+	if (ret) {
+		pr_err("pid %d fd %d (%s): stat failed: %s", pid, f->fd, tg, strerror(-ret));
+		return ret;
+	}
+	if (S_ISREG(st->st_mode)) {
+		if (st->st_nlink == 0 || ends_with(tg, DELETED_SUFFIX))
+			return refuse(why, whylen,
+			              "pid %d fd %d is a deleted file (%s); it cannot be reopened "
+			              "on the destination",
+			              pid, f->fd, tg);
+		*kind = RDMIG_FD_FILE;
+		return 0;
+	}
+	if (S_ISCHR(st->st_mode) && is_devnull_like(st->st_rdev)) {
+		*kind = RDMIG_FD_DEVNULL;
+		return 0;
+	}
+	if (f->fd <= 2 &&
+	    ((S_ISCHR(st->st_mode) && is_tty(st->st_rdev)) || S_ISFIFO(st->st_mode))) {
+		*kind = RDMIG_FD_STDIO;
+		return 0;
+	}
+	if (S_ISDIR(st->st_mode))
+		return refuse(why, whylen,
+		              "pid %d fd %d is an open directory (%s); this version does not "
+		              "migrate directory descriptors",
+		              pid, f->fd, tg);
+	if (S_ISFIFO(st->st_mode))
+		return refuse(why, whylen,
+		              "pid %d fd %d is a FIFO (%s); only stdin, stdout and stderr may be "
+		              "pipes or FIFOs",
+		              pid, f->fd, tg);
+	if (S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode))
+		return refuse(why, whylen,
+		              "pid %d fd %d is a device (%s); only /dev/null, /dev/zero, "
+		              "/dev/full, /dev/random, /dev/urandom (and a terminal on fds 0-2) "
+		              "are migrated",
+		              pid, f->fd, tg);
+	return refuse(why, whylen, "pid %d fd %d (%s) is of a type this version cannot migrate",
+	              pid, f->fd, tg);
+}
+
+/* What a maps line is (kind and flags, or *skip); FILE_* also stat the mapped
+ * file into *st (path from readlink into *path when path is not NULL). */
+static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, uint32_t *flags,
+                        bool *skip, struct stat *st, char **path, char *why, size_t whylen)
+{
+	const char *n = m->name;
+	char link[80];
+	int ret;
+
+	*kind = RDMIG_VMA_ANON;
+	*flags = 0;
+	*skip = false;
+	if (!n || !strncmp(n, "[anon:", 6)) {
+		if (m->shared)
+			return refuse(why, whylen,
+			              "pid %d has shared anonymous memory at %#" PRIx64 "-%#" PRIx64
+			              "; shared memory is not migrated",
+			              pid, m->start, m->end);
+		return 0;
+	}
+	if (n[0] == '[') {
+		if (!strcmp(n, "[heap]"))
+			*flags = RDMIG_VMA_F_HEAP;
+		else if (!strcmp(n, "[stack]"))
+			*flags = RDMIG_VMA_F_STACK | RDMIG_VMA_F_GROWSDOWN;
+		else if (!strcmp(n, "[vdso]"))
+			*kind = RDMIG_VMA_VDSO;
+		else if (!strcmp(n, "[vvar]"))
+			*kind = RDMIG_VMA_VVAR;
+		else if (!strcmp(n, "[vvar_vclock]"))
+			*kind = RDMIG_VMA_VVAR_VCLOCK;
+		else if (!strcmp(n, "[vsyscall]"))
+			*skip = true;
+		else if (!strncmp(n, "[anon_shmem:", 12))
+			return refuse(why, whylen,
+			              "pid %d has shared memory %s at %#" PRIx64
+			              "; shared memory is not migrated",
+			              pid, n, m->start);
+		else
+			return refuse(why, whylen,
+			              "pid %d has a special mapping %s at %#" PRIx64
+			              " that this version does not know",
+			              pid, n, m->start);
+		if (m->shared)
+			return refuse(why, whylen, "pid %d: %s at %#" PRIx64 " is shared", pid, n,
+			              m->start);
+		return 0;
+	}
+	if (n[0] != '/')
+		return refuse(why, whylen,
+		              "pid %d has a special mapping (%s) at %#" PRIx64
+		              "; this version migrates memory and regular files only",
+		              pid, n, m->start);
+	if (!strncmp(n, "/SYSV", 5))
+		return refuse(why, whylen,
+		              "pid %d has System V shared memory attached at %#" PRIx64
+		              " (%s); shared memory is not migrated",
+		              pid, m->start, n);
+	if (!strncmp(n, "/memfd:", 7))
+		return refuse(why, whylen,
+		              "pid %d maps a memfd (%s) at %#" PRIx64 "; shared memory is not "
+		              "migrated",
+		              pid, n, m->start);
+	if (m->shared && !strcmp(n, "/dev/zero" DELETED_SUFFIX))
+		return refuse(why, whylen,
+		              "pid %d has shared anonymous memory at %#" PRIx64 "-%#" PRIx64
+		              " (MAP_SHARED|MAP_ANONYMOUS); shared memory is not migrated",
+		              pid, m->start, m->end);
+	if (ends_with(n, DELETED_SUFFIX))
+		return refuse(why, whylen,
+		              "pid %d maps a deleted file (%s) at %#" PRIx64
+		              "; it cannot be mapped again on the destination",
+		              pid, n, m->start);
+	if (m->shared && (m->prot & PROT_WRITE))
+		return refuse(why, whylen,
+		              "pid %d has a writable shared mapping of %s at %#" PRIx64
+		              "; writable shared file mappings are not migrated",
+		              pid, n, m->start);
+	snprintf(link, sizeof(link), "map_files/%" PRIx64 "-%" PRIx64, m->start, m->end);
+	ret = procfs_stat_link(pid, link, st);
+	if (ret == -ENOENT) {
+		*skip = true; /* unmapped meanwhile (the check runs on a live process) */
+		return 0;
+	}
+	if (ret) {
+		pr_err("pid %d: stat of %s (%s) failed: %s", pid, link, n, strerror(-ret));
+		return ret;
+	}
+	if (!S_ISREG(st->st_mode)) {
+		if (!m->shared && S_ISCHR(st->st_mode) && major(st->st_rdev) == 1 &&
+		    minor(st->st_rdev) == 5)
+			return 0; /* private /dev/zero: anonymous memory */
+		return refuse(why, whylen,
+		              "pid %d maps %s at %#" PRIx64 ", which is not a regular file; "
+		              "device and special mappings are not migrated",
+		              pid, n, m->start);
+	}
+	if (st->st_nlink == 0)
+		return refuse(why, whylen,
+		              "pid %d maps a deleted file (%s) at %#" PRIx64
+		              "; it cannot be mapped again on the destination",
+		              pid, n, m->start);
+	*kind = m->shared ? RDMIG_VMA_FILE_SHARED_RO : RDMIG_VMA_FILE_PRIVATE;
+	if (path) {
+		ret = procfs_readlink(pid, link, path);
+		if (ret)
+			return ret;
+		if ((*path)[0] != '/' || ends_with(*path, DELETED_SUFFIX)) {
+			pr_err("pid %d: %s links to '%s'", pid, link, *path);
+			free(*path);
+			*path = NULL;
+			return -EIO;
+		}
+	}
+	return 0;
+}
+
+/* The check; allow_self: TracerPid may be us (rdmig_capture runs it seized). */
+static int check(pid_t pid, bool allow_self, char *why, size_t whylen)
+{
+	struct procfs_status sta;
+	struct procfs_stat stt;
+	struct procfs_fd *fds = NULL;
+	struct procfs_map *maps = NULL;
+	size_t nfds = 0, nmaps = 0;
+	uint32_t ntasks;
+	char *root = NULL;
+	int ret;
+
+	if (why && whylen)
+		why[0] = '\0';
+	ret = procfs_stat(pid, &stt);
+	if (ret)
+		return ret;
+	if (stt.flags & PF_KTHREAD_FLAG)
+		return refuse(why, whylen, "pid %d is a kernel thread", pid);
+	ret = procfs_status(pid, &sta);
+	if (ret)
+		return ret;
+	if (sta.state == 'Z' || sta.state == 'X') {
+		ret = refuse(why, whylen, "pid %d is a zombie (it has exited)", pid);
+		goto out_free;
+	}
+	if (sta.threads != 1) {
+		ret = refuse(why, whylen,
+		             "pid %d has %u threads; this version migrates single-threaded "
+		             "processes only",
+		             pid, sta.threads);
+		goto out_free;
+	}
+	ret = procfs_task_count(pid, &ntasks);
+	if (ret)
+		goto out_free;
+	if (ntasks != 1) {
+		ret = refuse(why, whylen,
+		             "pid %d has %u threads; this version migrates single-threaded "
+		             "processes only",
+		             pid, ntasks);
+		goto out_free;
+	}
+	if (sta.tracer && !(allow_self && (sta.tracer == getpid() || sta.tracer == gettid()))) {
+		ret = refuse(why, whylen,
+		             "pid %d is being traced by pid %d (a debugger?); detach it first", pid,
+		             sta.tracer);
+		goto out_free;
+	}
+	if (sta.seccomp) {
+		ret = refuse(why, whylen,
+		             "pid %d runs under seccomp (mode %u); seccomp filters are not "
+		             "migrated",
+		             pid, sta.seccomp);
+		goto out_free;
+	}
+	ret = procfs_readlink(pid, "root", &root);
+	if (ret)
+		goto out_free;
+	if (strcmp(root, "/")) {
+		ret = refuse(why, whylen,
+		             "pid %d runs with root directory %s (chroot or container); only / "
+		             "is supported",
+		             pid, root);
+		goto out_free;
+	}
+	free(root);
+	ret = procfs_readlink(pid, "cwd", &root);
+	if (ret)
+		goto out_free;
+	if (ends_with(root, DELETED_SUFFIX)) {
+		ret = refuse(why, whylen,
+		             "pid %d works in a deleted directory (%s); it cannot be entered on "
+		             "the destination",
+		             pid, root);
+		goto out_free;
+	}
+	ret = procfs_fds(pid, &fds, &nfds);
+	if (ret)
+		goto out_free;
+	for (size_t i = 0; i < nfds; i++) {
+		uint32_t kind;
+		struct stat st;
+
+		ret = classify_fd(pid, &fds[i], &kind, &st, why, whylen);
+		if (ret < 0)
+			goto out_free;
+	}
+	ret = procfs_maps(pid, &maps, &nmaps);
+	if (ret)
+		goto out_free;
+	for (size_t i = 0; i < nmaps; i++) {
+		uint32_t kind, flags;
+		bool skip;
+		struct stat st;
+
+		ret = classify_map(pid, &maps[i], &kind, &flags, &skip, &st, NULL, why, whylen);
+		if (ret)
+			goto out_free;
+	}
+	ret = 0;
+out_free:
+	procfs_maps_free(maps, nmaps);
+	procfs_fds_free(fds, nfds);
+	free(root);
+	procfs_status_free(&sta);
+	return ret;
+}
+
+int rdmig_capture_check(pid_t pid, char *why, size_t whylen)
+{
+	return check(pid, false, why, whylen);
+}
+
+/* ---- capture: injected calls ---- */
+
+#define SCRATCH_SIGACT 0u
+#define SCRATCH_ALTSTACK (RDMIG_IMG_NSIG * KSIGACTION_SIZE)
+#define SCRATCH_TIDADDR (SCRATCH_ALTSTACK + 24u)
+#define SCRATCH_LEN (SCRATCH_TIDADDR + 8u)
+
+static uint64_t le64_at(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v)); /* x86_64 only: host order is the tracee's */
+	return v;
+}
+
+static int capture_injected(struct rdmig_tracee *t, struct rdmig_image *img)
+{
+	uint8_t buf[SCRATCH_LEN];
+	uint64_t s;
+	long brk;
+	int ret, ret2;
+
+	ret = rdmig_tracee_scratch(t, SCRATCH_LEN, &s);
+	if (ret)
+		return ret;
+	memset(buf, 0, sizeof(buf));
+	ret = rdmig_tracee_write(t, s, buf, sizeof(buf));
+	for (unsigned sig = 1; !ret && sig <= RDMIG_IMG_NSIG; sig++) {
+		if (sig == SIGKILL || sig == SIGSTOP)
+			continue;
+		ret = rdmig_tracee_call(t, "rt_sigaction", NULL, SYS_rt_sigaction, sig, 0,
+		                        (long)(s + SCRATCH_SIGACT + (sig - 1) * KSIGACTION_SIZE), 8,
+		                        0, 0);
+	}
+	if (!ret)
+		ret = rdmig_tracee_call(t, "sigaltstack", NULL, SYS_sigaltstack, 0,
+		                        (long)(s + SCRATCH_ALTSTACK), 0, 0, 0, 0);
+	if (!ret)
+		ret =
+		    rdmig_tracee_call(t, "prctl(PR_GET_TID_ADDRESS)", NULL, SYS_prctl,
+		                      PR_GET_TID_ADDRESS, (long)(s + SCRATCH_TIDADDR), 0, 0, 0, 0);
+	if (!ret)
+		ret = rdmig_tracee_call(t, "brk(0)", &brk, SYS_brk, 0, 0, 0, 0, 0, 0);
+	if (!ret)
+		ret = rdmig_tracee_read(t, s, buf, sizeof(buf));
+	ret2 = rdmig_tracee_scratch_unmap(t);
+	if (ret)
+		return ret;
+	if (ret2)
+		return ret2;
+	for (unsigned i = 0; i < RDMIG_IMG_NSIG; i++) {
+		const uint8_t *p = buf + SCRATCH_SIGACT + i * KSIGACTION_SIZE;
+
+		img->sigactions[i] = (struct rdmig_img_sigaction){
+		    .handler = le64_at(p),
+		    .flags = le64_at(p + 8),
+		    .restorer = le64_at(p + 16),
+		    .mask = le64_at(p + 24),
+		};
+	}
+	/* stack_t: ss_sp u64, ss_flags i32 (+4 padding), ss_size u64 */
+	img->thread.altstack_sp = le64_at(buf + SCRATCH_ALTSTACK);
+	img->thread.altstack_flags = (uint32_t)le64_at(buf + SCRATCH_ALTSTACK + 8);
+	img->thread.altstack_size = le64_at(buf + SCRATCH_ALTSTACK + 16);
+	img->thread.clear_child_tid = le64_at(buf + SCRATCH_TIDADDR);
+	img->mm.brk = (uint64_t)brk;
+	return 0;
+}
+
+/* ---- capture: ptrace ---- */
+
+static int peek_siginfo(pid_t pid, unsigned flags, uint8_t **out, uint32_t *n)
+{
+	struct __ptrace_peeksiginfo_args a = {0, flags, 32};
+	uint8_t *buf = NULL;
+	uint32_t cnt = 0;
+
+	*out = NULL;
+	*n = 0;
+	for (;;) {
+		uint8_t *nb = realloc(buf, (cnt + 32) * RDMIG_IMG_SIGINFO);
+
+		if (!nb) {
+			free(buf);
+			return -ENOMEM;
+		}
+		buf = nb;
+		a.off = cnt;
+		long r = ptrace(PTRACE_PEEKSIGINFO, pid, &a, buf + (size_t)cnt * RDMIG_IMG_SIGINFO);
+
+		if (r < 0) {
+			int err = -errno;
+
+			free(buf);
+			pr_err("pid %d: PTRACE_PEEKSIGINFO failed: %s", pid, strerror(-err));
+			return err;
+		}
+		cnt += (uint32_t)r;
+		if (cnt > RDMIG_IMG_MAX_SIGINFO) {
+			free(buf);
+			pr_err("pid %d: more than %u queued signals", pid, RDMIG_IMG_MAX_SIGINFO);
+			return -E2BIG;
+		}
+		if (r < 32)
+			break;
+	}
+	if (!cnt) {
+		free(buf);
+		buf = NULL;
+	}
+	*out = buf;
+	*n = cnt;
+	return 0;
+}
+
+static int capture_ptrace(struct rdmig_tracee *t, struct rdmig_image *img)
+{
+	pid_t pid = rdmig_tracee_pid(t);
+	struct rdmig_img_thread *th = &img->thread;
+	struct rseq_conf rc = {0};
+	size_t xlen = 0;
+	long head = 0;
+	size_t rlen = 0;
+	int ret;
+
+	_Static_assert(sizeof(struct user_regs_struct) == RDMIG_IMG_NREGS * 8, "user_regs_struct");
+	memcpy(th->regs, rdmig_tracee_saved_regs(t), sizeof(th->regs));
+	th->xstate = malloc(RDMIG_IMG_MAX_XSTATE);
+	if (!th->xstate)
+		return -ENOMEM;
+	ret = rdmig_tracee_get_xstate(t, th->xstate, RDMIG_IMG_MAX_XSTATE, &xlen);
+	if (ret) {
+		pr_err("pid %d: reading xstate failed: %s", pid, strerror(-ret));
+		return ret;
+	}
+	th->xstate_len = (uint32_t)xlen;
+	ret = rdmig_tracee_get_sigmask(t, &th->sigmask);
+	if (ret)
+		return ret;
+	if (ptrace(PTRACE_GET_RSEQ_CONFIGURATION, pid, (void *)sizeof(rc), &rc) < 0) {
+		ret = -errno;
+		pr_err("pid %d: PTRACE_GET_RSEQ_CONFIGURATION failed: %s", pid, strerror(-ret));
+		return ret;
+	}
+	if (rc.rseq_abi_pointer) {
+		th->rseq_addr = rc.rseq_abi_pointer;
+		th->rseq_len = rc.rseq_abi_size;
+		th->rseq_sig = rc.signature;
+	}
+	ret = peek_siginfo(pid, 0, &th->siginfo, &th->nsiginfo);
+	if (ret)
+		return ret;
+	ret = peek_siginfo(pid, PTRACE_PEEKSIGINFO_SHARED, &img->siginfo_shared,
+	                   &img->nsiginfo_shared);
+	if (ret)
+		return ret;
+	if (syscall(SYS_get_robust_list, pid, &head, &rlen) < 0) {
+		ret = -errno;
+		pr_err("pid %d: get_robust_list failed: %s", pid, strerror(-ret));
+		return ret;
+	}
+	th->robust_head = (uint64_t)head;
+	th->robust_len = head ? rlen : 0;
+	return 0;
+}
+
+/* ---- capture: /proc ---- */
+
+static int capture_proc(pid_t pid, struct rdmig_image *img)
+{
+	struct procfs_status sta;
+	struct procfs_stat stt;
+	char *buf = NULL;
+	size_t len;
+	int ret;
+
+	ret = procfs_stat(pid, &stt);
+	if (ret)
+		return ret;
+	stt.mm.brk = img->mm.brk;
+	img->mm = stt.mm;
+	ret = procfs_status(pid, &sta);
+	if (ret)
+		return ret;
+	memcpy(img->creds.uid, sta.uid, sizeof(sta.uid));
+	memcpy(img->creds.gid, sta.gid, sizeof(sta.gid));
+	img->creds.ngroups = sta.ngroups;
+	img->creds.groups = sta.groups;
+	sta.groups = NULL;
+	img->creds.cap_inh = sta.cap_inh;
+	img->creds.cap_prm = sta.cap_prm;
+	img->creds.cap_eff = sta.cap_eff;
+	img->creds.cap_bnd = sta.cap_bnd;
+	img->creds.cap_amb = sta.cap_amb;
+	img->creds.no_new_privs = sta.no_new_privs;
+	img->umask = sta.umask;
+	procfs_status_free(&sta);
+
+	for (int r = 0; r < (int)RDMIG_IMG_NRLIMIT; r++) {
+		struct rlimit rl;
+
+		if (prlimit(pid, (enum __rlimit_resource)r, NULL, &rl) == 0) {
+			img->rlim_cur[r] = rl.rlim_cur;
+			img->rlim_max[r] = rl.rlim_max;
+			continue;
+		}
+		ret = -errno;
+		if (ret != -EPERM) {
+			pr_err("pid %d: prlimit(%d) failed: %s", pid, r, strerror(-ret));
+			return ret;
+		}
+		/* reading another user's limits with prlimit() needs CAP_SYS_RESOURCE,
+		 * which these hosts' root lacks; /proc/PID/limits needs no capability */
+		ret = procfs_limits(pid, img->rlim_cur, img->rlim_max);
+		if (ret)
+			return ret;
+		break;
+	}
+	ret = procfs_readlink(pid, "cwd", &img->cwd);
+	if (!ret && (img->cwd[0] != '/' || ends_with(img->cwd, DELETED_SUFFIX))) {
+		pr_err("pid %d: cwd '%s' is not a path that exists", pid, img->cwd);
+		ret = -EIO;
+	}
+	if (!ret)
+		ret = procfs_readlink(pid, "exe", &img->exe);
+	if (!ret && img->exe[0] != '/') {
+		pr_err("pid %d: exe '%s' is not a path", pid, img->exe);
+		ret = -EIO;
+	}
+	if (!ret)
+		ret = procfs_personality(pid, &img->personality);
+	if (ret)
+		return ret;
+
+	ret = procfs_read(pid, "comm", 64, &buf, &len);
+	if (ret)
+		return ret;
+	if (len == 0 || len > sizeof(img->comm) || buf[len - 1] != '\n') {
+		pr_err("pid %d: comm of %zu bytes does not parse", pid, len);
+		free(buf);
+		return -EIO;
+	}
+	memcpy(img->comm, buf, len - 1);
+	img->comm[len - 1] = '\0';
+	free(buf);
+
+	ret = procfs_read(pid, "auxv", RDMIG_IMG_MAX_AUXV, &buf, &len);
+	if (ret)
+		return ret;
+	if (len < 16 || len % 16 || le64_at((uint8_t *)buf + len - 16) != 0) {
+		pr_err("pid %d: auxv of %zu bytes does not end with AT_NULL", pid, len);
+		free(buf);
+		return -EIO;
+	}
+	img->auxv = (uint8_t *)buf;
+	img->auxv_len = (uint32_t)len;
+	return 0;
+}
+
+/* ---- capture: memory map, pages, descriptors ---- */
+
+/* The index of the file (dedup by dev, ino and path), added when new. */
+static int file_index(struct rdmig_image *img, uint32_t *cap, const char *path,
+                      const struct stat *st, uint32_t *idx)
+{
+	for (uint32_t i = 0; i < img->nfiles; i++) {
+		const struct rdmig_img_file *f = &img->files[i];
+
+		if (f->dev == st->st_dev && f->ino == st->st_ino && !strcmp(f->path, path)) {
+			*idx = i;
+			return 0;
+		}
+	}
+	if (img->nfiles >= RDMIG_IMG_MAX_FILES)
+		return -E2BIG;
+	if (strlen(path) > RDMIG_IMG_MAX_PATH) {
+		pr_err("path longer than %u bytes: %.80s...", RDMIG_IMG_MAX_PATH, path);
+		return -ENAMETOOLONG;
+	}
+	if (img->nfiles == *cap) {
+		uint32_t nc = *cap ? 2 * *cap : 16;
+		struct rdmig_img_file *nf = realloc(img->files, nc * sizeof(*nf));
+
+		if (!nf)
+			return -ENOMEM;
+		img->files = nf;
+		*cap = nc;
+	}
+	struct rdmig_img_file *f = &img->files[img->nfiles];
+
+	*f = (struct rdmig_img_file){
+	    .path = strdup(path),
+	    .dev = (uint64_t)st->st_dev,
+	    .ino = (uint64_t)st->st_ino,
+	    .size = (uint64_t)st->st_size,
+	    .mtime_sec = (int64_t)st->st_mtim.tv_sec,
+	    .mtime_nsec = (uint32_t)st->st_mtim.tv_nsec,
+	    .mode = (uint32_t)st->st_mode,
+	};
+	if (!f->path)
+		return -ENOMEM;
+	*idx = img->nfiles++;
+	return 0;
+}
+
+/* Pages of [start, end) with data of their own: present or swapped, not the
+ * zero page, and, with anon_only, not file pages. Bit i: page start + i*4096. */
+static int scan_pages(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
+                      uint64_t *count)
+{
+	struct page_region regs[256];
+	struct pm_scan_arg a;
+	uint64_t at = start;
+
+	*count = 0;
+	while (at < end) {
+		memset(&a, 0, sizeof(a));
+		a.size = sizeof(a);
+		a.start = at;
+		a.end = end;
+		a.vec = (uint64_t)(uintptr_t)regs;
+		a.vec_len = sizeof(regs) / sizeof(regs[0]);
+		a.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
+		a.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO;
+		int n = ioctl(pm_fd, PAGEMAP_SCAN, &a);
+
+		if (n < 0) {
+			int err = -errno;
+
+			pr_err("PAGEMAP_SCAN of %#" PRIx64 "-%#" PRIx64 " failed: %s", at, end,
+			       strerror(-err));
+			return err;
+		}
+		for (int i = 0; i < n; i++) {
+			const struct page_region *r = &regs[i];
+
+			if (r->start < start || r->end > end || r->start >= r->end ||
+			    (r->start | r->end) & 4095) {
+				pr_err("PAGEMAP_SCAN returned a region outside the request");
+				return -EIO;
+			}
+			if (r->categories & PAGE_IS_PFNZERO)
+				continue;
+			if (anon_only && (r->categories & PAGE_IS_FILE))
+				continue;
+			for (uint64_t p = r->start; p < r->end; p += 4096) {
+				uint64_t b = (p - start) / 4096;
+
+				bits[b / 8] |= (uint8_t)(1u << (b % 8));
+				(*count)++;
+			}
+		}
+		if (a.walk_end <= at || a.walk_end > end) {
+			pr_err("PAGEMAP_SCAN made no progress at %#" PRIx64, at);
+			return -EIO;
+		}
+		at = a.walk_end;
+	}
+	return 0;
+}
+
+/* Copy the anonymous pages of a private file mapping into img->cow. */
+static int capture_cow(struct rdmig_tracee *t, struct rdmig_image *img, uint32_t *cap,
+                       const struct rdmig_img_vma *v, const uint8_t *bits)
+{
+	uint64_t pages = (v->end - v->start) / 4096;
+
+	for (uint64_t i = 0; i < pages; i++) {
+		if (!(bits[i / 8] & (1u << (i % 8))))
+			continue;
+		if (img->ncow >= RDMIG_IMG_MAX_COW_PAGES) {
+			pr_err("more than %u written pages in private file mappings",
+			       RDMIG_IMG_MAX_COW_PAGES);
+			return -E2BIG;
+		}
+		if (img->ncow == *cap) {
+			uint32_t nc = *cap ? 2 * *cap : 16;
+			struct rdmig_img_cow_page *n = realloc(img->cow, nc * sizeof(*n));
+
+			if (!n)
+				return -ENOMEM;
+			img->cow = n;
+			*cap = nc;
+		}
+		struct rdmig_img_cow_page *c = &img->cow[img->ncow];
+
+		c->addr = v->start + i * 4096;
+		int ret = rdmig_tracee_read(t, c->addr, c->data, sizeof(c->data));
+
+		if (ret) {
+			pr_err("reading the written page at %#" PRIx64 " failed: %s", c->addr,
+			       strerror(-ret));
+			return ret;
+		}
+		img->ncow++;
+	}
+	return 0;
+}
+
+static int capture_maps(struct rdmig_tracee *t, struct rdmig_image *img, uint32_t *files_cap,
+                        char *why, size_t whylen)
+{
+	pid_t pid = rdmig_tracee_pid(t);
+	struct procfs_map *maps = NULL;
+	size_t nmaps = 0;
+	uint32_t cow_cap = 0;
+	uint8_t *bits = NULL;
+	char path[64];
+	int pm_fd, ret;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
+	pm_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (pm_fd < 0) {
+		ret = -errno;
+		pr_err("opening %s failed: %s", path, strerror(-ret));
+		return ret;
+	}
+	ret = procfs_maps(pid, &maps, &nmaps);
+	if (ret)
+		goto out_close;
+	if (nmaps > RDMIG_IMG_MAX_VMAS) {
+		pr_err("pid %d has %zu mappings, more than %u", pid, nmaps, RDMIG_IMG_MAX_VMAS);
+		ret = -E2BIG;
+		goto out_free;
+	}
+	img->vmas = calloc(nmaps ? nmaps : 1, sizeof(*img->vmas));
+	if (!img->vmas) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	for (size_t i = 0; i < nmaps; i++) {
+		const struct procfs_map *m = &maps[i];
+		struct rdmig_img_vma *v = &img->vmas[img->nvmas];
+		uint32_t kind, flags;
+		bool skip;
+		struct stat st;
+		char *fpath = NULL;
+
+		ret = classify_map(pid, m, &kind, &flags, &skip, &st, &fpath, why, whylen);
+		if (ret)
+			goto out_free;
+		if (skip)
+			continue;
+		if (m->end > RDMIG_IMG_USER_END) {
+			pr_err("pid %d: mapping %#" PRIx64 "-%#" PRIx64 " beyond user space", pid,
+			       m->start, m->end);
+			free(fpath);
+			ret = -EIO;
+			goto out_free;
+		}
+		*v = (struct rdmig_img_vma){
+		    .start = m->start,
+		    .end = m->end,
+		    .prot = m->prot,
+		    .kind = kind,
+		    .flags = flags,
+		    .file = UINT32_MAX,
+		};
+		img->nvmas++;
+		if (fpath) {
+			v->pgoff = m->pgoff;
+			ret = file_index(img, files_cap, fpath, &st, &v->file);
+			free(fpath);
+			if (ret)
+				goto out_free;
+		}
+		if (kind == RDMIG_VMA_VDSO) {
+			uint64_t len = m->end - m->start;
+
+			if (len > RDMIG_IMG_MAX_VDSO || img->vdso) {
+				pr_err("pid %d: [vdso] of %" PRIu64 " bytes, or two", pid, len);
+				ret = -EIO;
+				goto out_free;
+			}
+			img->vdso = malloc(len);
+			if (!img->vdso) {
+				ret = -ENOMEM;
+				goto out_free;
+			}
+			img->vdso_len = (uint32_t)len;
+			ret = rdmig_tracee_read(t, m->start, img->vdso, len);
+			if (ret)
+				goto out_free;
+		}
+		if (kind != RDMIG_VMA_ANON && kind != RDMIG_VMA_FILE_PRIVATE)
+			continue;
+		uint64_t pages = (m->end - m->start) / 4096, count;
+
+		bits = calloc((pages + 7) / 8, 1);
+		if (!bits) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
+		ret = scan_pages(pm_fd, m->start, m->end, kind == RDMIG_VMA_FILE_PRIVATE, bits,
+		                 &count);
+		if (ret)
+			goto out_free;
+		if (kind == RDMIG_VMA_FILE_PRIVATE) {
+			ret = capture_cow(t, img, &cow_cap, v, bits);
+			if (ret)
+				goto out_free;
+		} else if (count) {
+			v->touched = bits;
+			bits = NULL;
+		}
+		free(bits);
+		bits = NULL;
+	}
+	ret = 0;
+out_free:
+	free(bits);
+	procfs_maps_free(maps, nmaps);
+out_close:
+	close(pm_fd);
+	return ret;
+}
+
+static int capture_fds(pid_t pid, struct rdmig_image *img, uint32_t *files_cap, char *why,
+                       size_t whylen)
+{
+	struct procfs_fd *fds = NULL;
+	size_t nfds = 0;
+	int ret;
+
+	ret = procfs_fds(pid, &fds, &nfds);
+	if (ret)
+		return ret;
+	img->fds = calloc(nfds ? nfds : 1, sizeof(*img->fds));
+	if (!img->fds) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	for (size_t i = 0; i < nfds; i++) {
+		const struct procfs_fd *f = &fds[i];
+		struct rdmig_img_fd *d = &img->fds[img->nfds];
+		struct stat st;
+		uint32_t kind;
+
+		ret = classify_fd(pid, f, &kind, &st, why, whylen);
+		if (ret < 0)
+			goto out_free;
+		if (ret == 1) {
+			/* the process is frozen: a descriptor cannot vanish */
+			pr_err("pid %d fd %d vanished during the capture", pid, f->fd);
+			ret = -EIO;
+			goto out_free;
+		}
+		*d = (struct rdmig_img_fd){
+		    .fd = f->fd,
+		    .kind = kind,
+		    .flags = f->flags,
+		    .cloexec = !!(f->flags & O_CLOEXEC),
+		    .pos = kind == RDMIG_FD_FILE ? f->pos : 0,
+		    .file = UINT32_MAX,
+		};
+		if (kind != RDMIG_FD_STDIO) {
+			ret = file_index(img, files_cap, f->target, &st, &d->file);
+			if (ret)
+				goto out_free;
+		}
+		img->nfds++;
+	}
+	ret = 0;
+out_free:
+	procfs_fds_free(fds, nfds);
+	return ret;
+}
+
+int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, size_t whylen)
+{
+	pid_t pid = rdmig_tracee_pid(t);
+	uint32_t files_cap = 0;
+	int ret;
+
+	memset(img, 0, sizeof(*img));
+	ret = check(pid, true, why, whylen);
+	if (ret)
+		return ret;
+	img->pid = pid;
+	ret = capture_injected(t, img);
+	if (ret)
+		goto out_free_image;
+	ret = capture_ptrace(t, img);
+	if (ret)
+		goto out_free_image;
+	ret = capture_proc(pid, img);
+	if (ret)
+		goto out_free_image;
+	ret = capture_maps(t, img, &files_cap, why, whylen);
+	if (ret)
+		goto out_free_image;
+	ret = capture_fds(pid, img, &files_cap, why, whylen);
+	if (ret)
+		goto out_free_image;
+	if (rdmig_log_get_level() >= RDMIG_LOG_INFO) {
+		char line[512];
+
+		rdmig_image_describe(img, line, sizeof(line));
+		pr_info("%s", line);
+	}
+	return 0;
+out_free_image:
+	rdmig_image_free(img);
+	return ret;
+}
+
+void rdmig_image_describe(const struct rdmig_image *img, char *buf, size_t cap)
+{
+	uint32_t anon = 0, file = 0, other = 0;
+	uint64_t touched = 0, vm = 0;
+
+	if (!cap)
+		return;
+	for (uint32_t i = 0; i < img->nvmas; i++) {
+		const struct rdmig_img_vma *v = &img->vmas[i];
+
+		vm += v->end - v->start;
+		if (v->kind == RDMIG_VMA_ANON) {
+			anon++;
+			touched += rdmig_image_vma_touched(v);
+		} else if (v->kind == RDMIG_VMA_FILE_PRIVATE ||
+		           v->kind == RDMIG_VMA_FILE_SHARED_RO) {
+			file++;
+		} else {
+			other++;
+		}
+	}
+	snprintf(buf, cap,
+	         "pid %" PRId32 " (%s): vmas %u (anon %u, %" PRIu64 " MiB touched; file %u; "
+	         "special %u; %" PRIu64 " MiB mapped), cow pages %u, files %u, fds %u, "
+	         "signals pending %u+%u, rseq %s, xstate %u bytes, vdso %u bytes",
+	         img->pid, img->comm, img->nvmas, anon, touched * RDMIG_IMG_PAGE >> 20, file, other,
+	         vm >> 20, img->ncow, img->nfiles, img->nfds, img->thread.nsiginfo,
+	         img->nsiginfo_shared, img->thread.rseq_len ? "yes" : "no", img->thread.xstate_len,
+	         img->vdso_len);
+}

@@ -1,0 +1,904 @@
+/*
+ * Tests of ptrace driving (src/tracee.c) and capture (src/capture.c) on real
+ * forked processes: syscall injection, tracee memory, scratch, release with the
+ * thread's blocking calls undisturbed; a capture checked field by field against
+ * what the child set up; and the refusals of rdmig_capture_check.
+ */
+#include "helpers.h"
+
+#include "rdmig/capture.h"
+#include "rdmig/tracee.h"
+
+#include "../src/procfs.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+T_DEFINE_STATE;
+
+/* Shared with forked children: the same addresses in parent and child. */
+static volatile uint64_t g_counter;
+static volatile uint64_t g_cmd;
+
+/* Read exactly len bytes from fd within timeout_ms; 0 or -1. */
+static int read_full(int fd, void *buf, size_t len, int timeout_ms)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		struct pollfd p = {fd, POLLIN, 0};
+
+		if (poll(&p, 1, timeout_ms) != 1)
+			return -1;
+		ssize_t n = read(fd, (char *)buf + done, len - done);
+
+		if (n <= 0)
+			return -1;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* waitpid with a deadline; the exit status, or -1 (child killed on timeout). */
+static int wait_exit(pid_t pid, int timeout_ms)
+{
+	int status;
+
+	for (int i = 0; i < timeout_ms; i++) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+
+		if (r == pid)
+			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		usleep(1000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	return -1;
+}
+
+static char proc_state(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return '?';
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+
+	fclose(f);
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	return p && p[1] == ' ' ? p[2] : '?';
+}
+
+static int tracer_of(pid_t pid)
+{
+	char path[64], line[256];
+	int tracer = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "TracerPid: %d", &tracer) == 1)
+			break;
+	fclose(f);
+	return tracer;
+}
+
+/* A child that counts and reports its counter through a pipe; exits with
+ * g_cmd's value once that is set. */
+static pid_t spawn_counter(int *rfd)
+{
+	int p[2];
+
+	if (pipe(p))
+		return -1;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		close(p[0]);
+		for (;;) {
+			g_counter++;
+			if (g_cmd)
+				_exit((int)g_cmd);
+			if (!(g_counter % 200000)) {
+				uint64_t v = g_counter;
+
+				if (write(p[1], &v, sizeof(v)) != sizeof(v))
+					_exit(99);
+			}
+		}
+	}
+	close(p[1]);
+	*rfd = p[0];
+	return pid;
+}
+
+static void drain(int fd, uint64_t *last)
+{
+	uint64_t v;
+
+	while (read_full(fd, &v, sizeof(v), 0) == 0)
+		*last = v;
+}
+
+static void tracee_inject_loop(void)
+{
+	struct rdmig_tracee *t = NULL;
+	int rfd = -1;
+	uint64_t before = 0, after = 0, v = 0;
+	pid_t pid = spawn_counter(&rfd);
+	long r;
+
+	T_CHECK(pid > 0, "fork");
+	if (pid <= 0)
+		return;
+	T_CHECK(read_full(rfd, &before, sizeof(before), 5000) == 0, "first counter");
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (!t)
+		goto out_kill;
+	T_CHECK(rdmig_tracee_pid(t) == pid, "pid");
+	T_CHECK(proc_state(pid) == 't', "state %c while seized", proc_state(pid));
+
+	/* getpid runs in the child */
+	T_OK(rdmig_tracee_call(t, "getpid", &r, SYS_getpid, 0, 0, 0, 0, 0, 0));
+	T_CHECK(r == pid, "getpid %ld, child %d", r, pid);
+	/* an error comes back as -errno */
+	T_CHECK(rdmig_tracee_call(t, "close(-1)", NULL, SYS_close, -1, 0, 0, 0, 0, 0) == -EBADF,
+	        "close(-1)");
+
+	/* mmap / munmap, then memory through /proc/PID/mem */
+	T_OK(rdmig_tracee_call(t, "mmap", &r, SYS_mmap, 0, 8192, PROT_READ,
+	                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+	T_CHECK(r > 0 && !(r & 4095), "mmap %#lx", r);
+	if (r > 0) {
+		char buf[16] = "written by test", back[16] = {0};
+
+		/* /proc/PID/mem writes even a read-only mapping */
+		T_OK(rdmig_tracee_write(t, (uint64_t)r + 4000, buf, sizeof(buf)));
+		T_OK(rdmig_tracee_read(t, (uint64_t)r + 4000, back, sizeof(back)));
+		T_CHECK(!memcmp(buf, back, sizeof(buf)), "read back");
+		T_OK(rdmig_tracee_call(t, "munmap", NULL, SYS_munmap, r, 8192, 0, 0, 0, 0));
+		T_CHECK(rdmig_tracee_read(t, (uint64_t)r, back, 1) == -EFAULT, "unmapped read");
+	}
+
+	/* the child's own counter, at the same address as ours */
+	T_OK(rdmig_tracee_read(t, (uint64_t)(uintptr_t)&g_counter, &v, sizeof(v)));
+	T_CHECK(v >= before, "counter %lu >= %lu", (unsigned long)v, (unsigned long)before);
+
+	/* scratch, plain and away from avoid ranges */
+	uint64_t a = 0, b = 0;
+
+	T_OK(rdmig_tracee_scratch(t, 100, &a));
+	T_OK(rdmig_tracee_scratch(t, 200, &b));
+	T_CHECK(a && a == b, "scratch reused %#lx %#lx", (unsigned long)a, (unsigned long)b);
+	T_OK(rdmig_tracee_scratch_unmap(t));
+	rdmig_tracee_scratch_avoid(t, 1ull << 30, 1ull << 34);
+	T_OK(rdmig_tracee_scratch(t, 300000, &a));
+	T_CHECK(a >= (1ull << 34) && !(a & 4095), "scratch at %#lx", (unsigned long)a);
+	T_OK(rdmig_tracee_write(t, a, "x", 1));
+	T_CHECK(rdmig_tracee_scratch(t, (2u << 20), &a) == -EINVAL, "scratch over 1 MiB");
+
+	T_OK(rdmig_tracee_release(t, true)); /* unmaps the scratch itself */
+	t = NULL;
+	drain(rfd, &before);
+	T_CHECK(read_full(rfd, &after, sizeof(after), 5000) == 0, "counter after release");
+	T_CHECK(after > before, "counter continues: %lu then %lu", (unsigned long)before,
+	        (unsigned long)after);
+
+	/* release without resume leaves it stopped; SIGCONT lets it go on */
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (t) {
+		T_OK(rdmig_tracee_release(t, false));
+		t = NULL;
+		usleep(50000);
+		T_CHECK(proc_state(pid) == 'T', "state %c after release(!resume)", proc_state(pid));
+		drain(rfd, &before);
+		kill(pid, SIGCONT);
+		T_CHECK(read_full(rfd, &after, sizeof(after), 5000) == 0 && after > before,
+		        "counter after SIGCONT");
+	}
+
+	/* a write into its memory changes what it does: exit with 42 */
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (t) {
+		uint64_t cmd = 42;
+
+		T_OK(rdmig_tracee_write(t, (uint64_t)(uintptr_t)&g_cmd, &cmd, sizeof(cmd)));
+		T_OK(rdmig_tracee_release(t, true));
+		t = NULL;
+	}
+	T_CHECK(wait_exit(pid, 5000) == 42, "exit status 42");
+	pid = -1;
+out_kill:
+	rdmig_tracee_kill(t);
+	if (pid > 0)
+		(void)wait_exit(pid, 0);
+	close(rfd);
+}
+
+/* A child blocked in read() keeps waiting and gets the data written later. */
+static void tracee_blocked_read(void)
+{
+	struct rdmig_tracee *t = NULL;
+	int in[2], out[2];
+	char got[8] = {0};
+
+	T_CHECK(!pipe(in) && !pipe(out), "pipes");
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		char buf[8] = {0};
+		ssize_t n = read(in[0], buf, 5);
+
+		if (n != 5 || write(out[1], buf, 5) != 5)
+			_exit(1);
+		_exit(0);
+	}
+	close(in[0]);
+	close(out[1]);
+	usleep(100000);
+	T_CHECK(proc_state(pid) == 'S', "child sleeps (%c)", proc_state(pid));
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (t) {
+		const struct user_regs_struct *r = rdmig_tracee_saved_regs(t);
+		long ret;
+
+		T_CHECK(r->orig_rax == SYS_read && (long)r->rax == -512,
+		        "interrupted read: orig_rax %lld rax %lld", r->orig_rax, r->rax);
+		T_OK(rdmig_tracee_call(t, "getppid", &ret, SYS_getppid, 0, 0, 0, 0, 0, 0));
+		T_CHECK(ret == getpid(), "getppid %ld", ret);
+		uint64_t a;
+
+		T_OK(rdmig_tracee_scratch(t, 10, &a));
+		T_OK(rdmig_tracee_release(t, true));
+	}
+	usleep(100000);
+	T_CHECK(write(in[1], "hello", 5) == 5, "write");
+	T_CHECK(read_full(out[0], got, 5, 5000) == 0 && !memcmp(got, "hello", 5), "child read '%s'",
+	        got);
+	T_CHECK(wait_exit(pid, 5000) == 0, "child exit");
+	close(in[1]);
+	close(out[0]);
+}
+
+/* A child in nanosleep wakes on time, neither early nor with EINTR. */
+static void tracee_blocked_sleep(void)
+{
+	struct rdmig_tracee *t = NULL;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		struct timespec d = {0, 400 * 1000 * 1000}, rem;
+		double a = t_now_s();
+
+		if (nanosleep(&d, &rem))
+			_exit(errno == EINTR ? 2 : 3);
+		double s = t_now_s() - a;
+
+		_exit(s < 0.39 ? 4 : s > 1.5 ? 5 : 0);
+	}
+	usleep(100000);
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (t) {
+		long ret;
+
+		T_OK(rdmig_tracee_call(t, "getpid", &ret, SYS_getpid, 0, 0, 0, 0, 0, 0));
+		T_OK(rdmig_tracee_release(t, true));
+	}
+	int st = wait_exit(pid, 5000);
+
+	T_CHECK(st == 0, "child exit %d (2: EINTR, 4: early, 5: late)", st);
+}
+
+/* A signal sent while seized (blocked meanwhile) is delivered after release. */
+static volatile sig_atomic_t g_got_usr1;
+static void on_usr1(int sig)
+{
+	g_got_usr1 = sig;
+}
+
+static void tracee_signal_while_seized(void)
+{
+	struct rdmig_tracee *t = NULL;
+	int p[2];
+	char c = 0;
+
+	T_CHECK(!pipe(p), "pipe");
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		signal(SIGUSR1, on_usr1);
+		while (!g_got_usr1)
+			pause();
+		_exit(write(p[1], "u", 1) == 1 ? 0 : 1);
+	}
+	close(p[1]);
+	usleep(100000);
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (t) {
+		long ret;
+
+		kill(pid, SIGUSR1);
+		T_OK(rdmig_tracee_call(t, "getpid", &ret, SYS_getpid, 0, 0, 0, 0, 0, 0));
+		T_CHECK(ret == pid, "getpid");
+		T_OK(rdmig_tracee_release(t, true));
+	}
+	T_CHECK(read_full(p[0], &c, 1, 5000) == 0 && c == 'u', "handler ran");
+	T_CHECK(wait_exit(pid, 5000) == 0, "child exit");
+	close(p[0]);
+}
+
+static void tracee_kill_child(void)
+{
+	struct rdmig_tracee *t = NULL;
+	int rfd = -1;
+	pid_t pid = spawn_counter(&rfd);
+
+	T_OK(rdmig_tracee_seize(pid, RDMIG_TRACEE_EXITKILL, &t));
+	rdmig_tracee_kill(t);
+	T_CHECK(waitpid(pid, NULL, WNOHANG) < 0 && errno == ECHILD, "reaped");
+	close(rfd);
+}
+
+/* ---- capture ---- */
+
+#define CAP_MAP_PAGES 2047u
+#define CAP_FILE_POS 12345
+#define CAP_EXIT 33
+
+static volatile uint64_t g_go;
+static volatile sig_atomic_t g_cap_sig;
+
+static void cap_handler(int sig)
+{
+	g_cap_sig = sig;
+}
+
+/* What the capture child reports on its stdout once it is set up. */
+struct cap_info {
+	uint64_t heap_base; /* page aligned, CAP_MAP_PAGES pages follow */
+	uint64_t fmap;      /* the private file mapping (3 pages) */
+	uint64_t altstack;
+	int32_t fd;
+	uint32_t pad;
+};
+
+static bool heap_written(uint32_t i)
+{
+	return i % 3 == 0;
+}
+
+static bool heap_read_only(uint32_t i)
+{
+	return i % 3 == 1 && i % 7 == 1;
+}
+
+static uint8_t cow_byte(uint32_t i)
+{
+	return (uint8_t)(i * 13 + 5);
+}
+
+/* The child for capture_full: stdin/stdout are pipes to the parent. */
+static void cap_child(const char *fpath, const char *mpath)
+{
+	struct cap_info info = {0};
+	static char altstack[65536];
+	struct sigaction sa;
+	sigset_t set;
+	int bad = 0;
+
+	syscall(SYS_close_range, 3, ~0u, 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = cap_handler;
+	sa.sa_flags = SA_RESTART | SA_ONSTACK;
+	sigemptyset(&sa.sa_mask);
+	sigaddset(&sa.sa_mask, SIGUSR2);
+	sigaddset(&sa.sa_mask, SIGHUP);
+	if (sigaction(SIGUSR1, &sa, NULL))
+		_exit(10);
+	stack_t ss = {.ss_sp = altstack, .ss_size = sizeof(altstack), .ss_flags = 0};
+
+	if (sigaltstack(&ss, NULL))
+		_exit(11);
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR2);
+	sigaddset(&set, SIGTERM);
+	if (sigprocmask(SIG_BLOCK, &set, NULL))
+		_exit(12);
+	kill(getpid(), SIGUSR2); /* pending, blocked */
+	umask(027);
+
+	char *p = malloc(8u << 20);
+
+	if (!p)
+		_exit(13);
+	char *base = (char *)(((uintptr_t)p + 4095) & ~(uintptr_t)4095);
+
+	/* no THP: a touched page must not bring 511 others with it */
+	if (madvise(base, (size_t)CAP_MAP_PAGES * 4096, MADV_NOHUGEPAGE))
+		_exit(14);
+	for (uint32_t i = 0; i < CAP_MAP_PAGES; i++) {
+		if (heap_written(i))
+			base[(size_t)i * 4096 + 7] = (char)(i + 1);
+		else if (heap_read_only(i))
+			bad += *(volatile char *)(base + (size_t)i * 4096); /* the zero page */
+	}
+	int fd = open(fpath, O_RDWR | O_APPEND);
+
+	if (fd < 0 || lseek(fd, CAP_FILE_POS, SEEK_SET) != CAP_FILE_POS)
+		_exit(15);
+	int mfd = open(mpath, O_RDONLY);
+
+	if (mfd < 0)
+		_exit(16);
+	uint8_t *m = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, mfd, 0);
+
+	close(mfd);
+	if (m == MAP_FAILED)
+		_exit(17);
+	for (uint32_t i = 0; i < 3 * 4096; i += 4096)
+		bad += *(volatile uint8_t *)(m + i) != 'f'; /* file pages, present */
+	for (uint32_t i = 0; i < 4096; i++)
+		m[4096 + i] = cow_byte(i);
+	info.heap_base = (uint64_t)(uintptr_t)base;
+	info.fmap = (uint64_t)(uintptr_t)m;
+	info.altstack = (uint64_t)(uintptr_t)altstack;
+	info.fd = fd;
+	if (bad || write(1, &info, sizeof(info)) != sizeof(info))
+		_exit(18);
+	while (!g_go)
+		g_counter++; /* spins in the executable: rip is there at the freeze */
+
+	/* after release: everything still as it was */
+	for (uint32_t i = 0; i < CAP_MAP_PAGES; i += 3)
+		if (base[(size_t)i * 4096 + 7] != (char)(i + 1))
+			_exit(20);
+	for (uint32_t i = 0; i < 4096; i++)
+		if (m[4096 + i] != cow_byte(i))
+			_exit(21);
+	if (lseek(fd, 0, SEEK_CUR) != CAP_FILE_POS)
+		_exit(22);
+	if (umask(0) != 027)
+		_exit(23);
+	if (sigpending(&set) || !sigismember(&set, SIGUSR2))
+		_exit(24);
+	raise(SIGUSR1);
+	if (g_cap_sig != SIGUSR1)
+		_exit(25);
+	_exit(CAP_EXIT);
+}
+
+/* Whether a read fault on private anonymous memory maps the shared zero page
+ * here (two such pages with one PFN). Some kernels (this VM's) give each read
+ * fault a page of its own: such a page is present and not the zero page, so it
+ * is rightly marked touched. */
+static bool zero_page_in_use(void)
+{
+	char *p = mmap(NULL, 2 * 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t e[2] = {0, 0};
+	int fd;
+
+	if (p == MAP_FAILED)
+		return false;
+	(void)*(volatile char *)p;
+	(void)*(volatile char *)(p + 4096);
+	fd = open("/proc/self/pagemap", O_RDONLY);
+	if (fd >= 0 && pread(fd, e, sizeof(e), (off_t)((uintptr_t)p / 4096 * 8)) != sizeof(e))
+		e[0] = e[1] = 0;
+	if (fd >= 0)
+		close(fd);
+	munmap(p, 2 * 4096);
+	uint64_t pfn = (1ull << 55) - 1;
+
+	return (e[0] >> 63) && (e[0] & pfn) && (e[0] & pfn) == (e[1] & pfn);
+}
+
+static bool bit(const uint8_t *bits, uint64_t i)
+{
+	return bits && (bits[i / 8] >> (i % 8)) & 1;
+}
+
+static void check_image(const struct rdmig_image *img, const struct cap_info *info,
+                        const char *fpath, const char *mpath)
+{
+	const uint64_t b = 1;
+	char exe[4096];
+	struct stat st;
+
+	/* signals */
+	const struct rdmig_img_sigaction *a = &img->sigactions[SIGUSR1 - 1];
+
+	T_CHECK(a->handler == (uint64_t)(uintptr_t)cap_handler, "handler %#lx",
+	        (unsigned long)a->handler);
+	T_CHECK((a->flags & SA_RESTART) && (a->flags & SA_ONSTACK), "flags %#lx",
+	        (unsigned long)a->flags);
+	T_CHECK(a->mask == ((b << (SIGUSR2 - 1)) | (b << (SIGHUP - 1))), "mask %#lx",
+	        (unsigned long)a->mask);
+	T_CHECK(img->sigactions[SIGUSR2 - 1].handler == 0, "SIGUSR2 default");
+	T_CHECK(img->thread.sigmask == ((b << (SIGUSR2 - 1)) | (b << (SIGTERM - 1))),
+	        "sigmask %#lx", (unsigned long)img->thread.sigmask);
+	T_CHECK(img->thread.altstack_sp == info->altstack && img->thread.altstack_size == 65536 &&
+	            img->thread.altstack_flags == 0,
+	        "altstack %#lx %lu %u", (unsigned long)img->thread.altstack_sp,
+	        (unsigned long)img->thread.altstack_size, img->thread.altstack_flags);
+	bool usr2 = false;
+
+	for (uint32_t i = 0; i < img->nsiginfo_shared; i++) {
+		siginfo_t si;
+
+		memcpy(&si, img->siginfo_shared + (size_t)i * RDMIG_IMG_SIGINFO, sizeof(si));
+		usr2 |= si.si_signo == SIGUSR2;
+	}
+	T_CHECK(usr2, "SIGUSR2 pending (%u shared, %u thread)", img->nsiginfo_shared,
+	        img->thread.nsiginfo);
+
+	/* process */
+	T_CHECK(img->umask == 027, "umask %o", img->umask);
+	T_CHECK(!strcmp(img->comm, "test_capture"), "comm '%s'", img->comm);
+	T_CHECK(img->thread.rseq_len != 0 && img->thread.rseq_addr, "rseq %u at %#lx",
+	        img->thread.rseq_len, (unsigned long)img->thread.rseq_addr);
+	T_CHECK(img->thread.xstate_len >= 512, "xstate %u", img->thread.xstate_len);
+	T_CHECK(img->vdso_len > 0 && img->auxv_len >= 16, "vdso %u auxv %u", img->vdso_len,
+	        img->auxv_len);
+	T_CHECK(img->mm.brk >= img->mm.start_brk && img->mm.start_code < img->mm.end_code,
+	        "mm fields");
+	T_CHECK(img->creds.uid[0] == getuid() && img->creds.gid[0] == getgid(), "creds");
+	T_CHECK(img->cwd && img->cwd[0] == '/', "cwd");
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+	exe[n > 0 ? n : 0] = 0;
+	T_CHECK(img->exe && !strcmp(img->exe, exe), "exe '%s'", img->exe ? img->exe : "");
+	const struct rdmig_img_vma *v = rdmig_image_vma_at(img, img->thread.regs[16]);
+
+	T_CHECK(v && v->kind == RDMIG_VMA_FILE_PRIVATE && v->file < img->nfiles &&
+	            !strcmp(img->files[v->file].path, exe),
+	        "rip %#lx not in the executable", (unsigned long)img->thread.regs[16]);
+
+	/* touched pages */
+	uint32_t wrong = 0;
+	bool zp = zero_page_in_use();
+
+	fprintf(stderr, "  read faults map the shared zero page: %s\n", zp ? "yes" : "no");
+
+	for (uint32_t i = 0; i < CAP_MAP_PAGES; i++) {
+		uint64_t addr = info->heap_base + (uint64_t)i * 4096;
+
+		v = rdmig_image_vma_at(img, addr);
+		if (!v || v->kind != RDMIG_VMA_ANON) {
+			wrong++;
+			continue;
+		}
+		bool t = bit(v->touched, (addr - v->start) / 4096);
+
+		/* page 0 also holds malloc's chunk header */
+		if (t != (heap_written(i) || i == 0 || (!zp && heap_read_only(i)))) {
+			if (wrong++ < 5)
+				fprintf(stderr, "  page %u: touched %d (written %d, read %d)\n", i,
+				        t, heap_written(i), heap_read_only(i));
+		}
+	}
+	T_CHECK(wrong == 0, "%u heap pages wrong", wrong);
+
+	/* the private file mapping and its one written page */
+	v = rdmig_image_vma_at(img, info->fmap);
+	T_CHECK(v && v->kind == RDMIG_VMA_FILE_PRIVATE && v->start == info->fmap &&
+	            v->end == info->fmap + 3 * 4096 && v->pgoff == 0 && v->file < img->nfiles &&
+	            !strcmp(img->files[v->file].path, mpath),
+	        "file mapping");
+	uint32_t ncow = 0;
+
+	for (uint32_t i = 0; i < img->ncow; i++) {
+		const struct rdmig_img_cow_page *c = &img->cow[i];
+
+		if (i)
+			T_CHECK(c->addr > img->cow[i - 1].addr, "cow sorted");
+		if (c->addr < info->fmap || c->addr >= info->fmap + 3 * 4096)
+			continue;
+		ncow++;
+		T_CHECK(c->addr == info->fmap + 4096, "cow page at %#lx", (unsigned long)c->addr);
+		bool same = true;
+
+		for (uint32_t j = 0; j < 4096; j++)
+			same &= c->data[j] == cow_byte(j);
+		T_CHECK(same, "cow content");
+	}
+	T_CHECK(ncow == 1, "%u cow pages in the file mapping", ncow);
+	if (v && v->file < img->nfiles && !stat(mpath, &st))
+		T_CHECK(img->files[v->file].ino == st.st_ino &&
+		            img->files[v->file].size == (uint64_t)st.st_size,
+		        "mapped file identity");
+
+	/* descriptors */
+	const struct rdmig_img_fd *f = NULL;
+
+	for (uint32_t i = 0; i < img->nfds; i++)
+		if (img->fds[i].fd == info->fd)
+			f = &img->fds[i];
+	T_CHECK(f != NULL, "fd %d captured", info->fd);
+	if (f) {
+		T_CHECK(f->kind == RDMIG_FD_FILE && f->pos == CAP_FILE_POS, "fd kind %u pos %lu",
+		        f->kind, (unsigned long)f->pos);
+		T_CHECK((f->flags & O_APPEND) && (f->flags & O_ACCMODE) == O_RDWR && !f->cloexec,
+		        "fd flags %#o", f->flags);
+		T_CHECK(f->file < img->nfiles && !strcmp(img->files[f->file].path, fpath) &&
+		            !stat(fpath, &st) && img->files[f->file].ino == st.st_ino,
+		        "fd file");
+	}
+	T_CHECK(img->nfds >= 2 && img->fds[0].fd == 0 && img->fds[0].kind == RDMIG_FD_STDIO &&
+	            img->fds[1].kind == RDMIG_FD_STDIO,
+	        "stdin/stdout are stdio pipes");
+	for (uint32_t i = 0; i < img->nfiles; i++)
+		for (uint32_t j = i + 1; j < img->nfiles; j++)
+			T_CHECK(strcmp(img->files[i].path, img->files[j].path) ||
+			            img->files[i].ino != img->files[j].ino,
+			        "file %u listed twice", j);
+}
+
+static int make_file(char *path, char fill, size_t len)
+{
+	int fd = mkstemp(path);
+	char buf[4096];
+
+	if (fd < 0)
+		return -1;
+	memset(buf, fill, sizeof(buf));
+	for (size_t done = 0; done < len; done += sizeof(buf))
+		if (write(fd, buf, sizeof(buf)) != (ssize_t)sizeof(buf))
+			return -1;
+	close(fd);
+	return 0;
+}
+
+static void capture_full(void)
+{
+	char fpath[] = "/tmp/rdmig-cap-fd-XXXXXX", mpath[] = "/tmp/rdmig-cap-map-XXXXXX";
+	struct rdmig_tracee *t = NULL;
+	struct rdmig_image img;
+	struct cap_info info;
+	char why[256] = "";
+	int cmd[2], res[2];
+
+	memset(&img, 0, sizeof(img));
+	T_CHECK(!make_file(fpath, 'd', 16384) && !make_file(mpath, 'f', 3 * 4096), "files");
+	T_CHECK(!pipe(cmd) && !pipe(res), "pipes");
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		if (dup2(cmd[0], 0) < 0 || dup2(res[1], 1) < 0)
+			_exit(9);
+		cap_child(fpath, mpath);
+	}
+	close(cmd[0]);
+	close(res[1]);
+	if (read_full(res[0], &info, sizeof(info), 5000)) {
+		T_CHECK(0, "child not ready (exit %d)", wait_exit(pid, 100));
+		goto out;
+	}
+	T_OK(rdmig_capture_check(pid, why, sizeof(why)));
+	usleep(100000); /* into its spin loop, past the write() */
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (!t)
+		goto out_kill;
+	double t0 = t_now_s();
+	int ret = rdmig_capture(t, &img, why, sizeof(why));
+
+	T_CHECK(ret == 0, "capture %d (%s) why '%s'", ret, strerror(-ret), why);
+	fprintf(stderr, "  capture took %.1f ms\n", (t_now_s() - t0) * 1e3);
+	if (!ret) {
+		char line[512];
+		uint8_t *enc = NULL;
+		size_t len = 0;
+
+		rdmig_image_describe(&img, line, sizeof(line));
+		fprintf(stderr, "  %s\n", line);
+		check_image(&img, &info, fpath, mpath);
+		/* the codec takes what the capture produced, unless the bitmaps alone
+		 * pass its size limit (an ASan build's shadow is terabytes of
+		 * sparse anonymous memory) */
+		uint64_t bitmap_bytes = 0;
+
+		for (uint32_t i = 0; i < img.nvmas; i++)
+			if (img.vmas[i].touched)
+				bitmap_bytes += (img.vmas[i].end - img.vmas[i].start) / 4096 / 8;
+		if (bitmap_bytes < RDMIG_IMG_MAX_BYTES / 2) {
+			T_OK(rdmig_image_encode(&img, &enc, &len));
+			free(enc);
+		} else {
+			fprintf(stderr, "  encode not tried: %lu MiB of touched bitmaps\n",
+			        (unsigned long)(bitmap_bytes >> 20));
+		}
+	}
+	rdmig_image_free(&img);
+	uint64_t go = 1;
+
+	T_OK(rdmig_tracee_write(t, (uint64_t)(uintptr_t)&g_go, &go, sizeof(go)));
+	T_OK(rdmig_tracee_release(t, true));
+	t = NULL;
+	int st = wait_exit(pid, 10000);
+
+	T_CHECK(st == CAP_EXIT, "child exit %d after release", st);
+	pid = -1;
+out_kill:
+	rdmig_tracee_kill(t);
+	if (pid > 0)
+		(void)wait_exit(pid, 0);
+out:
+	close(cmd[1]);
+	close(res[0]);
+	unlink(fpath);
+	unlink(mpath);
+}
+
+/* ---- refusals ---- */
+
+enum refuse_mode { REF_THREAD, REF_SOCKET, REF_PIPE, REF_SHARED_ANON };
+
+static void *sleeper(void *arg)
+{
+	(void)arg;
+	for (;;)
+		pause();
+	return NULL;
+}
+
+static void refusal(enum refuse_mode mode, const char *expect)
+{
+	int cmd[2], res[2], fds[2];
+	char why[256] = "", c = 0;
+	pthread_t th;
+
+	T_CHECK(!pipe(cmd) && !pipe(res), "pipes");
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		if (dup2(cmd[0], 0) < 0 || dup2(res[1], 1) < 0)
+			_exit(9);
+		syscall(SYS_close_range, 3, ~0u, 0);
+		switch (mode) {
+		case REF_THREAD:
+			if (pthread_create(&th, NULL, sleeper, NULL))
+				_exit(10);
+			break;
+		case REF_SOCKET:
+			if (socket(AF_INET, SOCK_STREAM, 0) < 0)
+				_exit(10);
+			break;
+		case REF_PIPE:
+			if (pipe(fds))
+				_exit(10);
+			break;
+		case REF_SHARED_ANON:
+			if (mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+			         -1, 0) == MAP_FAILED)
+				_exit(10);
+			break;
+		}
+		if (write(1, "r", 1) != 1 || read(0, &c, 1) != 1 || c != 'q')
+			_exit(11);
+		_exit(7);
+	}
+	close(cmd[0]);
+	close(res[1]);
+	T_CHECK(read_full(res[0], &c, 1, 5000) == 0 && c == 'r', "child ready");
+	int ret = rdmig_capture_check(pid, why, sizeof(why));
+
+	T_CHECK(ret == -EOPNOTSUPP, "check returned %d", ret);
+	T_CHECK(strstr(why, expect) != NULL, "why '%s' lacks '%s'", why, expect);
+	fprintf(stderr, "  refused: %s\n", why);
+	/* untouched: not traced, not stopped, and it carries on */
+	char state = proc_state(pid);
+
+	T_CHECK(state == 'S' || state == 'R', "state %c", state);
+	T_CHECK(tracer_of(pid) == 0, "traced by %d", tracer_of(pid));
+	T_CHECK(write(cmd[1], "q", 1) == 1, "go");
+	T_CHECK(wait_exit(pid, 5000) == 7, "child exit");
+	close(cmd[1]);
+	close(res[0]);
+}
+
+static void refuse_thread(void)
+{
+	refusal(REF_THREAD, "has 2 threads");
+}
+
+static void refuse_socket(void)
+{
+	refusal(REF_SOCKET, "fd 3 is a socket");
+}
+
+static void refuse_pipe(void)
+{
+	refusal(REF_PIPE, "fd 3 is a pipe");
+}
+
+static void refuse_shared_anon(void)
+{
+	refusal(REF_SHARED_ANON, "shared anonymous memory");
+}
+
+/* A plain process passes the check, whatever its name holds (stat's comm is
+ * parsed up to the last ')'). */
+static void check_accepts_odd_comm(void)
+{
+	int cmd[2], res[2];
+	char why[256] = "", c = 0;
+
+	T_CHECK(!pipe(cmd) && !pipe(res), "pipes");
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		if (dup2(cmd[0], 0) < 0 || dup2(res[1], 1) < 0)
+			_exit(9);
+		syscall(SYS_close_range, 3, ~0u, 0);
+		prctl(PR_SET_NAME, "a) b (c) 1 2");
+		if (write(1, "r", 1) != 1 || read(0, &c, 1) != 1)
+			_exit(11);
+		_exit(7);
+	}
+	close(cmd[0]);
+	close(res[1]);
+	T_CHECK(read_full(res[0], &c, 1, 5000) == 0 && c == 'r', "child ready");
+	T_OK(rdmig_capture_check(pid, why, sizeof(why)));
+	T_CHECK(why[0] == '\0', "why '%s'", why);
+	T_CHECK(rdmig_capture_check(getpid() + 1000000, why, sizeof(why)) == -ESRCH,
+	        "no such process");
+	T_CHECK(write(cmd[1], "q", 1) == 1, "go");
+	T_CHECK(wait_exit(pid, 5000) == 7, "child exit");
+	close(cmd[1]);
+	close(res[0]);
+}
+
+/* /proc/PID/limits (the fallback when prlimit may not read another user's
+ * limits) says what getrlimit says. */
+static void procfs_limits_match(void)
+{
+	uint64_t cur[RDMIG_IMG_NRLIMIT], max[RDMIG_IMG_NRLIMIT];
+	struct rlimit rl;
+
+	T_OK(procfs_limits(getpid(), cur, max));
+	for (int r = 0; r < (int)RDMIG_IMG_NRLIMIT; r++) {
+		T_CHECK(!getrlimit((enum __rlimit_resource)r, &rl) && rl.rlim_cur == cur[r] &&
+		            rl.rlim_max == max[r],
+		        "resource %d: %lu/%lu vs %lu/%lu", r, (unsigned long)cur[r],
+		        (unsigned long)max[r], (unsigned long)rl.rlim_cur,
+		        (unsigned long)rl.rlim_max);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1)
+		t_state.only = argv[1];
+	signal(SIGPIPE, SIG_IGN);
+	T_RUN(tracee_inject_loop);
+	T_RUN(tracee_blocked_read);
+	T_RUN(tracee_blocked_sleep);
+	T_RUN(tracee_signal_while_seized);
+	T_RUN(tracee_kill_child);
+	T_RUN(capture_full);
+	T_RUN(procfs_limits_match);
+	T_RUN(check_accepts_odd_comm);
+	T_RUN(refuse_thread);
+	T_RUN(refuse_socket);
+	T_RUN(refuse_pipe);
+	T_RUN(refuse_shared_anon);
+	return t_finish();
+}
