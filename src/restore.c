@@ -1,0 +1,333 @@
+/*
+ * Restore on the destination: the husk, and the order in which the image is
+ * built into it (the steps themselves are in restore_mm.c and restore_task.c).
+ *
+ * Order, and why:
+ *   seize the husk (tracee.c keeps every signal blocked while seized: a signal
+ *   delivered between two injected calls would push a frame onto the stack);
+ *   empty it (rseq unregistered first: the kernel writes into that area);
+ *   move [vvar]/[vvar_vclock]/[vdso] (injection then runs from the moved vdso);
+ *   PR_SET_MM_MAP with the new exe before any image vma exists: the kernel
+ *   refuses a new exe_file while the old exe is mapped, and the image often maps
+ *   the very same file (a daemon migrating its own kind);
+ *   vmas and COW pages; rlimits (before descriptors: an fd number above the
+ *   daemon's RLIMIT_NOFILE needs the image's limit); per-task settings,
+ *   descriptors, handlers; the userfaultfd; pending signals (blocked, so queued
+ *   only); credentials (every earlier step may need root); scratch unmapped;
+ *   rseq registered by the very last injected call, because registration makes
+ *   the kernel write cpu_id into the area on the next return to user mode: any
+ *   later injected call would write it into a page the pager has not filled
+ *   yet, which then counts as present and hides the real page forever;
+ *   registers, xstate and the image's signal mask set in the stop.
+ */
+#define LOG_SUBSYS "restore"
+
+#include "restore_int.h"
+
+#include "rdmig/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+_Static_assert(sizeof(struct user_regs_struct) == RDMIG_IMG_NREGS * sizeof(uint64_t),
+               "image registers are a struct user_regs_struct");
+
+/* Kernel-internal restart codes a thread stopped inside a syscall shows in rax. */
+#define K_ERESTARTSYS 512
+#define K_ERESTARTNOINTR 513
+#define K_ERESTARTNOHAND 514
+#define K_ERESTART_RESTARTBLOCK 516
+
+struct rdmig_husk {
+	pid_t pid;
+};
+
+int rst_fail(struct rst *r, int err, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	pr_err("pid %d: %s", (int)r->pid, msg);
+	if (r->whylen && !r->why[0])
+		snprintf(r->why, r->whylen, "%s", msg);
+	return err < 0 ? err : -EIO;
+}
+
+int rst_call(struct rst *r, const char *what, long *ret, long nr, long a0, long a1, long a2,
+             long a3, long a4, long a5)
+{
+	int err = rdmig_tracee_call(r->t, what, ret, nr, a0, a1, a2, a3, a4, a5);
+
+	if (err)
+		return rst_fail(r, err, "%s in the process being restored failed: %s", what,
+		                strerror(-err));
+	return 0;
+}
+
+int rst_to_scratch(struct rst *r, const void *buf, size_t len, uint64_t *addr)
+{
+	int err = rdmig_tracee_scratch(r->t, len, addr);
+
+	if (!err)
+		err = rdmig_tracee_write(r->t, *addr, buf, len);
+	if (err)
+		return rst_fail(r, err, "could not use scratch memory in the husk: %s",
+		                strerror(-err));
+	return 0;
+}
+
+/* Open path inside the process; *fd is its number there. */
+int rst_open(struct rst *r, const char *path, int flags, int mode, int *fd)
+{
+	uint64_t at;
+	long ret;
+	int err;
+
+	if ((err = rst_to_scratch(r, path, strlen(path) + 1, &at)))
+		return err;
+	err = rdmig_tracee_call(r->t, "openat", &ret, SYS_openat, AT_FDCWD, (long)at, flags, mode,
+	                        0, 0);
+	if (err)
+		return rst_fail(r, err, "cannot open %s in the process being restored: %s", path,
+		                strerror(-err));
+	*fd = (int)ret;
+	return 0;
+}
+
+void rst_close(struct rst *r, int fd)
+{
+	if (fd >= 0 && rdmig_tracee_call(r->t, "close", NULL, SYS_close, fd, 0, 0, 0, 0, 0))
+		pr_warn("pid %d: could not close fd %d in the process", (int)r->pid, fd);
+}
+
+int rdmig_husk_spawn(struct rdmig_husk **out)
+{
+	struct rdmig_husk *h = calloc(1, sizeof(*h));
+	pid_t parent = getpid();
+
+	if (!h)
+		return -ENOMEM;
+	h->pid = fork();
+	if (h->pid < 0) {
+		int err = -errno;
+
+		pr_err("fork of the husk failed: %s", strerror(errno));
+		free(h);
+		return err;
+	}
+	if (h->pid == 0) {
+		/* The husk: nothing but waiting to be seized. It never returns into
+		 * the daemon's code, so the daemon's stdio buffers are never flushed
+		 * twice. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	*out = h;
+	return 0;
+}
+
+pid_t rdmig_husk_pid(const struct rdmig_husk *h)
+{
+	return h ? h->pid : -1;
+}
+
+void rdmig_husk_destroy(struct rdmig_husk *h)
+{
+	if (!h)
+		return;
+	if (h->pid > 0) {
+		kill(h->pid, SIGKILL);
+		while (waitpid(h->pid, NULL, 0) < 0 && errno == EINTR)
+			;
+	}
+	free(h);
+}
+
+/* The image's registers made ready to run: a syscall interrupted by the freeze
+ * restarts (or returns EINTR where its restart block cannot cross hosts). */
+static void prepare_regs(const struct rdmig_image *img, struct user_regs_struct *regs)
+{
+	memcpy(regs, img->thread.regs, sizeof(*regs));
+	if ((long)regs->orig_rax >= 0) {
+		switch ((long)regs->rax) {
+		case -K_ERESTARTSYS:
+		case -K_ERESTARTNOINTR:
+		case -K_ERESTARTNOHAND:
+			regs->rax = regs->orig_rax;
+			regs->rip -= 2; /* back onto the 2-byte syscall instruction */
+			break;
+		case -K_ERESTART_RESTARTBLOCK:
+			regs->rax = (unsigned long long)-EINTR;
+			break;
+		default:
+			break;
+		}
+	}
+	regs->orig_rax = (unsigned long long)-1;
+}
+
+static int set_thread_state(struct rst *r)
+{
+	const struct rdmig_img_thread *th = &r->img->thread;
+	struct user_regs_struct regs;
+	int err;
+
+	prepare_regs(r->img, &regs);
+	if (th->xstate_len) {
+		err = rdmig_tracee_set_xstate(r->t, th->xstate, th->xstate_len);
+		if (err)
+			return rst_fail(
+			    r, err,
+			    "the FPU/vector state (%u bytes of xstate) could not be set: "
+			    "%s; the destination CPU may lack a feature the source "
+			    "used",
+			    th->xstate_len, strerror(-err));
+	}
+	err = rdmig_tracee_set_sigmask(r->t, th->sigmask);
+	if (err)
+		return rst_fail(r, err, "the signal mask could not be set: %s", strerror(-err));
+	rdmig_tracee_set_saved_regs(r->t, &regs);
+	return 0;
+}
+
+static int build_steps(struct rst *r)
+{
+	int err;
+
+	/* Signals stay blocked while seized (tracee.c), so nothing is delivered
+	 * between injected calls; the image's mask is set last. */
+	if ((err = rst_clean_husk(r)) || (err = rst_move_specials(r)) ||
+	    (err = rst_avoid_layout(r)) || (err = rst_set_mm(r)) || (err = rst_map_vmas(r)) ||
+	    (err = rst_rlimits(r)) || (err = rst_task_misc(r)) || (err = rst_fds(r)) ||
+	    (err = rst_sigactions(r)) || (err = rst_uffd(r)) || (err = rst_nohugepage(r)) ||
+	    (err = rst_pending_signals(r)) || (err = rst_creds(r)))
+		return err;
+	err = rdmig_tracee_scratch_unmap(r->t);
+	if (err)
+		return rst_fail(r, err, "could not unmap the scratch area: %s", strerror(-err));
+	if ((err = rst_rseq(r)))
+		return err;
+	return set_thread_state(r);
+}
+
+int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
+                        const struct rdmig_restore_opts *o, struct rdmig_restored *out, char *why,
+                        size_t whylen)
+{
+	static const struct rdmig_restore_opts no_opts;
+	char ownwhy[512];
+	struct rst r = {
+	    .img = img,
+	    .o = o ? o : &no_opts,
+	    .why = why && whylen ? why : ownwhy,
+	    .whylen = why && whylen ? whylen : sizeof(ownwhy),
+	    .uffd_in_proc = -1,
+	    .uffd = -1,
+	};
+	int err;
+
+	r.why[0] = '\0';
+	out->pid = -1;
+	out->uffd = -1;
+	out->uffd_in_proc = -1;
+	out->tracee = NULL;
+	if (!h)
+		return rst_fail(&r, -EINVAL, "no husk to restore into");
+	r.pid = h->pid;
+	h->pid = -1; /* consumed: from here on the husk is r's (or out's) */
+	free(h);
+
+	err = rdmig_tracee_seize(r.pid, RDMIG_TRACEE_EXITKILL, &r.t);
+	if (err) {
+		rst_fail(&r, err, "could not seize the husk (pid %d): %s", (int)r.pid,
+		         strerror(-err));
+		kill(r.pid, SIGKILL);
+		while (waitpid(r.pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		return err;
+	}
+	err = build_steps(&r);
+	if (err) {
+		if (r.uffd >= 0)
+			close(r.uffd);
+		rdmig_tracee_kill(r.t);
+		return err;
+	}
+	out->pid = r.pid;
+	out->uffd = r.uffd;
+	out->uffd_in_proc = r.uffd_in_proc;
+	out->tracee = r.t;
+	pr_info("pid %d: restored from source pid %d (%u vmas, %u fds), stopped", (int)r.pid,
+	        (int)img->pid, img->nvmas, img->nfds);
+	return 0;
+}
+
+int rdmig_restore_write(struct rdmig_restored *r, uint64_t addr, const void *buf, size_t len)
+{
+	if (!r->tracee)
+		return -ESRCH;
+	return rdmig_tracee_write(r->tracee, addr, buf, len);
+}
+
+int rdmig_restore_resume(struct rdmig_restored *r)
+{
+	int err;
+
+	if (!r->tracee)
+		return -EINVAL;
+	err = rdmig_tracee_release(r->tracee, true);
+	r->tracee = NULL;
+	if (err)
+		pr_err("pid %d: resume failed: %s", (int)r->pid, strerror(-err));
+	return err;
+}
+
+int rdmig_restore_drop_uffd(struct rdmig_restored *r)
+{
+	struct rdmig_tracee *t;
+	int err, rerr;
+
+	if (r->uffd_in_proc < 0)
+		return 0;
+	err = rdmig_tracee_seize(r->pid, 0, &t);
+	if (err) {
+		pr_err("pid %d: could not seize to close its userfaultfd: %s", (int)r->pid,
+		       strerror(-err));
+		return err;
+	}
+	err = rdmig_tracee_call(t, "close(userfaultfd)", NULL, SYS_close, r->uffd_in_proc, 0, 0, 0,
+	                        0, 0);
+	rerr = rdmig_tracee_release(t, true);
+	if (!err)
+		r->uffd_in_proc = -1;
+	return err ? err : rerr;
+}
+
+void rdmig_restore_abort(struct rdmig_restored *r)
+{
+	if (r->tracee) {
+		rdmig_tracee_kill(r->tracee);
+		r->tracee = NULL;
+		r->pid = -1;
+	}
+	if (r->uffd >= 0) {
+		close(r->uffd);
+		r->uffd = -1;
+	}
+}

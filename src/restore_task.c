@@ -1,0 +1,540 @@
+/*
+ * Restore, the task: rlimits, per-task settings, descriptors, signal handlers,
+ * the in-process userfaultfd, pending signals, credentials, rseq.
+ *
+ * Descriptors are reopened by path with the recorded flags (creation and
+ * truncation flags dropped: the file exists and holds data), moved to their
+ * recorded number with dup3, positioned with lseek. A descriptor's file is only
+ * checked to still be a regular file: a file being written changes size and
+ * mtime all the time (mappings are checked strictly, in restore_mm.c).
+ *
+ * Credentials come last and the result is read back from /proc/PID/status:
+ * the restored process must never hold more privilege than the image says.
+ * Bounding-set capabilities are dropped while the husk is still root (that
+ * needs CAP_SETPCAP); keep-caps carries permitted capabilities across the uid
+ * switch when the image has any as a non-root user.
+ */
+#define LOG_SUBSYS "restore"
+
+#include "restore_int.h"
+
+#include "rdmig/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/capability.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define K_ROBUST_HEAD_LEN 24 /* sizeof(struct robust_list_head) */
+#define K_SS_AUTODISARM (1u << 31)
+
+struct k_sigaction { /* the kernel's struct sigaction on x86_64 */
+	uint64_t handler, flags, restorer, mask;
+};
+
+struct k_stack { /* stack_t */
+	uint64_t sp;
+	int32_t flags;
+	int32_t pad;
+	uint64_t size;
+};
+
+static const char *const rlim_names[RDMIG_IMG_NRLIMIT] = {
+    "CPU",     "FSIZE", "DATA",  "STACK",      "CORE",     "RSS",  "NPROC",  "NOFILE",
+    "MEMLOCK", "AS",    "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME",
+};
+
+static void rlim_str(uint64_t v, char *buf, size_t cap)
+{
+	if (v == (uint64_t)RLIM_INFINITY)
+		snprintf(buf, cap, "unlimited");
+	else
+		snprintf(buf, cap, "%" PRIu64, v);
+}
+
+/* From the daemon. A hard limit above ours needs CAP_SYS_RESOURCE, which the
+ * daemon may lack: such a limit is lowered to what this host allows (never
+ * raised above the image) and a warning says what was kept. */
+int rst_rlimits(struct rst *r)
+{
+	const struct rdmig_image *img = r->img;
+
+	for (int i = 0; i < (int)RDMIG_IMG_NRLIMIT; i++) {
+		struct rlimit want = {img->rlim_cur[i], img->rlim_max[i]}, have, kept;
+		char a[32], b[32], c[32], d[32];
+
+		if (want.rlim_cur > want.rlim_max)
+			return rst_fail(r, -EINVAL, "the image's RLIMIT_%s has soft above hard",
+			                rlim_names[i]);
+		if (!prlimit(r->pid, i, &want, NULL))
+			continue;
+		if (errno != EPERM)
+			return rst_fail(r, -errno, "RLIMIT_%s could not be set: %s", rlim_names[i],
+			                strerror(errno));
+		if (prlimit(r->pid, i, NULL, &have) < 0)
+			return rst_fail(r, -errno, "RLIMIT_%s could not be read: %s", rlim_names[i],
+			                strerror(errno));
+		kept.rlim_max = want.rlim_max < have.rlim_max ? want.rlim_max : have.rlim_max;
+		kept.rlim_cur = want.rlim_cur < kept.rlim_max ? want.rlim_cur : kept.rlim_max;
+		if (prlimit(r->pid, i, &kept, NULL) < 0)
+			return rst_fail(r, -errno, "RLIMIT_%s could not be set even lowered: %s",
+			                rlim_names[i], strerror(errno));
+		rlim_str(want.rlim_cur, a, sizeof(a));
+		rlim_str(want.rlim_max, b, sizeof(b));
+		rlim_str(kept.rlim_cur, c, sizeof(c));
+		rlim_str(kept.rlim_max, d, sizeof(d));
+		pr_warn(
+		    "pid %d: RLIMIT_%s %s/%s (soft/hard) cannot be raised that far here without "
+		    "CAP_SYS_RESOURCE; kept %s/%s",
+		    (int)r->pid, rlim_names[i], a, b, c, d);
+	}
+	return 0;
+}
+
+int rst_task_misc(struct rst *r)
+{
+	const struct rdmig_image *img = r->img;
+	const struct rdmig_img_thread *th = &img->thread;
+	char comm[16];
+	uint64_t at;
+	int err;
+
+	/* The husk's robust list and clear_child_tid point into the daemon's TLS,
+	 * which is gone: both are always replaced (with NULL when the image has none). */
+	if ((err = rst_call(r, "set_robust_list", NULL, SYS_set_robust_list, (long)th->robust_head,
+	                    th->robust_head ? (long)th->robust_len : K_ROBUST_HEAD_LEN, 0, 0, 0,
+	                    0)) ||
+	    (err = rst_call(r, "set_tid_address", NULL, SYS_set_tid_address,
+	                    (long)th->clear_child_tid, 0, 0, 0, 0, 0)) ||
+	    (err = rst_call(r, "personality", NULL, SYS_personality, img->personality, 0, 0, 0, 0,
+	                    0)) ||
+	    (err = rst_call(r, "umask", NULL, SYS_umask, img->umask & 0777, 0, 0, 0, 0, 0)))
+		return err;
+	if (img->cwd) {
+		if ((err = rst_to_scratch(r, img->cwd, strlen(img->cwd) + 1, &at)))
+			return err;
+		err = rdmig_tracee_call(r->t, "chdir", NULL, SYS_chdir, (long)at, 0, 0, 0, 0, 0);
+		if (err)
+			return rst_fail(r, err, "the working directory %s is not usable here: %s",
+			                img->cwd, strerror(-err));
+	}
+	memcpy(comm, img->comm, sizeof(comm));
+	comm[sizeof(comm) - 1] = '\0';
+	if ((err = rst_to_scratch(r, comm, sizeof(comm), &at)))
+		return err;
+	return rst_call(r, "prctl(PR_SET_NAME)", NULL, SYS_prctl, PR_SET_NAME, (long)at, 0, 0, 0,
+	                0);
+}
+
+/* Move tmp to number fd (close-on-exec as given) and close tmp. */
+static int place_fd(struct rst *r, int tmp, int fd, bool cloexec)
+{
+	int err;
+
+	if (tmp == fd)
+		return rst_call(r, "fcntl(F_SETFD)", NULL, SYS_fcntl, fd, F_SETFD,
+		                cloexec ? FD_CLOEXEC : 0, 0, 0, 0);
+	err = rst_call(r, "dup3", NULL, SYS_dup3, tmp, fd, cloexec ? O_CLOEXEC : 0, 0, 0, 0);
+	rst_close(r, tmp);
+	return err;
+}
+
+static int restore_stdio(struct rst *r, const struct rdmig_img_fd *f)
+{
+	const char *path;
+	int tmp, err;
+
+	if (f->fd < 0 || f->fd > 2)
+		return rst_fail(r, -EINVAL,
+		                "the image has a terminal/pipe descriptor %d; only 0-2 "
+		                "can be connected here",
+		                (int)f->fd);
+	path = r->o->stdio_path[f->fd];
+	if (!path) {
+		/* The daemon's own descriptor, inherited at fork. */
+		err = rdmig_tracee_call(r->t, "fcntl(F_SETFD)", NULL, SYS_fcntl, f->fd, F_SETFD,
+		                        f->cloexec ? FD_CLOEXEC : 0, 0, 0, 0);
+		if (err == -EBADF)
+			return rst_fail(
+			    r, err,
+			    "the process's fd %d was a terminal or pipe, and the daemon "
+			    "has no fd %d to give it; pass a file for it",
+			    (int)f->fd, (int)f->fd);
+		if (err)
+			return rst_fail(r, err, "fcntl on fd %d failed: %s", (int)f->fd,
+			                strerror(-err));
+		return 0;
+	}
+	if ((err = rst_open(r, path, f->fd == 0 ? O_RDONLY : O_WRONLY | O_CREAT | O_APPEND, 0644,
+	                    &tmp)))
+		return err;
+	return place_fd(r, tmp, f->fd, f->cloexec);
+}
+
+static int restore_file_fd(struct rst *r, const struct rdmig_img_fd *f)
+{
+	const struct rdmig_image *img = r->img;
+	const struct rdmig_img_file *file;
+	struct stat st;
+	int tmp, err;
+
+	if (f->file >= img->nfiles)
+		return rst_fail(r, -EINVAL, "fd %d names file %u of %u", (int)f->fd, f->file,
+		                img->nfiles);
+	file = &img->files[f->file];
+	if (f->kind == RDMIG_FD_FILE) {
+		if (stat(file->path, &st) < 0)
+			return rst_fail(r, -errno, "the file %s (fd %d) is missing here: %s",
+			                file->path, (int)f->fd, strerror(errno));
+		if (!S_ISREG(st.st_mode))
+			return rst_fail(r, -EOPNOTSUPP,
+			                "the file %s (fd %d) is not a regular file here",
+			                file->path, (int)f->fd);
+	}
+	if ((err = rst_open(r, file->path,
+	                    (int)(f->flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC)), 0, &tmp)))
+		return err;
+	if (f->kind == RDMIG_FD_FILE &&
+	    (err = rst_call(r, "lseek", NULL, SYS_lseek, tmp, (long)f->pos, SEEK_SET, 0, 0, 0))) {
+		rst_close(r, tmp);
+		return err;
+	}
+	return place_fd(r, tmp, f->fd, f->cloexec);
+}
+
+int rst_fds(struct rst *r)
+{
+	const struct rdmig_image *img = r->img;
+	bool has[3] = {false, false, false};
+	int err = 0;
+
+	for (uint32_t i = 0; i < img->nfds && !err; i++) {
+		const struct rdmig_img_fd *f = &img->fds[i];
+
+		if (f->fd >= 0 && f->fd <= 2)
+			has[f->fd] = true;
+		switch (f->kind) {
+		case RDMIG_FD_STDIO:
+			err = restore_stdio(r, f);
+			break;
+		case RDMIG_FD_FILE:
+		case RDMIG_FD_DEVNULL:
+			err = restore_file_fd(r, f);
+			break;
+		default:
+			err =
+			    rst_fail(r, -EINVAL, "fd %d has unknown kind %u", (int)f->fd, f->kind);
+		}
+	}
+	for (int fd = 0; fd <= 2 && !err; fd++)
+		if (!has[fd]) {
+			/* Closed on the source; EBADF: the daemon had none either. */
+			long ret;
+
+			if (rdmig_tracee_syscall(r->t, SYS_close, (long[6]){fd}, &ret))
+				err = rst_fail(r, -ESRCH, "the husk stopped answering");
+		}
+	return err;
+}
+
+int rst_sigactions(struct rst *r)
+{
+	const struct rdmig_image *img = r->img;
+	const struct rdmig_img_thread *th = &img->thread;
+	struct k_sigaction ka[RDMIG_IMG_NSIG];
+	struct k_stack ss = {0};
+	uint64_t at;
+	int err;
+
+	for (unsigned i = 0; i < RDMIG_IMG_NSIG; i++) {
+		ka[i].handler = img->sigactions[i].handler;
+		ka[i].flags = img->sigactions[i].flags;
+		ka[i].restorer = img->sigactions[i].restorer;
+		ka[i].mask = img->sigactions[i].mask;
+	}
+	if ((err = rst_to_scratch(r, ka, sizeof(ka), &at)))
+		return err;
+	/* Every action is set, SIG_DFL included: the husk's were the daemon's. */
+	for (int sig = 1; sig <= (int)RDMIG_IMG_NSIG; sig++) {
+		char what[48];
+
+		if (sig == SIGKILL || sig == SIGSTOP)
+			continue;
+		snprintf(what, sizeof(what), "rt_sigaction(%d)", sig);
+		if ((err = rst_call(r, what, NULL, SYS_rt_sigaction, sig,
+		                    (long)(at + (uint64_t)(sig - 1) * sizeof(ka[0])), 0, 8, 0, 0)))
+			return err;
+	}
+	if (th->altstack_flags & SS_DISABLE) {
+		ss.flags = SS_DISABLE;
+	} else {
+		ss.sp = th->altstack_sp;
+		ss.size = th->altstack_size;
+		ss.flags = (int32_t)(th->altstack_flags & K_SS_AUTODISARM); /* never SS_ONSTACK */
+	}
+	if ((err = rst_to_scratch(r, &ss, sizeof(ss), &at)))
+		return err;
+	return rst_call(r, "sigaltstack", NULL, SYS_sigaltstack, (long)at, 0, 0, 0, 0, 0);
+}
+
+static bool image_has_fd(const struct rdmig_image *img, int fd)
+{
+	for (uint32_t i = 0; i < img->nfds; i++)
+		if (img->fds[i].fd == fd)
+			return true;
+	return false;
+}
+
+/* Created inside the process (its mm is the one the uffd serves), kept there at
+ * a high number so a dead daemon leaves faults blocked instead of unregistering
+ * the ranges; the daemon takes its own copy with pidfd_getfd. No UFFDIO_API
+ * here: the pager does it with the features it wants. No UFFD_USER_MODE_ONLY:
+ * faults taken by the kernel (a read() into a lazy buffer, rseq's cpu_id
+ * update) must reach the handler too. */
+int rst_uffd(struct rst *r)
+{
+	struct rlimit nofile;
+	long u0, num;
+	int pidfd, err;
+
+	if (prlimit(r->pid, RLIMIT_NOFILE, NULL, &nofile) < 0)
+		return rst_fail(r, -errno, "cannot read the process's RLIMIT_NOFILE: %s",
+		                strerror(errno));
+	num = nofile.rlim_cur > 65536 ? 65535 : (long)nofile.rlim_cur - 1;
+	while (num >= 3 && image_has_fd(r->img, (int)num))
+		num--;
+	if (num < 3)
+		return rst_fail(r, -EMFILE,
+		                "no descriptor number is free below the process's RLIMIT_NOFILE "
+		                "(%llu) to keep its userfaultfd at",
+		                (unsigned long long)nofile.rlim_cur);
+	if ((err = rst_call(r, "userfaultfd", &u0, SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK, 0, 0, 0,
+	                    0, 0)))
+		return err;
+	if (u0 != num) {
+		err = rst_call(r, "dup3(userfaultfd)", NULL, SYS_dup3, u0, num, O_CLOEXEC, 0, 0, 0);
+		rst_close(r, (int)u0);
+		if (err)
+			return err;
+	}
+	r->uffd_in_proc = (int)num;
+	pidfd = (int)syscall(SYS_pidfd_open, r->pid, 0);
+	if (pidfd < 0)
+		return rst_fail(r, -errno, "pidfd_open of the husk failed: %s", strerror(errno));
+	r->uffd = (int)syscall(SYS_pidfd_getfd, pidfd, (int)num, 0);
+	err = r->uffd < 0 ? -errno : 0;
+	close(pidfd);
+	if (err)
+		return rst_fail(r, err, "pidfd_getfd of the process's userfaultfd failed: %s",
+		                strerror(-err));
+	return 0;
+}
+
+static int queue_signals(struct rst *r, const uint8_t *info, uint32_t n, bool thread)
+{
+	uint64_t at;
+	int err;
+
+	if (!n)
+		return 0;
+	if ((err = rst_to_scratch(r, info, (size_t)n * RDMIG_IMG_SIGINFO, &at)))
+		return err;
+	for (uint32_t i = 0; i < n; i++) {
+		int32_t signo;
+		uint64_t p = at + (uint64_t)i * RDMIG_IMG_SIGINFO;
+
+		memcpy(&signo, info + (size_t)i * RDMIG_IMG_SIGINFO, sizeof(signo));
+		if (signo < 1 || signo > (int)RDMIG_IMG_NSIG)
+			return rst_fail(r, -EINVAL, "a pending signal has number %d", (int)signo);
+		err = thread ? rst_call(r, "rt_tgsigqueueinfo", NULL, SYS_rt_tgsigqueueinfo, r->pid,
+		                        r->pid, signo, (long)p, 0, 0)
+		             : rst_call(r, "rt_sigqueueinfo", NULL, SYS_rt_sigqueueinfo, r->pid,
+		                        signo, (long)p, 0, 0, 0);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* Queued while every signal is blocked: they stay pending until the image's mask
+ * is set and the process runs. */
+int rst_pending_signals(struct rst *r)
+{
+	int err = queue_signals(r, r->img->siginfo_shared, r->img->nsiginfo_shared, false);
+
+	return err ? err : queue_signals(r, r->img->thread.siginfo, r->img->thread.nsiginfo, true);
+}
+
+struct status_creds {
+	uint32_t uid[4], gid[4];
+	uint64_t inh, prm, eff, bnd, amb;
+	uint32_t nnp;
+};
+
+static int read_status(struct rst *r, struct status_creds *s)
+{
+	char path[64], line[512];
+	unsigned long long v;
+	int seen = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)r->pid);
+	f = fopen(path, "re");
+	if (!f)
+		return rst_fail(r, -errno, "cannot read %s: %s", path, strerror(errno));
+	memset(s, 0, sizeof(*s));
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "Uid: %u %u %u %u", &s->uid[0], &s->uid[1], &s->uid[2],
+		           &s->uid[3]) == 4)
+			seen |= 1;
+		else if (sscanf(line, "Gid: %u %u %u %u", &s->gid[0], &s->gid[1], &s->gid[2],
+		                &s->gid[3]) == 4)
+			seen |= 2;
+		else if (sscanf(line, "CapInh: %llx", &v) == 1)
+			s->inh = v, seen |= 4;
+		else if (sscanf(line, "CapPrm: %llx", &v) == 1)
+			s->prm = v, seen |= 8;
+		else if (sscanf(line, "CapEff: %llx", &v) == 1)
+			s->eff = v, seen |= 16;
+		else if (sscanf(line, "CapBnd: %llx", &v) == 1)
+			s->bnd = v, seen |= 32;
+		else if (sscanf(line, "CapAmb: %llx", &v) == 1)
+			s->amb = v, seen |= 64;
+		else if (sscanf(line, "NoNewPrivs: %llu", &v) == 1)
+			s->nnp = (uint32_t)v, seen |= 128;
+	}
+	fclose(f);
+	if (seen != 255)
+		return rst_fail(r, -EBADMSG, "%s lacks a credentials line", path);
+	return 0;
+}
+
+static int set_caps(struct rst *r, const struct rdmig_img_creds *c)
+{
+	struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+	struct __user_cap_data_struct data[2] = {
+	    {(uint32_t)c->cap_eff, (uint32_t)c->cap_prm, (uint32_t)c->cap_inh},
+	    {(uint32_t)(c->cap_eff >> 32), (uint32_t)(c->cap_prm >> 32),
+	     (uint32_t)(c->cap_inh >> 32)},
+	};
+	uint8_t buf[sizeof(hdr) + sizeof(data)];
+	uint64_t at;
+	int err;
+
+	memcpy(buf, &hdr, sizeof(hdr));
+	memcpy(buf + sizeof(hdr), data, sizeof(data));
+	if ((err = rst_to_scratch(r, buf, sizeof(buf), &at)))
+		return err;
+	return rst_call(r, "capset", NULL, SYS_capset, (long)at, (long)(at + sizeof(hdr)), 0, 0, 0,
+	                0);
+}
+
+static int check_creds(struct rst *r, const struct rdmig_img_creds *c)
+{
+	struct status_creds s;
+	int err = read_status(r, &s);
+
+	if (err)
+		return err;
+	if (memcmp(s.uid, c->uid, sizeof(s.uid)) || memcmp(s.gid, c->gid, sizeof(s.gid)) ||
+	    s.inh != c->cap_inh || s.prm != c->cap_prm || s.eff != c->cap_eff ||
+	    s.amb != c->cap_amb || (s.bnd & ~c->cap_bnd) || s.nnp < c->no_new_privs)
+		return rst_fail(r, -EPERM,
+		                "the credentials set do not match the image (uid %u/%u, caps "
+		                "prm %#" PRIx64 " eff %#" PRIx64 " bnd %#" PRIx64
+		                " here; uid %u/%u, prm %#" PRIx64 " eff %#" PRIx64 " bnd %#" PRIx64
+		                " in the image)",
+		                s.uid[0], s.uid[1], s.prm, s.eff, s.bnd, c->uid[0], c->uid[1],
+		                c->cap_prm, c->cap_eff, c->cap_bnd);
+	if (s.bnd != c->cap_bnd)
+		pr_warn("pid %d: bounding set %#" PRIx64 " kept smaller than the image's %#" PRIx64
+		        " (this host does not grant the rest)",
+		        (int)r->pid, s.bnd, c->cap_bnd);
+	if (s.nnp && !c->no_new_privs)
+		pr_warn("pid %d: no_new_privs stays set (inherited from the daemon)", (int)r->pid);
+	return 0;
+}
+
+int rst_creds(struct rst *r)
+{
+	const struct rdmig_img_creds *c = &r->img->creds;
+	struct status_creds s;
+	bool keep = c->cap_prm && (c->uid[0] && c->uid[1] && c->uid[2]);
+	uint64_t at;
+	int err;
+
+	if ((err = read_status(r, &s)))
+		return err;
+	if (c->cap_prm & ~s.prm)
+		return rst_fail(r, -EPERM,
+		                "the process had capabilities %#" PRIx64
+		                " that the daemon does not hold here; it would not get them back",
+		                c->cap_prm & ~s.prm);
+	/* Bounding set first: dropping needs CAP_SETPCAP, gone after the uid switch. */
+	for (int cap = 0; cap < 64; cap++)
+		if ((s.bnd >> cap & 1) && !(c->cap_bnd >> cap & 1) &&
+		    (err = rst_call(r, "prctl(PR_CAPBSET_DROP)", NULL, SYS_prctl, PR_CAPBSET_DROP,
+		                    cap, 0, 0, 0, 0)))
+			return err;
+	if (keep && (err = rst_call(r, "prctl(PR_SET_KEEPCAPS, 1)", NULL, SYS_prctl,
+	                            PR_SET_KEEPCAPS, 1, 0, 0, 0, 0)))
+		return err;
+	if (c->ngroups) {
+		if ((err =
+		         rst_to_scratch(r, c->groups, (size_t)c->ngroups * sizeof(uint32_t), &at)))
+			return err;
+	} else {
+		at = 0;
+	}
+	if ((err =
+	         rst_call(r, "setgroups", NULL, SYS_setgroups, c->ngroups, (long)at, 0, 0, 0, 0)) ||
+	    (err = rst_call(r, "setresgid", NULL, SYS_setresgid, c->gid[0], c->gid[1], c->gid[2], 0,
+	                    0, 0)) ||
+	    (err = rst_call(r, "setresuid", NULL, SYS_setresuid, c->uid[0], c->uid[1], c->uid[2], 0,
+	                    0, 0)) ||
+	    (err = rst_call(r, "setfsgid", NULL, SYS_setfsgid, c->gid[3], 0, 0, 0, 0, 0)) ||
+	    (err = rst_call(r, "setfsuid", NULL, SYS_setfsuid, c->uid[3], 0, 0, 0, 0, 0)) ||
+	    (err = set_caps(r, c)))
+		return err;
+	if (keep && (err = rst_call(r, "prctl(PR_SET_KEEPCAPS, 0)", NULL, SYS_prctl,
+	                            PR_SET_KEEPCAPS, 0, 0, 0, 0, 0)))
+		return err;
+	if ((err = rst_call(r, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", NULL, SYS_prctl, PR_CAP_AMBIENT,
+	                    PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, 0)))
+		return err;
+	for (int cap = 0; cap < 64; cap++)
+		if ((c->cap_amb >> cap & 1) &&
+		    (err = rst_call(r, "prctl(PR_CAP_AMBIENT_RAISE)", NULL, SYS_prctl,
+		                    PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, 0)))
+			return err;
+	if (c->no_new_privs && (err = rst_call(r, "prctl(PR_SET_NO_NEW_PRIVS)", NULL, SYS_prctl,
+	                                       PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0)))
+		return err;
+	/* The husk's PDEATHSIG: the restored process must outlive the daemon. */
+	if ((err = rst_call(r, "prctl(PR_SET_PDEATHSIG, 0)", NULL, SYS_prctl, PR_SET_PDEATHSIG, 0,
+	                    0, 0, 0, 0)))
+		return err;
+	return check_creds(r, c);
+}
+
+/* The last injected call (see restore.c): registration makes the kernel write
+ * cpu_id into the area on the next return to user mode, which is the resume. */
+int rst_rseq(struct rst *r)
+{
+	const struct rdmig_img_thread *th = &r->img->thread;
+
+	if (!th->rseq_len)
+		return 0;
+	return rst_call(r, "rseq(register)", NULL, SYS_rseq, (long)th->rseq_addr, th->rseq_len, 0,
+	                th->rseq_sig, 0, 0);
+}

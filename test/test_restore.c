@@ -1,0 +1,677 @@
+/*
+ * The restore (src/restore*.c) on this machine, no transport:
+ *
+ *   hand_built          an image written by hand (a page of code that was
+ *                       "interrupted" in write() with -ERESTARTSYS, an fd at an
+ *                       offset, special mappings moved elsewhere): the write is
+ *                       restarted, the file continues, the exit status is right;
+ *   refuse_changed_file a file mapping whose size differs from the image: the
+ *                       build fails with a sentence naming the file, the husk is
+ *                       gone;
+ *   roundtrip_root      a workload (32 MiB of patterned memory, a line with its
+ *   roundtrip_nobody    checksum every ~10 ms) seized, captured, rebuilt in a
+ *                       husk, its touched pages copied from the frozen original,
+ *                       the original killed, the copy resumed: the output file
+ *                       continues exactly, the exit status and the credentials
+ *                       (/proc/PID/status Uid/Gid/Groups/Cap*) are the original's;
+ *                       the second case runs as 65534 with a reduced bounding set.
+ *
+ * The husks are forked first thing in main(), as the daemon does.
+ */
+#include "helpers.h"
+
+#include "rdmig/capture.h"
+#include "rdmig/image.h"
+#include "rdmig/restore.h"
+#include "rdmig/tracee.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+T_DEFINE_STATE;
+
+enum { NHUSK = 4 };
+static struct rdmig_husk *husks[NHUSK];
+static int husk_next;
+static char tmpdir[64] = "/tmp/rdmig-restore-XXXXXX";
+
+static struct rdmig_husk *take_husk(void)
+{
+	return husk_next < NHUSK ? husks[husk_next++] : NULL;
+}
+
+static bool pid_gone(pid_t pid)
+{
+	return kill(pid, 0) < 0 && errno == ESRCH;
+}
+
+/* The credential lines of /proc/PID/status, concatenated. */
+static void status_creds(pid_t pid, char *out, size_t cap)
+{
+	static const char *const keys[] = {"Uid:",    "Gid:",    "Groups:", "CapInh:",    "CapPrm:",
+	                                   "CapEff:", "CapBnd:", "CapAmb:", "NoNewPrivs:"};
+	char path[64], line[512];
+	size_t used = 0;
+	FILE *f;
+
+	out[0] = '\0';
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f))
+		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+			if (!strncmp(line, keys[k], strlen(keys[k])) && used + strlen(line) < cap) {
+				memcpy(out + used, line, strlen(line) + 1);
+				used += strlen(line);
+			}
+	fclose(f);
+}
+
+static int wait_exit(pid_t pid, double timeout_s)
+{
+	double end = t_now_s() + timeout_s;
+	int status;
+
+	while (t_now_s() < end) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+
+		if (r == pid)
+			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		if (r < 0)
+			return -1;
+		usleep(5000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	return -2;
+}
+
+/* ---- a hand-built image ---- */
+
+#define HB_CODE 0x10000000ull
+#define HB_STACK 0x10010000ull
+#define HB_SPECIALS 0x30000000ull
+
+/* write(3, msg, 9) at +12..+24 (the syscall ends at 24); exit_group(42). */
+static const uint8_t hb_code[] = {
+    0xb8, 0x01, 0x00, 0x00, 0x00,             /* mov eax, 1 */
+    0xbf, 0x03, 0x00, 0x00, 0x00,             /* mov edi, 3 */
+    0x48, 0x8d, 0x35, 0x13, 0x00, 0x00, 0x00, /* lea rsi, [rip + 19] -> msg at 36 */
+    0xba, 0x09, 0x00, 0x00, 0x00,             /* mov edx, 9 */
+    0x0f, 0x05,                               /* syscall (ends at 24) */
+    0xb8, 0xe7, 0x00, 0x00, 0x00,             /* mov eax, 231 */
+    0xbf, 0x2a, 0x00, 0x00, 0x00,             /* mov edi, 42 */
+    0x0f, 0x05,                               /* syscall */
+    'r',  'e',  's',  't',  'o',  'r',  'e',  'd', '\n'};
+
+struct hand_image {
+	struct rdmig_image img;
+	struct rdmig_img_vma vmas[8];
+	struct rdmig_img_file files[2];
+	struct rdmig_img_fd fds[1];
+	uint32_t groups[64];
+	char exe[512], cwd[8], outpath[128];
+};
+
+static void fill_creds(struct rdmig_img_creds *c, uint32_t *groups, size_t maxg)
+{
+	char line[512];
+	FILE *f = fopen("/proc/self/status", "re");
+	unsigned long long v;
+	gid_t g[64];
+	int n = getgroups(64, g);
+
+	for (int i = 0; i < n && (size_t)i < maxg; i++)
+		groups[i] = g[i];
+	c->ngroups = n > 0 ? (uint32_t)n : 0;
+	c->groups = groups;
+	while (f && fgets(line, sizeof(line), f)) {
+		sscanf(line, "Uid: %u %u %u %u", &c->uid[0], &c->uid[1], &c->uid[2], &c->uid[3]);
+		sscanf(line, "Gid: %u %u %u %u", &c->gid[0], &c->gid[1], &c->gid[2], &c->gid[3]);
+		if (sscanf(line, "CapInh: %llx", &v) == 1)
+			c->cap_inh = v;
+		if (sscanf(line, "CapPrm: %llx", &v) == 1)
+			c->cap_prm = v;
+		if (sscanf(line, "CapEff: %llx", &v) == 1)
+			c->cap_eff = v;
+		if (sscanf(line, "CapBnd: %llx", &v) == 1)
+			c->cap_bnd = v;
+		if (sscanf(line, "CapAmb: %llx", &v) == 1)
+			c->cap_amb = v;
+	}
+	if (f)
+		fclose(f);
+}
+
+static int vma_cmp(const void *a, const void *b)
+{
+	const struct rdmig_img_vma *x = a, *y = b;
+
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Our own special mappings, moved as a block to HB_SPECIALS in the image. */
+static int add_specials(struct rdmig_image *img, struct rdmig_img_vma *v)
+{
+	char line[512];
+	unsigned long long s, e, base = 0;
+	FILE *f = fopen("/proc/self/maps", "re");
+	int n = 0;
+
+	while (f && fgets(line, sizeof(line), f)) {
+		uint32_t kind = strstr(line, "[vdso]")          ? RDMIG_VMA_VDSO
+		                : strstr(line, "[vvar_vclock]") ? RDMIG_VMA_VVAR_VCLOCK
+		                : strstr(line, "[vvar]")        ? RDMIG_VMA_VVAR
+		                                                : 0;
+
+		if (!kind || sscanf(line, "%llx-%llx", &s, &e) != 2)
+			continue;
+		if (!base)
+			base = s;
+		v[n] = (struct rdmig_img_vma){.start = s - base + HB_SPECIALS,
+		                              .end = e - base + HB_SPECIALS,
+		                              .prot = PROT_READ,
+		                              .kind = kind,
+		                              .file = UINT32_MAX};
+		if (kind == RDMIG_VMA_VDSO) {
+			img->vdso = (uint8_t *)(uintptr_t)s; /* our own, read in place */
+			img->vdso_len = (uint32_t)(e - s);
+			v[n].prot |= PROT_EXEC;
+		}
+		n++;
+	}
+	if (f)
+		fclose(f);
+	return n;
+}
+
+static void hand_image(struct hand_image *h, const char *outpath)
+{
+	struct rdmig_image *img = &h->img;
+	struct user_regs_struct regs = {0};
+	struct stat st;
+	ssize_t n;
+	int nv = 0;
+
+	memset(h, 0, sizeof(*h));
+	img->pid = 1;
+	snprintf(img->comm, sizeof(img->comm), "handbuilt");
+	n = readlink("/proc/self/exe", h->exe, sizeof(h->exe) - 1);
+	h->exe[n > 0 ? n : 0] = '\0';
+	img->exe = h->exe;
+	snprintf(h->cwd, sizeof(h->cwd), "/tmp");
+	img->cwd = h->cwd;
+	img->umask = 022;
+	img->mm = (struct rdmig_img_mm){
+	    .start_code = HB_CODE,
+	    .end_code = HB_CODE + 4096,
+	    .start_data = HB_STACK,
+	    .end_data = HB_STACK,
+	    .start_brk = HB_STACK + 0x10000,
+	    .brk = HB_STACK + 0x10000,
+	    .start_stack = HB_STACK + 4000,
+	    .arg_start = HB_STACK + 4000,
+	    .arg_end = HB_STACK + 4000,
+	    .env_start = HB_STACK + 4000,
+	    .env_end = HB_STACK + 4000,
+	};
+	fill_creds(&img->creds, h->groups, 64);
+	for (int i = 0; i < (int)RDMIG_IMG_NRLIMIT; i++) {
+		struct rlimit rl;
+
+		getrlimit(i, &rl);
+		img->rlim_cur[i] = rl.rlim_cur;
+		img->rlim_max[i] = rl.rlim_max;
+	}
+	img->sigactions[SIGUSR1 - 1].handler = 1; /* SIG_IGN */
+
+	/* Stopped "inside" write(): rip past the syscall, -ERESTARTSYS in rax. */
+	regs.rip = HB_CODE + 24;
+	regs.rax = (unsigned long long)-512;
+	regs.orig_rax = 1;
+	regs.rdi = 3;
+	regs.rsi = HB_CODE + 36;
+	regs.rdx = 9;
+	regs.rsp = HB_STACK + 4000;
+	regs.cs = 0x33;
+	regs.ss = 0x2b;
+	regs.eflags = 0x202;
+	memcpy(img->thread.regs, &regs, sizeof(regs));
+	img->thread.altstack_flags = SS_DISABLE;
+
+	h->vmas[nv++] = (struct rdmig_img_vma){
+	    HB_CODE, HB_CODE + 4096, PROT_READ | PROT_EXEC, RDMIG_VMA_ANON, 0, UINT32_MAX, 0, NULL};
+	h->vmas[nv++] = (struct rdmig_img_vma){
+	    HB_STACK, HB_STACK + 4096, PROT_READ | PROT_WRITE, RDMIG_VMA_ANON, 0, UINT32_MAX, 0,
+	    NULL};
+	nv += add_specials(img, &h->vmas[nv]);
+	qsort(h->vmas, (size_t)nv, sizeof(h->vmas[0]), vma_cmp);
+	img->vmas = h->vmas;
+	img->nvmas = (uint32_t)nv;
+
+	snprintf(h->outpath, sizeof(h->outpath), "%s", outpath);
+	stat(outpath, &st);
+	h->files[0] = (struct rdmig_img_file){.path = h->outpath,
+	                                      .size = (uint64_t)st.st_size,
+	                                      .mtime_sec = st.st_mtim.tv_sec,
+	                                      .mtime_nsec = (uint32_t)st.st_mtim.tv_nsec,
+	                                      .mode = st.st_mode};
+	img->files = h->files;
+	img->nfiles = 1;
+	h->fds[0] = (struct rdmig_img_fd){
+	    .fd = 3, .kind = RDMIG_FD_FILE, .flags = O_WRONLY, .pos = 5, .file = 0};
+	img->fds = h->fds;
+	img->nfds = 1;
+}
+
+static void write_file(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	if (fd >= 0) {
+		if (write(fd, s, strlen(s)) < 0)
+			perror("write");
+		close(fd);
+	}
+}
+
+static void hand_built(void)
+{
+	static struct hand_image h;
+	struct rdmig_restored r;
+	struct rdmig_husk *husk = take_husk();
+	char out[256], why[512] = "", maps[64], line[512], buf[64] = "";
+	pid_t pid;
+	FILE *f;
+	int fd, st;
+	bool moved = false;
+
+	snprintf(out, sizeof(out), "%s/hand.out", tmpdir);
+	write_file(out, "helloXXXXXXXXX");
+	hand_image(&h, out);
+	pid = rdmig_husk_pid(husk);
+	int ret = rdmig_restore_build(husk, &h.img, NULL, &r, why, sizeof(why));
+	T_CHECK(ret == 0, "build: %d %s", ret, why);
+	if (ret)
+		return;
+	T_CHECK(r.pid == pid && r.uffd >= 0 && r.uffd_in_proc >= 3, "pid %d uffd %d in proc %d",
+	        (int)r.pid, r.uffd, r.uffd_in_proc);
+	/* The pager's job, done by hand: the code page. */
+	T_OK(rdmig_restore_write(&r, HB_CODE, hb_code, sizeof(hb_code)));
+	snprintf(maps, sizeof(maps), "/proc/%d/maps", (int)pid);
+	f = fopen(maps, "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (strstr(line, "[vdso]") && strtoull(line, NULL, 16) >= HB_SPECIALS &&
+		    strtoull(line, NULL, 16) < HB_SPECIALS + 0x100000)
+			moved = true;
+	if (f)
+		fclose(f);
+	T_CHECK(moved, "[vdso] was not moved to %#llx", HB_SPECIALS);
+	{
+		char exe[512], link[64];
+		ssize_t n;
+
+		snprintf(link, sizeof(link), "/proc/%d/exe", (int)pid);
+		n = readlink(link, exe, sizeof(exe) - 1);
+		exe[n > 0 ? n : 0] = '\0';
+		T_CHECK(!strcmp(exe, h.exe), "exe %s, want %s", exe, h.exe);
+	}
+	T_OK(rdmig_restore_resume(&r));
+	st = wait_exit(pid, 10);
+	T_CHECK(st == 42, "exit status %d, want 42", st);
+	close(r.uffd);
+	fd = open(out, O_RDONLY);
+	if (fd >= 0) {
+		ssize_t n = read(fd, buf, sizeof(buf) - 1);
+
+		buf[n > 0 ? n : 0] = '\0';
+		close(fd);
+	}
+	T_CHECK(!strcmp(buf, "hellorestored\n"), "file holds \"%s\"", buf);
+}
+
+static void refuse_changed_file(void)
+{
+	static struct hand_image h;
+	struct rdmig_restored r;
+	struct rdmig_husk *husk = take_husk();
+	char out[256], lib[256], why[512] = "";
+	struct stat st;
+	pid_t pid = rdmig_husk_pid(husk);
+
+	snprintf(out, sizeof(out), "%s/refuse.out", tmpdir);
+	snprintf(lib, sizeof(lib), "%s/mapped.bin", tmpdir);
+	write_file(out, "hello");
+	write_file(lib, "0123456789abcdef");
+	hand_image(&h, out);
+	stat(lib, &st);
+	h.files[1] = (struct rdmig_img_file){.path = lib,
+	                                     .size = (uint64_t)st.st_size + 1,
+	                                     .mtime_sec = st.st_mtim.tv_sec,
+	                                     .mtime_nsec = (uint32_t)st.st_mtim.tv_nsec};
+	h.img.nfiles = 2;
+	h.vmas[h.img.nvmas++] = (struct rdmig_img_vma){
+	    0x50000000, 0x50001000, PROT_READ, RDMIG_VMA_FILE_PRIVATE, 0, 1, 0, NULL};
+	int ret = rdmig_restore_build(husk, &h.img, NULL, &r, why, sizeof(why));
+	T_CHECK(ret < 0, "build of an image with a changed file succeeded");
+	T_CHECK(strstr(why, lib) && strstr(why, "differs") && strstr(why, "bytes"), "why: \"%s\"",
+	        why);
+	T_CHECK(pid_gone(pid), "husk %d still exists", (int)pid);
+	if (!ret) {
+		rdmig_restore_abort(&r);
+	}
+}
+
+/* ---- capture -> restore round trip ---- */
+
+#define WL_BYTES (32u << 20)
+#define WL_STEPS 300
+
+static uint64_t wl_initial_sum(void)
+{
+	uint64_t s = 0;
+
+	for (uint64_t i = 0; i < WL_BYTES / 8; i++)
+		s += i * 0x9e3779b97f4a7c15ull;
+	return s;
+}
+
+static void workload(const char *path, bool nobody)
+{
+	size_t n = WL_BYTES / 8;
+	uint64_t *m =
+	    mmap(NULL, WL_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int fd, nul = open("/dev/null", O_RDONLY);
+
+	if (m == MAP_FAILED || nul < 0)
+		_exit(100);
+	dup2(nul, 0);
+	close_range(3, ~0u, 0); /* whatever the harness left open (a pipe cannot move) */
+	for (size_t i = 0; i < n; i++)
+		m[i] = i * 0x9e3779b97f4a7c15ull;
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0)
+		_exit(101);
+	if (nobody) {
+		gid_t g = 65534;
+
+		if (prctl(PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0) ||
+		    prctl(PR_CAPBSET_DROP, CAP_SYS_BOOT, 0, 0, 0) || setgroups(1, &g) ||
+		    setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534))
+			_exit(102);
+	}
+	for (int i = 0; i < WL_STEPS; i++) {
+		char line[96];
+		uint64_t s = 0;
+		struct timespec ts = {0, 10 * 1000 * 1000};
+
+		m[((size_t)i * 4099u) % n] += 1;
+		for (size_t k = 0; k < n; k++)
+			s += m[k];
+		int len = snprintf(line, sizeof(line), "i=%d sum=%llu\n", i, (unsigned long long)s);
+
+		if (write(fd, line, (size_t)len) != len)
+			_exit(103);
+		nanosleep(&ts, NULL); /* EINTR after a restore: just go on */
+	}
+	close(fd);
+	_exit(42);
+}
+
+static int count_lines(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	int n = 0, c;
+
+	while (f && (c = fgetc(f)) != EOF)
+		n += c == '\n';
+	if (f)
+		fclose(f);
+	return n;
+}
+
+/* Every line i=<n> sum=<S0+n+1>, n = 0..WL_STEPS-1 in order. */
+static void check_output(const char *path)
+{
+	uint64_t s0 = wl_initial_sum();
+	char line[128];
+	FILE *f = fopen(path, "re");
+	int want = 0, bad = 0;
+
+	T_CHECK(f, "open %s", path);
+	while (f && fgets(line, sizeof(line), f)) {
+		int i;
+		unsigned long long s;
+
+		if (sscanf(line, "i=%d sum=%llu", &i, &s) != 2 || i != want ||
+		    s != s0 + (uint64_t)i + 1) {
+			if (bad++ < 5)
+				T_CHECK(0, "line %d: \"%.*s\" (want i=%d sum=%llu)", want,
+				        (int)strcspn(line, "\n"), line, want,
+				        (unsigned long long)(s0 + (uint64_t)want + 1));
+			if (sscanf(line, "i=%d", &i) == 1)
+				want = i;
+		}
+		want++;
+	}
+	if (f)
+		fclose(f);
+	T_CHECK(want == WL_STEPS && !bad, "%d lines, %d bad (want %d)", want, bad, WL_STEPS);
+}
+
+/* The pager's job, done by hand: every touched ANON page from the original. */
+static int copy_touched(pid_t orig, const struct rdmig_image *img, struct rdmig_restored *r,
+                        uint64_t *pages)
+{
+	static uint8_t buf[1u << 20];
+
+	*pages = 0;
+	for (uint32_t v = 0; v < img->nvmas; v++) {
+		const struct rdmig_img_vma *vma = &img->vmas[v];
+		uint64_t np = (vma->end - vma->start) / RDMIG_IMG_PAGE;
+
+		if (vma->kind != RDMIG_VMA_ANON || !vma->touched)
+			continue;
+		for (uint64_t p = 0; p < np;) {
+			uint64_t q = p;
+
+			if (!(vma->touched[p / 8] >> (p % 8) & 1)) {
+				p++;
+				continue;
+			}
+			while (q < np && (vma->touched[q / 8] >> (q % 8) & 1) &&
+			       (q - p) * RDMIG_IMG_PAGE < sizeof(buf))
+				q++;
+			uint64_t addr = vma->start + p * RDMIG_IMG_PAGE;
+			size_t len = (size_t)(q - p) * RDMIG_IMG_PAGE;
+			struct iovec local = {buf, len}, remote = {(void *)(uintptr_t)addr, len};
+
+			if (process_vm_readv(orig, &local, 1, &remote, 1, 0) != (ssize_t)len)
+				return -errno ? -errno : -EIO;
+			int ret = rdmig_restore_write(r, addr, buf, len);
+
+			if (ret)
+				return ret;
+			*pages += q - p;
+			p = q;
+		}
+	}
+	return 0;
+}
+
+/* Is fd (any fd when fd == 0) of pid a userfaultfd? */
+static bool uffd_in_proc(pid_t pid, int fd)
+{
+	char path[64], link[128];
+	int lo = fd ? fd : 0, hi = fd ? fd : 65535;
+
+	for (int i = lo; i <= hi; i++) {
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, i);
+		n = readlink(path, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = '\0';
+		if (strstr(link, "userfaultfd"))
+			return true;
+	}
+	return false;
+}
+
+static void roundtrip(bool nobody)
+{
+	struct rdmig_husk *husk = take_husk();
+	struct rdmig_image img = {0};
+	struct rdmig_restored r = {.pid = -1, .uffd = -1};
+	struct rdmig_tracee *t = NULL;
+	char out[256], why[512] = "", desc[1024], st_orig[2048], st_new[2048];
+	pid_t orig, hpid = rdmig_husk_pid(husk);
+	uint64_t pages = 0;
+	double t0;
+	int ret, st;
+
+	snprintf(out, sizeof(out), "%s/roundtrip-%s.out", tmpdir, nobody ? "nobody" : "root");
+	fflush(NULL);
+	orig = fork();
+	if (orig == 0)
+		workload(out, nobody);
+	T_CHECK(orig > 0, "fork");
+	t0 = t_now_s();
+	while (count_lines(out) < 20 && t_now_s() - t0 < 20)
+		usleep(10000);
+	T_CHECK(count_lines(out) >= 20, "the workload wrote %d lines", count_lines(out));
+
+	ret = rdmig_capture_check(orig, why, sizeof(why));
+	T_CHECK(ret == 0, "capture_check: %d %s", ret, why);
+	ret = rdmig_tracee_seize(orig, 0, &t);
+	T_CHECK(ret == 0, "seize: %d", ret);
+	if (ret)
+		goto out_kill;
+	ret = rdmig_capture(t, &img, why, sizeof(why));
+	T_CHECK(ret == 0, "capture: %d %s", ret, why);
+	if (ret)
+		goto out_kill;
+	rdmig_image_describe(&img, desc, sizeof(desc));
+	{
+		struct user_regs_struct regs;
+
+		memcpy(&regs, img.thread.regs, sizeof(regs));
+		fprintf(stderr, "  image: %s\n  frozen with orig_rax %lld rax %lld\n", desc,
+		        (long long)regs.orig_rax, (long long)regs.rax);
+	}
+	status_creds(orig, st_orig, sizeof(st_orig));
+
+	double tb = t_now_s();
+	ret = rdmig_restore_build(husk, &img, NULL, &r, why, sizeof(why));
+	husk = NULL;
+	T_CHECK(ret == 0, "build: %d %s", ret, why);
+	if (ret)
+		goto out_kill;
+	fprintf(stderr, "  build %.1f ms\n", (t_now_s() - tb) * 1e3);
+	ret = copy_touched(orig, &img, &r, &pages);
+	T_CHECK(ret == 0, "copying touched pages: %d", ret);
+	T_CHECK(pages * RDMIG_IMG_PAGE >= WL_BYTES, "only %llu pages touched",
+	        (unsigned long long)pages);
+	status_creds(r.pid, st_new, sizeof(st_new));
+	T_CHECK(!strcmp(st_orig, st_new), "credentials differ:\noriginal:\n%srestored:\n%s",
+	        st_orig, st_new);
+	if (nobody) {
+		const char *bnd = strstr(st_new, "CapBnd:");
+		unsigned long long b = bnd ? strtoull(bnd + 7, NULL, 16) : ~0ull;
+
+		T_CHECK(strstr(st_new, "Uid:\t65534\t65534\t65534\t65534") &&
+		            strstr(st_new, "Gid:\t65534\t65534\t65534\t65534") &&
+		            strstr(st_new, "CapEff:\t0000000000000000"),
+		        "restored as %s", st_new);
+		T_CHECK(!(b >> CAP_NET_RAW & 1) && !(b >> CAP_SYS_BOOT & 1),
+		        "bounding set %#llx still has CAP_NET_RAW or CAP_SYS_BOOT", b);
+	}
+	if (ret) {
+		rdmig_restore_abort(&r);
+		goto out_kill;
+	}
+	T_CHECK(uffd_in_proc(r.pid, r.uffd_in_proc), "fd %d of the process is not its userfaultfd",
+	        r.uffd_in_proc);
+	rdmig_tracee_kill(t); /* the original: frozen, now gone */
+	t = NULL;
+	T_OK(rdmig_restore_resume(&r));
+	/* Running now: seize it again to close its own userfaultfd copy. */
+	usleep(50000);
+	T_OK(rdmig_restore_drop_uffd(&r));
+	T_CHECK(r.uffd_in_proc == -1 && !uffd_in_proc(r.pid, 0),
+	        "userfaultfd still in the process");
+	st = wait_exit(r.pid, 60);
+	T_CHECK(st == 42, "the restored process ended with %d, want 42", st);
+	close(r.uffd);
+	check_output(out);
+out_kill:
+	if (t)
+		rdmig_tracee_kill(t);
+	else if (orig > 0 && !pid_gone(orig))
+		wait_exit(orig, 0);
+	if (husk)
+		rdmig_husk_destroy(husk);
+	T_CHECK(hpid <= 0 || pid_gone(hpid) || waitpid(hpid, NULL, WNOHANG) >= 0, "husk left");
+	rdmig_image_free(&img);
+}
+
+static void roundtrip_root(void)
+{
+	roundtrip(false);
+}
+
+static void roundtrip_nobody(void)
+{
+	roundtrip(true);
+}
+
+int main(int argc, char **argv)
+{
+	/* Before anything else, as the daemon does. */
+	for (int i = 0; i < NHUSK; i++)
+		if (rdmig_husk_spawn(&husks[i])) {
+			fprintf(stderr, "cannot fork a husk\n");
+			return 1;
+		}
+	if (argc > 1)
+		t_state.only = argv[1];
+	if (geteuid() != 0) {
+		printf("skip: the restore needs root (ptrace, PR_SET_MM_MAP exe, setresuid)\n");
+		for (int i = 0; i < NHUSK; i++)
+			rdmig_husk_destroy(husks[i]);
+		return 77;
+	}
+	if (!mkdtemp(tmpdir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	chmod(tmpdir, 0755);
+	T_RUN(hand_built);
+	T_RUN(refuse_changed_file);
+	T_RUN(roundtrip_root);
+	T_RUN(roundtrip_nobody);
+	for (int i = husk_next; i < NHUSK; i++)
+		rdmig_husk_destroy(husks[i]);
+	if (!getenv("RDMIG_KEEP_TMP")) {
+		char cmd[128];
+
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+		if (system(cmd))
+			fprintf(stderr, "could not remove %s\n", tmpdir);
+	}
+	return t_finish();
+}
