@@ -93,7 +93,7 @@ int rdmig_msg_encode_auth(void *buf, size_t cap, const uint8_t mac[RDMIG_MAC_LEN
 
 int rdmig_msg_encode_empty(void *buf, size_t cap, uint16_t type)
 {
-	if (type != RDMIG_MSG_AUTH_OK && type != RDMIG_MSG_BYE)
+	if (type != RDMIG_MSG_AUTH_OK && type != RDMIG_MSG_BYE && type != RDMIG_MSG_READY)
 		return -EINVAL;
 	if (!put_hdr(buf, cap, type, 0))
 		return -ENOSPC;
@@ -114,6 +114,52 @@ int rdmig_msg_encode_error(void *buf, size_t cap, int code, const char *text)
 		p[4 + i] = (ch >= 0x20 && ch < 0x7f) ? ch : '?';
 	}
 	return (int)(RDMIG_HDR_LEN + 4 + tlen);
+}
+
+/* How many u64 fields each fixed-size message carries (0: not such a type). */
+static unsigned u64_fields(uint16_t type)
+{
+	switch (type) {
+	case RDMIG_MSG_GO:
+		return 1;
+	case RDMIG_MSG_RUNNING:
+		return 2;
+	case RDMIG_MSG_DONE:
+		return 4;
+	default:
+		return 0;
+	}
+}
+
+int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v, unsigned n)
+{
+	uint8_t *p;
+
+	if (!u64_fields(type) || n != u64_fields(type))
+		return -EINVAL;
+	p = put_hdr(buf, cap, type, 8 * (size_t)n);
+	if (!p)
+		return -ENOSPC;
+	for (unsigned i = 0; i < n; i++)
+		put_le64(p + 8 * i, v[i]);
+	return (int)(RDMIG_HDR_LEN + 8 * n);
+}
+
+int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offset,
+                           const void *data, uint32_t len)
+{
+	uint8_t *p;
+
+	if (!len || len > RDMIG_IMAGE_CHUNK_MAX || total > RDMIG_IMAGE_TOTAL_MAX ||
+	    offset >= total || len > total - offset)
+		return -EINVAL;
+	p = put_hdr(buf, cap, RDMIG_MSG_IMAGE, 16 + (size_t)len);
+	if (!p)
+		return -ENOSPC;
+	put_le64(p, total);
+	put_le64(p + 8, offset);
+	memcpy(p + 16, data, len);
+	return (int)(RDMIG_HDR_LEN + 16 + len);
 }
 
 int rdmig_msg_encode_regions(void *buf, size_t cap, const struct rdmig_region *r, uint32_t n)
@@ -162,7 +208,33 @@ static int decode_payload(uint16_t type, const uint8_t *p, uint32_t plen, struct
 		return 0;
 	case RDMIG_MSG_AUTH_OK:
 	case RDMIG_MSG_BYE:
+	case RDMIG_MSG_READY:
 		return plen == 0 ? 0 : -EBADMSG;
+	case RDMIG_MSG_GO:
+	case RDMIG_MSG_RUNNING:
+	case RDMIG_MSG_DONE:
+		if (plen != 8 * u64_fields(type))
+			return -EBADMSG;
+		for (unsigned i = 0; i < u64_fields(type); i++)
+			m->u.u64[i] = get_le64(p + 8 * i);
+		return 0;
+	case RDMIG_MSG_IMAGE: {
+		uint64_t total, offset, len;
+
+		if (plen <= 16)
+			return -EBADMSG;
+		total = get_le64(p);
+		offset = get_le64(p + 8);
+		len = plen - 16;
+		if (total > RDMIG_IMAGE_TOTAL_MAX || offset >= total || len > total - offset ||
+		    len > RDMIG_IMAGE_CHUNK_MAX)
+			return -EBADMSG;
+		m->u.image.total = total;
+		m->u.image.offset = offset;
+		m->u.image.len = (uint32_t)len;
+		m->u.image.data = p + 16;
+		return 0;
+	}
 	case RDMIG_MSG_ERROR: {
 		uint32_t code;
 
@@ -245,8 +317,9 @@ int rdmig_msg_region(const struct rdmig_msg *m, uint32_t i, struct rdmig_region 
 
 const char *rdmig_msg_type_name(uint16_t type)
 {
-	static const char *const names[] = {"?",     "HELLO",   "AUTH", "AUTH_OK",
-	                                    "ERROR", "REGIONS", "BYE"};
+	static const char *const names[] = {"?",     "HELLO", "AUTH",    "AUTH_OK",
+	                                    "ERROR", "REGIONS", "BYE",  "IMAGE",
+	                                    "READY", "GO",      "RUNNING", "DONE"};
 
 	return type <= RDMIG_MSG_TYPE_MAX ? names[type] : "?";
 }

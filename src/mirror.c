@@ -2,6 +2,10 @@
  * Publishing a mirror and receiving its table (rdmig/mirror.h). The table is one
  * REGIONS message, so it is bounded by RDMIG_REGIONS_MAX entries; a larger map is
  * refused here rather than split, until a target needs it.
+ *
+ * A table entry is a view: a target address and a descriptor for part of one
+ * registration. Both backends address a registration as desc.addr + offset, so
+ * the descriptor of a part is the registration's with addr moved and len cut.
  */
 #define LOG_SUBSYS "mirror"
 #include "rdmig/mirror.h"
@@ -13,8 +17,10 @@
 #include <string.h>
 
 struct rdmig_mirror {
-	uint32_t n;
-	struct rdmig_mr *mrs[];
+	struct rdmig_conn *conn;
+	uint32_t n, cap;
+	struct rdmig_mr **mrs;
+	size_t *lens;
 };
 
 void rdmig_mirror_release(struct rdmig_mirror *m)
@@ -24,16 +30,104 @@ void rdmig_mirror_release(struct rdmig_mirror *m)
 	for (uint32_t i = 0; i < m->n; i++)
 		if (m->mrs[i] && rdmig_tp_mr_dereg(m->mrs[i]) < 0)
 			pr_warn("deregistering mirror region %u failed", i);
+	free(m->mrs);
+	free(m->lens);
 	free(m);
+}
+
+int rdmig_mirror_create(struct rdmig_conn *c, struct rdmig_mirror **out)
+{
+	struct rdmig_mirror *m = calloc(1, sizeof(*m));
+
+	*out = NULL;
+	if (!m)
+		return -ENOMEM;
+	m->conn = c;
+	*out = m;
+	return 0;
+}
+
+int rdmig_mirror_add(struct rdmig_mirror *m, void *base, size_t len, uint32_t *reg)
+{
+	int ret;
+
+	if (m->n == RDMIG_REGIONS_MAX) {
+		pr_err("a mirror of more than %u registrations does not fit one table",
+		       RDMIG_REGIONS_MAX);
+		return -E2BIG;
+	}
+	if (m->n == m->cap) {
+		uint32_t cap = m->cap ? 2 * m->cap : 16;
+		struct rdmig_mr **mrs = realloc(m->mrs, cap * sizeof(*mrs));
+		size_t *lens;
+
+		if (!mrs)
+			return -ENOMEM;
+		m->mrs = mrs;
+		lens = realloc(m->lens, cap * sizeof(*lens));
+		if (!lens)
+			return -ENOMEM;
+		m->lens = lens;
+		m->cap = cap;
+	}
+	ret = rdmig_tp_mr_reg(m->conn, base, len, RDMIG_ACCESS_REMOTE_READ, &m->mrs[m->n]);
+	if (ret < 0) {
+		pr_err("cannot register mirror region %u (%zu bytes): %s", m->n, len,
+		       strerror(-ret));
+		return ret;
+	}
+	m->lens[m->n] = len;
+	*reg = m->n++;
+	return 0;
+}
+
+int rdmig_mirror_send(struct rdmig_mirror *m, const struct rdmig_mirror_view *v, uint32_t n)
+{
+	struct rdmig_region *table;
+	uint8_t *msg;
+	int ret, len;
+
+	if (n == 0 || n > RDMIG_REGIONS_MAX) {
+		pr_err("a mirror of %u regions does not fit one table (at most %u)", n,
+		       RDMIG_REGIONS_MAX);
+		return -E2BIG;
+	}
+	table = calloc(n, sizeof(*table));
+	msg = malloc(RDMIG_MSG_MAX);
+	if (!table || !msg) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		if (v[i].reg >= m->n || v[i].off > m->lens[v[i].reg] || !v[i].len ||
+		    v[i].len > m->lens[v[i].reg] - v[i].off) {
+			pr_err("mirror view %u lies outside its registration", i);
+			ret = -EINVAL;
+			goto out_free;
+		}
+		table[i].id = v[i].id;
+		rdmig_tp_mr_desc(m->mrs[v[i].reg], &table[i].desc);
+		table[i].desc.addr += v[i].off;
+		table[i].desc.len = v[i].len;
+	}
+	len = rdmig_msg_encode_regions(msg, RDMIG_MSG_MAX, table, n);
+	if (len < 0) {
+		ret = len;
+		goto out_free;
+	}
+	ret = rdmig_tp_send(m->conn, msg, (size_t)len);
+out_free:
+	free(table);
+	free(msg);
+	return ret;
 }
 
 int rdmig_mirror_publish(struct rdmig_conn *c, const struct rdmig_mirror_region *r, uint32_t n,
                          struct rdmig_mirror **out)
 {
-	struct rdmig_region *table = NULL;
-	struct rdmig_mirror *m;
-	uint8_t *msg = NULL;
-	int ret, len;
+	struct rdmig_mirror_view *v = NULL;
+	struct rdmig_mirror *m = NULL;
+	int ret;
 
 	*out = NULL;
 	if (n == 0 || n > RDMIG_REGIONS_MAX) {
@@ -41,38 +135,29 @@ int rdmig_mirror_publish(struct rdmig_conn *c, const struct rdmig_mirror_region 
 		       RDMIG_REGIONS_MAX);
 		return -E2BIG;
 	}
-	m = calloc(1, sizeof(*m) + n * sizeof(m->mrs[0]));
-	table = calloc(n, sizeof(*table));
-	msg = malloc(RDMIG_MSG_MAX);
-	if (!m || !table || !msg) {
-		ret = -ENOMEM;
-		goto out_release;
-	}
-	m->n = n;
+	v = calloc(n, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	ret = rdmig_mirror_create(c, &m);
+	if (ret < 0)
+		goto out_free;
 	for (uint32_t i = 0; i < n; i++) {
-		ret = rdmig_tp_mr_reg(c, r[i].base, r[i].len, RDMIG_ACCESS_REMOTE_READ, &m->mrs[i]);
-		if (ret < 0) {
-			pr_err("cannot register mirror region %u (%zu bytes): %s", i, r[i].len,
-			       strerror(-ret));
+		ret = rdmig_mirror_add(m, r[i].base, r[i].len, &v[i].reg);
+		if (ret < 0)
 			goto out_release;
-		}
-		table[i].id = r[i].id;
-		rdmig_tp_mr_desc(m->mrs[i], &table[i].desc);
+		v[i].id = r[i].id;
+		v[i].len = r[i].len;
 	}
-	len = rdmig_msg_encode_regions(msg, RDMIG_MSG_MAX, table, n);
-	if (len < 0) {
-		ret = len;
-		goto out_release;
-	}
-	ret = rdmig_tp_send(c, msg, (size_t)len);
+	/* Nothing is sent unless every registration succeeded. */
+	ret = rdmig_mirror_send(m, v, n);
 	if (ret < 0)
 		goto out_release;
 	*out = m;
 	m = NULL;
 out_release:
 	rdmig_mirror_release(m);
-	free(table);
-	free(msg);
+out_free:
+	free(v);
 	return ret;
 }
 

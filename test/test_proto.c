@@ -123,6 +123,51 @@ static void rejects_malformed(void)
 	        "empty HELLO");
 }
 
+static void migration_messages(void)
+{
+	static uint8_t buf[RDMIG_MSG_MAX], data[RDMIG_IMAGE_CHUNK_MAX];
+	uint64_t v[4] = {1, 2, 3, UINT64_MAX};
+	struct rdmig_msg m;
+	int n;
+
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 7);
+	n = rdmig_msg_encode_image(buf, sizeof(buf), 100000, 5, data, sizeof(data));
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_IMAGE && m.u.image.total == 100000 && m.u.image.offset == 5 &&
+	            m.u.image.len == sizeof(data) && !memcmp(m.u.image.data, data, sizeof(data)),
+	        "image chunk round trip");
+	/* a chunk that runs past its announced total, or an offset at the end */
+	n = rdmig_msg_encode_image(buf, sizeof(buf), 100, 90, data, 10);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	buf[RDMIG_HDR_LEN + 8] = 91;
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "chunk past total");
+	buf[RDMIG_HDR_LEN + 8] = 100;
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "offset at total");
+	buf[RDMIG_HDR_LEN + 8] = 0;
+	buf[RDMIG_HDR_LEN + 7] = 0x40; /* total far beyond the limit */
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "total too large");
+	T_CHECK(rdmig_msg_encode_image(buf, sizeof(buf), 10, 0, data, 11) == -EINVAL,
+	        "encoder refuses a chunk past total");
+	T_CHECK(rdmig_msg_encode_image(buf, sizeof(buf), 10, 0, data, 0) == -EINVAL,
+	        "encoder refuses an empty chunk");
+
+	n = rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_DONE, v, 4);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_DONE && m.u.u64[0] == 1 && m.u.u64[3] == UINT64_MAX, "DONE");
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n - 8, &m) == -EBADMSG, "DONE truncated");
+	n = rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_GO, v, 1);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_GO && m.u.u64[0] == 1, "GO");
+	T_CHECK(rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_GO, v, 2) == -EINVAL,
+	        "GO with two fields");
+	T_CHECK(rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_HELLO, v, 1) == -EINVAL,
+	        "HELLO is not a u64 message");
+	n = rdmig_msg_encode_empty(buf, sizeof(buf), RDMIG_MSG_READY);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_READY, "READY");
+}
+
 static void hostport(void)
 {
 	char h[64], p[8];
@@ -147,6 +192,7 @@ int main(int argc, char **argv)
 	T_RUN(roundtrip_regions);
 	T_RUN(roundtrip_error);
 	T_RUN(rejects_malformed);
+	T_RUN(migration_messages);
 	T_RUN(hostport);
 	return t_finish();
 }

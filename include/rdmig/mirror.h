@@ -22,6 +22,20 @@ struct rdmig_mirror;
  * Nothing is sent unless every registration succeeded. */
 RDMIG_WUR int rdmig_mirror_publish(struct rdmig_conn *c, const struct rdmig_mirror_region *r,
                                    uint32_t n, struct rdmig_mirror **out);
+/* The same in two steps, for a mirror that is registered long before its final
+ * table is known (the migration source registers while the target runs and
+ * sends the table at the freeze): create, register buffers with add(), then send
+ * a table of views, each a part of one registered buffer. */
+struct rdmig_mirror_view {
+	uint64_t id;     /* the target address the view's first byte mirrors */
+	uint32_t reg;    /* index returned by rdmig_mirror_add */
+	size_t off, len; /* inside that registration */
+};
+RDMIG_WUR int rdmig_mirror_create(struct rdmig_conn *c, struct rdmig_mirror **out);
+RDMIG_WUR int rdmig_mirror_add(struct rdmig_mirror *m, void *base, size_t len, uint32_t *reg);
+RDMIG_WUR int rdmig_mirror_send(struct rdmig_mirror *m, const struct rdmig_mirror_view *v,
+                                uint32_t n);
+
 /* Deregister everything: the peer's READs against it fail from now on. */
 void rdmig_mirror_release(struct rdmig_mirror *m);
 

@@ -21,6 +21,20 @@
  * Any failure: ERROR {code, text} and the connection is closed; a peer without
  * the token sees nothing but the listener's HELLO and ERROR.
  * Nothing secret crosses the wire; the role in the MAC stops a reflected answer.
+ *
+ * Migration (src/migrate_src.c, src/migrate_dst.c), after the handshake; the
+ * source is the connector:
+ *   src: REGIONS   the mirror's table (one or more messages, before the IMAGE)
+ *   src: IMAGE     {total le64, offset le64, bytes}  chunks of the encoded image
+ *                  (rdmig/image.h), in order, until offset + bytes == total
+ *   dst: READY     {}  the process is rebuilt and stopped   (or ERROR: rollback)
+ *   src: GO        {freeze_ns le64}  the source is committed: it never resumes
+ *                  the original from here on
+ *   dst: RUNNING   {pid le64, resume_ns le64}  the process runs on the destination
+ *   dst: DONE      {faults, fetched, prefetched, bytes: le64 each}  every page is
+ *                  local; the source kills the original and frees the mirror
+ *   src: BYE
+ * Timestamps are CLOCK_REALTIME nanoseconds (downtime across hosts).
  */
 #ifndef RDMIG_PROTO_H
 #define RDMIG_PROTO_H
@@ -36,6 +50,13 @@
 #define RDMIG_NONCE_LEN 32u
 #define RDMIG_MAC_LEN 32u
 #define RDMIG_ERRTEXT_MAX 200u
+/* Largest encoded image the IMAGE chunks may announce (rdmig/image.h's limit). */
+#define RDMIG_IMAGE_TOTAL_MAX (256ull << 20)
+/* Payload bytes of one IMAGE chunk at most. */
+#define RDMIG_IMAGE_CHUNK_MAX (RDMIG_MSG_MAX - RDMIG_HDR_LEN - 16u)
+/* Fixed u64 fields of GO, RUNNING, DONE. */
+#define RDMIG_MSG_U64_MAX 4u
+
 /* A region table fits one message: 16 + 8 + n*32 <= RDMIG_MSG_MAX. */
 #define RDMIG_REGIONS_MAX 2000u
 
@@ -44,9 +65,14 @@ enum rdmig_msg_type {
 	RDMIG_MSG_AUTH = 2,
 	RDMIG_MSG_AUTH_OK = 3,
 	RDMIG_MSG_ERROR = 4,
-	RDMIG_MSG_REGIONS = 5, /* a table of registered regions the peer may read */
-	RDMIG_MSG_BYE = 6,     /* orderly end of a session */
-	RDMIG_MSG_TYPE_MAX = 6,
+	RDMIG_MSG_REGIONS = 5,  /* a table of registered regions the peer may read */
+	RDMIG_MSG_BYE = 6,      /* orderly end of a session */
+	RDMIG_MSG_IMAGE = 7,    /* a chunk of the process image */
+	RDMIG_MSG_READY = 8,    /* dst: restored, waiting for GO */
+	RDMIG_MSG_GO = 9,       /* src: committed */
+	RDMIG_MSG_RUNNING = 10, /* dst: the process runs */
+	RDMIG_MSG_DONE = 11,    /* dst: every page is local */
+	RDMIG_MSG_TYPE_MAX = 11,
 };
 
 enum rdmig_role {
@@ -79,6 +105,14 @@ struct rdmig_msg {
 			uint32_t count;
 			const uint8_t *raw; /* count entries, decode with rdmig_msg_region() */
 		} regions;
+		struct {
+			uint64_t total, offset; /* offset < total <= RDMIG_IMAGE_TOTAL_MAX */
+			uint32_t len;           /* 1..RDMIG_IMAGE_CHUNK_MAX, offset+len <= total */
+			const uint8_t *data;
+		} image;
+		/* GO {freeze_ns}, RUNNING {pid, resume_ns}, DONE {faults, fetched,
+		 * prefetched, bytes}: their fixed number of u64 fields. */
+		uint64_t u64[RDMIG_MSG_U64_MAX];
 	} u;
 };
 
@@ -88,6 +122,10 @@ int rdmig_msg_encode_hello(void *buf, size_t cap, uint32_t page_size, uint8_t ro
 int rdmig_msg_encode_auth(void *buf, size_t cap, const uint8_t mac[RDMIG_MAC_LEN]);
 int rdmig_msg_encode_empty(void *buf, size_t cap, uint16_t type);
 int rdmig_msg_encode_error(void *buf, size_t cap, int code, const char *text);
+int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offset, const void *data,
+                           uint32_t len);
+/* GO, RUNNING, DONE: n must be the type's field count (1, 2, 4). */
+int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v, unsigned n);
 int rdmig_msg_encode_regions(void *buf, size_t cap, const struct rdmig_region *r, uint32_t n);
 
 /* Check and decode one received message. 0, -EBADMSG or -EPROTONOSUPPORT. */
