@@ -1,0 +1,68 @@
+/*
+ * The source's mirror of a running target's private anonymous memory, kept
+ * filled while the target runs, and made exact at the freeze (src/precopy.c).
+ *
+ * Dirty tracking: a userfaultfd created INSIDE the target (one injected syscall;
+ * the target's copy is closed again at once, ours keeps it alive) in WP_ASYNC +
+ * WP_UNPOPULATED mode. Every anonymous range is registered for write-protect and
+ * protected, then its present pages are copied into the mirror. The kernel
+ * resolves the target's write faults by itself (WP_ASYNC: no thread of ours is
+ * involved) and clears the protection of the page, so PAGEMAP_SCAN of
+ * /proc/PID/pagemap with PAGE_IS_WRITTEN finds exactly the pages written since
+ * their copy. At the freeze only those are copied again, plus every page with
+ * data that was never copied (a safety net that costs nothing when tracking
+ * works: a page is never sent stale).
+ *
+ * Pages the process never touched are never copied: the image's `touched`
+ * bitmaps (present or swapped, not the shared zero page) say which pages the
+ * destination must fetch; the rest it fills with zeros.
+ *
+ * Errors: 0 or -errno.
+ */
+#ifndef RDMIG_PRECOPY_H
+#define RDMIG_PRECOPY_H
+
+#include "rdmig/image.h"
+#include "rdmig/mirror.h"
+#include "rdmig/tracee.h"
+
+#include <stdint.h>
+
+#define RDMIG_PRECOPY_WUR __attribute__((warn_unused_result))
+
+struct rdmig_precopy;
+
+struct rdmig_precopy_stats {
+	uint64_t ranges_tracked;   /* registered for write-protect tracking */
+	uint64_t ranges_untracked; /* could not be tracked: copied whole at the freeze */
+	uint64_t pages_copied;     /* in the rounds while the target ran */
+	uint64_t pages_recopied;   /* at the freeze: written since their copy */
+	uint64_t pages_late;       /* at the freeze: never copied before (new memory) */
+	uint64_t pages_touched;    /* pages with data at the freeze (what the peer fetches) */
+	uint64_t rounds;
+};
+
+/* With t seized and interrupted: create the tracking uffd in the target (its own
+ * copy is closed before this returns; the target's fd table is as it was). The
+ * mirror's buffers are registered on m as they are made. */
+RDMIG_PRECOPY_WUR int rdmig_precopy_start(struct rdmig_tracee *t, struct rdmig_mirror *m,
+                                          struct rdmig_precopy **out);
+
+/* While the target runs: track every anonymous range not tracked yet and copy
+ * the pages written since the last round (every present page the first time). */
+RDMIG_PRECOPY_WUR int rdmig_precopy_round(struct rdmig_precopy *p);
+
+/* The target is frozen and captured (img): copy what changed, and give the views
+ * of the mirror that cover every ANON vma of img (malloc'd *views, *n). */
+RDMIG_PRECOPY_WUR int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
+                                          struct rdmig_mirror_view **views, uint32_t *n);
+
+void rdmig_precopy_stats(const struct rdmig_precopy *p, struct rdmig_precopy_stats *out);
+
+/* Stop tracking: unregister every range from the target (which keeps running, or
+ * is gone) and close the uffd. Call before releasing the mirror's memory. */
+void rdmig_precopy_stop(struct rdmig_precopy *p);
+/* Free the mirror's memory (after rdmig_mirror_release). Accepts NULL. */
+void rdmig_precopy_free(struct rdmig_precopy *p);
+
+#endif /* RDMIG_PRECOPY_H */

@@ -1,0 +1,26 @@
+/*
+ * What both sides of a migration share (src/migrate_common.c): the clock for
+ * downtime, and receiving one expected control message.
+ */
+#ifndef RDMIG_MIGRATE_COMMON_H
+#define RDMIG_MIGRATE_COMMON_H
+
+#include "rdmig/proto.h"
+#include "rdmig/transport.h"
+
+#include <stdint.h>
+
+/* CLOCK_REALTIME in ns: downtime spans two hosts, whose monotonic clocks differ. */
+uint64_t rdmig_now_ns(void);
+
+/* Wait up to timeout_ms (-1: forever) for a message of type `want` into buf
+ * (RDMIG_MSG_MAX bytes), decoded into *m. An ERROR from the peer is logged with
+ * its text and returned as -code; a malformed message -EBADMSG; another type
+ * -EPROTO. The caller closes the connection on any error. */
+RDMIG_WUR int rdmig_expect(struct rdmig_conn *c, uint8_t *buf, uint16_t want, int timeout_ms,
+                           struct rdmig_msg *m);
+
+/* Tell the peer why we give up (best effort). */
+void rdmig_send_error(struct rdmig_conn *c, int err, const char *text);
+
+#endif

@@ -1,0 +1,563 @@
+/*
+ * The destination side of a migration: `rdma_migrate dst --listen ADDR:PORT`.
+ *
+ *   LISTENING  the husk is forked (before any transport exists), waiting for a peer
+ *   RECEIVING  two authenticated connections from the source: control (image and
+ *              the switch messages, this thread) and data (the mirror's table and
+ *              the one-sided READs, the pager's thread), so no connection is ever
+ *              used by two threads
+ *   RESTORING  the image is decoded and the process rebuilt in the husk
+ *   READY      rebuilt, stopped, its pager running; READY sent, waiting for GO
+ *   RUNNING    GO came: the process runs; its misses are fetched from the mirror
+ *   DONE       every page is local (or the process ended): uffd released, DONE sent
+ *   ABORTED    any failure before RUNNING: the half-built process is killed and the
+ *              source told, so it resumes its original
+ *   FAILED     the source was lost after RUNNING: the process waits on its missing
+ *              pages (it keeps a copy of its userfaultfd: never zeros), reported
+ */
+#define LOG_SUBSYS "dst"
+#include "rdmig/image.h"
+#include "rdmig/log.h"
+#include "rdmig/migrate.h"
+#include "rdmig/mirror.h"
+#include "rdmig/pager.h"
+#include "rdmig/prefetch.h"
+#include "rdmig/proto.h"
+#include "rdmig/restore.h"
+#include "rdmig/tpsource.h"
+
+#include "migrate_common.h"
+#include "uffd.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PG 4096ull
+
+enum dst_state {
+	DST_LISTENING,
+	DST_RECEIVING,
+	DST_RESTORING,
+	DST_READY,
+	DST_RUNNING,
+	DST_DONE,
+	DST_ABORTED,
+	DST_FAILED,
+};
+
+static const char *const dst_state_names[] = {"listening", "receiving", "restoring", "ready",
+                                              "running",   "done",      "aborted",   "failed"};
+
+struct dst {
+	const struct rdmig_migrate_opts *o;
+	enum dst_state state;
+	struct rdmig_husk *husk;
+	struct rdmig_listener *lis;
+	struct rdmig_conn *ctl, *data;
+	struct rdmig_region *regions;
+	uint32_t nregions;
+	struct rdmig_image img;
+	struct rdmig_restored r;
+	bool restored, resumed;
+	struct rdmig_page_source *src;
+	struct rdmig_prefetch *pf;
+	const struct rdmig_pagestate *ps; /* for the prefetcher's is_remote */
+	struct rdmig_faultloop *loop;
+	int evfd;
+	pthread_mutex_t mu;
+	enum rdmig_pager_event_type last_ev; /* the most important one seen, under mu */
+	int last_status;
+	uint8_t *msg;
+	uint64_t t_go, t_resume, t_local;
+	char why[512];
+};
+
+static void dst_set_state(struct dst *d, enum dst_state to)
+{
+	pr_info("%s -> %s", dst_state_names[d->state], dst_state_names[to]);
+	d->state = to;
+}
+
+/* ---- receiving ----------------------------------------------------------- */
+
+static int recv_image(struct dst *d)
+{
+	uint8_t *buf = NULL;
+	uint64_t total = 0, got = 0;
+	struct rdmig_msg m;
+	int ret, step = d->o->timeout_ms > 0 ? d->o->timeout_ms : 60000;
+
+	do {
+		ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_IMAGE, step, &m);
+		if (ret < 0)
+			goto out_free;
+		if (!buf) {
+			total = m.u.image.total;
+			buf = malloc(total);
+			if (!buf) {
+				ret = -ENOMEM;
+				goto out_free;
+			}
+		}
+		/* chunks come in order and all announce the same total */
+		if (m.u.image.total != total || m.u.image.offset != got) {
+			pr_err("image chunk at %" PRIu64 " of %" PRIu64 " where %" PRIu64
+			       " of %" PRIu64 " was due",
+			       m.u.image.offset, m.u.image.total, got, total);
+			ret = -EBADMSG;
+			goto out_free;
+		}
+		memcpy(buf + got, m.u.image.data, m.u.image.len);
+		got += m.u.image.len;
+	} while (got < total);
+	ret = rdmig_image_decode(buf, total, &d->img);
+	if (ret < 0)
+		snprintf(d->why, sizeof(d->why), "the process image from the source is malformed");
+out_free:
+	free(buf);
+	return ret;
+}
+
+/* ---- the pager ----------------------------------------------------------- */
+
+static void on_event(void *arg, const struct rdmig_pager_event *ev)
+{
+	struct dst *d = arg;
+	uint64_t one = 1;
+
+	switch (ev->type) {
+	case RDMIG_PAGER_SOURCE_FAILED:
+	case RDMIG_PAGER_SOURCE_STALLED:
+		fprintf(stderr,
+		        "rdma_migrate dst: the source stopped serving pages (%s): the process "
+		        "waits on its missing pages\n",
+		        strerror(-ev->status));
+		/* fall through */
+	case RDMIG_PAGER_ALL_LOCAL:
+	case RDMIG_PAGER_TARGET_GONE:
+	case RDMIG_PAGER_FATAL:
+		pthread_mutex_lock(&d->mu);
+		d->last_ev = ev->type;
+		d->last_status = ev->status;
+		pthread_mutex_unlock(&d->mu);
+		if (write(d->evfd, &one, sizeof(one)) < 0)
+			pr_err("cannot wake the main thread: %s", strerror(errno));
+		break;
+	default:
+		break;
+	}
+}
+
+static bool pf_is_remote(void *arg, uint64_t addr)
+{
+	const struct dst *d = arg;
+
+	return d->ps && rdmig_pagestate_get(d->ps, addr) == RDMIG_PAGE_REMOTE;
+}
+
+static void pf_on_fault(void *arg, uint64_t addr)
+{
+	struct dst *d = arg;
+
+	if (d->pf)
+		rdmig_prefetch_on_fault(d->pf, addr);
+}
+
+static int pf_next(void *arg, const struct rdmig_pagestate *ps, uint64_t *addr)
+{
+	struct dst *d = arg;
+
+	d->ps = ps;
+	if (!d->pf)
+		return -ENODATA; /* nothing to prefetch: stop asking */
+	return rdmig_prefetch_next(d->pf, addr, 1);
+}
+
+static bool touched(const struct rdmig_img_vma *v, uint64_t i)
+{
+	return v->touched[i / 8] & (1u << (i % 8));
+}
+
+/* Register every ANON vma with data, pages with data REMOTE, the rest ZERO. A vma
+ * without any page of data is left to the kernel: it reads zeros anyway. */
+static int add_ranges(struct dst *d, struct rdmig_prefetch_range **pr, size_t *npr)
+{
+	struct rdmig_prefetch_range *ranges = calloc(d->img.nvmas + 1, sizeof(*ranges));
+	size_t n = 0;
+	int ret = 0;
+
+	if (!ranges)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < d->img.nvmas && ret == 0; i++) {
+		const struct rdmig_img_vma *v = &d->img.vmas[i];
+		uint64_t pages = (v->end - v->start) / PG;
+
+		if (v->kind != RDMIG_VMA_ANON || !v->touched)
+			continue;
+		ret = rdmig_faultloop_add_range(d->loop, v->start, v->end - v->start, v->start,
+		                                RDMIG_PAGE_ZERO, true);
+		for (uint64_t p = 0; p < pages && ret == 0;) {
+			uint64_t k = 0;
+
+			while (p + k < pages && touched(v, p + k))
+				k++;
+			if (k)
+				ret = rdmig_faultloop_set_state(d->loop, v->start + p * PG, k * PG,
+				                                RDMIG_PAGE_REMOTE);
+			p += k ? k : 1;
+		}
+		ranges[n++] = (struct rdmig_prefetch_range){v->start, v->end};
+	}
+	if (ret < 0) {
+		free(ranges);
+		return ret;
+	}
+	*pr = ranges;
+	*npr = n;
+	return 0;
+}
+
+static int start_pager(struct dst *d)
+{
+	struct rdmig_faultloop_opts lo = {0};
+	struct rdmig_prefetch_range *ranges = NULL;
+	size_t nranges = 0;
+	int ret;
+
+	ret = rdmig_uffd_api(d->r.uffd, RDMIG_FAULTLOOP_FEATURES, NULL);
+	if (ret < 0) {
+		snprintf(d->why, sizeof(d->why),
+		         "the destination's userfaultfd lacks the "
+		         "features post-copy needs");
+		return ret;
+	}
+	ret = rdmig_tpsource_create(&(struct rdmig_tpsource_opts){.conn = d->data,
+	                                                          .regions = d->regions,
+	                                                          .nregions = d->nregions},
+	                            &d->src);
+	if (ret < 0)
+		return ret;
+	lo.uffd = d->r.uffd;
+	lo.source = d->src;
+	lo.own_mm = false; /* the restore applied MADV_NOHUGEPAGE inside the process */
+	lo.on_event = on_event;
+	lo.event_arg = d;
+	if (!d->o->no_prefetch)
+		lo.prefetch =
+		    (struct rdmig_prefetcher){.on_fault = pf_on_fault, .next = pf_next, .arg = d};
+	ret = rdmig_faultloop_create(&lo, &d->loop);
+	if (ret < 0)
+		return ret;
+	ret = add_ranges(d, &ranges, &nranges);
+	if (ret == 0 && nranges && !d->o->no_prefetch)
+		ret = rdmig_prefetch_create(&(struct rdmig_prefetch_cfg){.page_size = PG,
+		                                                         .ranges = ranges,
+		                                                         .nr_ranges = nranges,
+		                                                         .is_remote = pf_is_remote,
+		                                                         .arg = d},
+		                            &d->pf);
+	free(ranges);
+	if (ret == 0)
+		ret = rdmig_faultloop_start(d->loop);
+	return ret;
+}
+
+/* ---- the end ------------------------------------------------------------- */
+
+/* Wait for the pager to say every page is local, or that the process ended. */
+static int wait_all_local(struct dst *d)
+{
+	for (;;) {
+		struct pollfd pfd = {.fd = d->evfd, .events = POLLIN};
+		enum rdmig_pager_event_type ev;
+		uint64_t v;
+		int st;
+
+		if (poll(&pfd, 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (read(d->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			return -errno;
+		pthread_mutex_lock(&d->mu);
+		ev = d->last_ev;
+		st = d->last_status;
+		pthread_mutex_unlock(&d->mu);
+		switch (ev) {
+		case RDMIG_PAGER_ALL_LOCAL:
+		case RDMIG_PAGER_TARGET_GONE:
+			return 0;
+		case RDMIG_PAGER_FATAL:
+			return st ? st : -EIO;
+		case RDMIG_PAGER_SOURCE_FAILED:
+			/* the pages it still needs cannot come: faults wait (never zeros) */
+			return st ? st : -ECONNRESET;
+		default:
+			break; /* stalled: keep waiting, it may recover */
+		}
+	}
+}
+
+/* Every page is local: hand the ranges back to the kernel and close the
+ * process's own copy of the uffd, so nothing of ours is left in it. */
+static int release_uffd(struct dst *d)
+{
+	int ret = 0;
+
+	rdmig_faultloop_stop(d->loop);
+	for (uint32_t i = 0; i < d->img.nvmas; i++) {
+		const struct rdmig_img_vma *v = &d->img.vmas[i];
+
+		if (v->kind == RDMIG_VMA_ANON && v->touched &&
+		    rdmig_uffd_unregister(d->r.uffd, v->start, v->end - v->start) < 0)
+			pr_debug("range %#" PRIx64 " is gone already", v->start);
+	}
+	if (kill(d->r.pid, 0) == 0)
+		ret = rdmig_restore_drop_uffd(&d->r);
+	return ret;
+}
+
+static void summary(struct dst *d, const struct rdmig_faultloop_stats *s, uint64_t bytes)
+{
+	uint64_t demand = s->faults_fetched, pre = s->prefetched;
+	double cover = demand + pre ? 100.0 * (double)pre / (double)(demand + pre) : 100.0;
+
+	printf("rdma_migrate dst: pid %d (pid %d on the source) runs here: downtime %.3f ms, "
+	       "all pages local %.3f s after resume; %" PRIu64 " faults (%" PRIu64
+	       " fetched on demand, %" PRIu64 " zero, %" PRIu64 " coalesced), %" PRIu64
+	       " prefetched: prefetch coverage %.1f%%; %.1f MiB read\n",
+	       (int)d->r.pid, (int)d->img.pid, (double)(d->t_resume - d->t_go) / 1e6,
+	       (double)(d->t_local - d->t_resume) / 1e9, s->faults, demand, s->faults_zero,
+	       s->faults_coalesced, pre, cover, (double)bytes / 1048576.0);
+	fflush(stdout);
+	if (d->o->stats_json) {
+		FILE *f = fopen(d->o->stats_json, "we");
+
+		if (!f) {
+			pr_err("cannot write %s: %s", d->o->stats_json, strerror(errno));
+			return;
+		}
+		fprintf(
+		    f,
+		    "{\"side\":\"dst\",\"pid\":%d,\"source_pid\":%d,\"resume_after_go_ns\":%" PRIu64
+		    ",\"all_local_ns\":%" PRIu64 ",\"faults\":%" PRIu64 ",\"fetched\":%" PRIu64
+		    ",\"zero\":%" PRIu64 ",\"coalesced\":%" PRIu64 ",\"prefetched\":%" PRIu64
+		    ",\"bytes_read\":%" PRIu64 "}\n",
+		    (int)d->r.pid, (int)d->img.pid, d->t_resume - d->t_go, d->t_local - d->t_resume,
+		    s->faults, demand, s->faults_zero, s->faults_coalesced, pre, bytes);
+		fclose(f);
+	}
+}
+
+static int abort_restore(struct dst *d, const char *what, int err)
+{
+	fprintf(stderr, "rdma_migrate dst: %s: %s\n", what, d->why[0] ? d->why : strerror(-err));
+	if (d->ctl)
+		rdmig_send_error(d->ctl, err, d->why[0] ? d->why : what);
+	rdmig_faultloop_destroy(d->loop);
+	d->loop = NULL;
+	if (d->restored)
+		rdmig_restore_abort(&d->r);
+	d->restored = false;
+	dst_set_state(d, DST_ABORTED);
+	fprintf(stderr, "rdma_migrate dst: aborted: nothing runs here; the source keeps its "
+	                "process\n");
+	return RDMIG_EXIT_ROLLED_BACK;
+}
+
+static int finish(struct dst *d)
+{
+	struct rdmig_faultloop_stats s;
+	uint64_t fetches = 0, bytes = 0, v[4];
+	struct rdmig_msg m;
+	int ret, n;
+
+	ret = wait_all_local(d);
+	if (ret < 0) {
+		dst_set_state(d, DST_FAILED);
+		fprintf(stderr,
+		        "rdma_migrate dst: the migration failed after the switch: %s. pid %d "
+		        "waits on the pages it has not got yet (it never reads wrong data); its "
+		        "source process is held stopped\n",
+		        strerror(-ret), (int)d->r.pid);
+		return RDMIG_EXIT_FAILED;
+	}
+	d->t_local = rdmig_now_ns();
+	rdmig_faultloop_stats(d->loop, &s);
+	rdmig_tpsource_stats(d->src, &fetches, &bytes);
+	ret = release_uffd(d);
+	if (ret < 0)
+		pr_warn("could not close the process's userfaultfd: %s", strerror(-ret));
+	v[0] = s.faults;
+	v[1] = s.faults_fetched;
+	v[2] = s.prefetched;
+	v[3] = bytes;
+	n = rdmig_msg_encode_u64(d->msg, RDMIG_MSG_MAX, RDMIG_MSG_DONE, v, 4);
+	ret = n < 0 ? n : rdmig_tp_send(d->ctl, d->msg, (size_t)n);
+	if (ret < 0)
+		pr_warn("the source left before our DONE: it holds its original stopped");
+	else if (rdmig_expect(d->ctl, d->msg, RDMIG_MSG_BYE, 10000, &m) < 0)
+		pr_warn("no BYE from the source");
+	dst_set_state(d, DST_DONE);
+	summary(d, &s, bytes);
+	return RDMIG_EXIT_OK;
+}
+
+static int run(struct dst *d)
+{
+	const struct rdmig_migrate_opts *o = d->o;
+	int ret, step = o->timeout_ms > 0 ? o->timeout_ms : 60000;
+	struct rdmig_restore_opts ro = {.stdio_path = {o->stdio[0], o->stdio[1], o->stdio[2]}};
+	struct rdmig_msg m;
+
+	/* The husk is forked before any transport exists: it must carry nothing of
+	 * ours (no registrations, no threads). */
+	ret = rdmig_husk_spawn(&d->husk);
+	if (ret < 0) {
+		fprintf(stderr, "rdma_migrate dst: cannot start the husk process: %s\n",
+		        strerror(-ret));
+		return RDMIG_EXIT_ROLLED_BACK;
+	}
+	ret = rdmig_tp_listen(&o->tp, o->addr, &d->lis);
+	if (ret < 0) {
+		fprintf(stderr, "rdma_migrate dst: cannot listen on %s: %s\n", o->addr,
+		        strerror(-ret));
+		return RDMIG_EXIT_USAGE;
+	}
+	fprintf(stderr, "rdma_migrate dst: listening on %s (port %d)\n", o->addr,
+	        rdmig_tp_local_port(d->lis));
+	dst_set_state(d, DST_LISTENING);
+	/* A peer that fails the handshake is turned away; we keep listening. */
+	do {
+		ret = rdmig_tp_accept(d->lis, -1, &d->ctl);
+		if (ret == -EACCES)
+			fprintf(stderr,
+			        "rdma_migrate dst: turned away a peer that does not hold the "
+			        "token\n");
+	} while (ret == -EACCES);
+	if (ret == 0)
+		ret = rdmig_tp_accept(d->lis, step, &d->data);
+	if (ret < 0) {
+		fprintf(stderr, "rdma_migrate dst: accepting the source failed: %s\n",
+		        strerror(-ret));
+		return RDMIG_EXIT_ROLLED_BACK;
+	}
+	rdmig_tp_close_listener(d->lis);
+	d->lis = NULL;
+	dst_set_state(d, DST_RECEIVING);
+	ret = rdmig_mirror_recv_table(d->data, step, &d->regions, &d->nregions);
+	if (ret == 0)
+		ret = recv_image(d);
+	if (ret < 0)
+		return abort_restore(d, "receiving the process failed", ret);
+
+	dst_set_state(d, DST_RESTORING);
+	ret = rdmig_restore_build(d->husk, &d->img, &ro, &d->r, d->why, sizeof(d->why));
+	d->husk = NULL; /* consumed */
+	if (ret < 0)
+		return abort_restore(d, "cannot restore the process", ret);
+	d->restored = true;
+	ret = start_pager(d);
+	if (ret < 0)
+		return abort_restore(d, "cannot start serving the process's memory", ret);
+	{
+		int n = rdmig_msg_encode_empty(d->msg, RDMIG_MSG_MAX, RDMIG_MSG_READY);
+
+		ret = n < 0 ? n : rdmig_tp_send(d->ctl, d->msg, (size_t)n);
+	}
+	if (ret < 0)
+		return abort_restore(d, "lost the source", ret);
+	dst_set_state(d, DST_READY);
+	ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_GO, step, &m);
+	if (ret < 0)
+		return abort_restore(d, "the source did not commit", ret);
+	d->t_go = m.u.u64[0];
+	ret = rdmig_restore_resume(&d->r);
+	if (ret < 0) {
+		/* The source is committed and holds its original stopped: report, do not
+		 * pretend to roll back. */
+		dst_set_state(d, DST_FAILED);
+		fprintf(stderr, "rdma_migrate dst: cannot resume the restored process: %s\n",
+		        strerror(-ret));
+		return RDMIG_EXIT_FAILED;
+	}
+	d->resumed = true;
+	d->t_resume = rdmig_now_ns();
+	{
+		uint64_t v[2] = {(uint64_t)d->r.pid, d->t_resume};
+		int n = rdmig_msg_encode_u64(d->msg, RDMIG_MSG_MAX, RDMIG_MSG_RUNNING, v, 2);
+
+		ret = n < 0 ? n : rdmig_tp_send(d->ctl, d->msg, (size_t)n);
+		if (ret < 0)
+			pr_warn("the source did not get RUNNING: %s", strerror(-ret));
+	}
+	dst_set_state(d, DST_RUNNING);
+	fprintf(stderr, "rdma_migrate dst: pid %d (pid %d on the source) runs here\n",
+	        (int)d->r.pid, (int)d->img.pid);
+	return finish(d);
+}
+
+static void wait_process(struct dst *d)
+{
+	int st;
+
+	fprintf(stderr, "rdma_migrate dst: waiting for pid %d to exit\n", (int)d->r.pid);
+	while (waitpid(d->r.pid, &st, 0) < 0) {
+		if (errno != EINTR) {
+			pr_err("waitpid %d: %s", (int)d->r.pid, strerror(errno));
+			return;
+		}
+	}
+	if (WIFEXITED(st))
+		printf("rdma_migrate dst: pid %d exited with status %d\n", (int)d->r.pid,
+		       WEXITSTATUS(st));
+	else if (WIFSIGNALED(st))
+		printf("rdma_migrate dst: pid %d was killed by signal %d\n", (int)d->r.pid,
+		       WTERMSIG(st));
+	fflush(stdout);
+}
+
+int rdmig_dst_run(const struct rdmig_migrate_opts *o)
+{
+	struct dst d = {.o = o, .evfd = -1, .r = {.uffd = -1, .uffd_in_proc = -1}};
+	int rc;
+
+	rdmig_log_set_tag("dst");
+	pthread_mutex_init(&d.mu, NULL);
+	d.msg = malloc(RDMIG_MSG_MAX);
+	d.evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (!d.msg || d.evfd < 0) {
+		free(d.msg);
+		return RDMIG_EXIT_ROLLED_BACK;
+	}
+	rc = run(&d);
+	if (rc == RDMIG_EXIT_OK && o->wait)
+		wait_process(&d);
+	/* After a failure past the switch the process keeps its own copy of the uffd:
+	 * with our loop gone its faults on missing pages wait, they never read zeros. */
+	rdmig_faultloop_destroy(d.loop);
+	if (d.r.uffd >= 0 && d.restored)
+		close(d.r.uffd);
+	rdmig_prefetch_destroy(d.pf);
+	rdmig_source_destroy(d.src);
+	free(d.regions);
+	rdmig_image_free(&d.img);
+	rdmig_husk_destroy(d.husk);
+	rdmig_tp_close(d.data);
+	rdmig_tp_close(d.ctl);
+	rdmig_tp_close_listener(d.lis);
+	close(d.evfd);
+	free(d.msg);
+	pthread_mutex_destroy(&d.mu);
+	return rc;
+}

@@ -1,0 +1,338 @@
+/*
+ * The source side of a migration: `rdma_migrate src --pid PID --to ADDR:PORT`.
+ *
+ *   CHECKED    the process is one this version can move (nothing touched yet)
+ *   CONNECTED  the destination proved the shared secret
+ *   TRACKING   mirror registered and filled while the process runs; writes tracked
+ *   FROZEN     the process is stopped; image captured; changed pages copied again
+ *   SENT       mirror table and image sent; waiting for the destination's READY
+ *   COMMITTED  GO sent: from here on the original never runs again here
+ *   SERVING    the process runs on the destination; its misses READ our mirror
+ *   DONE       the destination has every page: original killed, mirror freed
+ *   ROLLED_BACK  any failure up to SENT: tracking undone, the original resumed
+ *   PARKED     a failure after COMMITTED: the original is left stopped (SIGSTOP)
+ *
+ * Before COMMITTED every failure rolls back. After it, the original must not run
+ * again (its copy may be running on the destination), so it is held stopped by a
+ * queued SIGSTOP that survives even this daemon's death.
+ */
+#define LOG_SUBSYS "src"
+#include "rdmig/capture.h"
+#include "rdmig/image.h"
+#include "rdmig/log.h"
+#include "rdmig/migrate.h"
+#include "rdmig/mirror.h"
+#include "rdmig/precopy.h"
+#include "rdmig/proto.h"
+#include "rdmig/tracee.h"
+
+#include "migrate_common.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum src_state {
+	SRC_INIT,
+	SRC_CHECKED,
+	SRC_CONNECTED,
+	SRC_TRACKING,
+	SRC_FROZEN,
+	SRC_SENT,
+	SRC_COMMITTED,
+	SRC_SERVING,
+	SRC_DONE,
+	SRC_ROLLED_BACK,
+	SRC_PARKED,
+};
+
+static const char *const src_state_names[] = {
+    "init",      "checked", "connected", "tracking",    "frozen", "sent",
+    "committed", "serving", "done",      "rolled-back", "parked",
+};
+
+struct src {
+	const struct rdmig_migrate_opts *o;
+	enum src_state state;
+	struct rdmig_conn *conn; /* control: image and the switch messages */
+	struct rdmig_conn *data; /* the mirror's registrations and table */
+	struct rdmig_tracee *t;
+	struct rdmig_mirror *mirror;
+	struct rdmig_precopy *pc;
+	struct rdmig_image img;
+	uint8_t *msg;
+	uint64_t t_start, t_freeze, t_resume, t_done; /* realtime ns */
+	uint64_t image_bytes;
+	uint64_t done[4]; /* DONE: faults, fetched, prefetched, bytes */
+	char why[512];
+};
+
+/* The one place the state changes: the old state must be one `from` allows. */
+static void src_set_state(struct src *s, enum src_state to)
+{
+	pr_info("%s -> %s", src_state_names[s->state], src_state_names[to]);
+	s->state = to;
+}
+
+static void log_precopy(struct src *s, const char *when)
+{
+	struct rdmig_precopy_stats ps;
+
+	rdmig_precopy_stats(s->pc, &ps);
+	pr_info("%s: %" PRIu64 " ranges tracked, %" PRIu64 " untracked; pages copied %" PRIu64
+	        ", recopied %" PRIu64 ", late %" PRIu64 ", with data %" PRIu64,
+	        when, ps.ranges_tracked, ps.ranges_untracked, ps.pages_copied, ps.pages_recopied,
+	        ps.pages_late, ps.pages_touched);
+}
+
+static int send_image(struct src *s)
+{
+	uint8_t *buf;
+	size_t len;
+	int ret = rdmig_image_encode(&s->img, &buf, &len);
+
+	if (ret < 0) {
+		pr_err("cannot encode the image: %s", strerror(-ret));
+		return ret;
+	}
+	s->image_bytes = len;
+	for (size_t off = 0; off < len && ret >= 0;) {
+		uint32_t k = len - off > RDMIG_IMAGE_CHUNK_MAX ? RDMIG_IMAGE_CHUNK_MAX
+		                                               : (uint32_t)(len - off);
+		int n = rdmig_msg_encode_image(s->msg, RDMIG_MSG_MAX, len, off, buf + off, k);
+
+		ret = n < 0 ? n : rdmig_tp_send(s->conn, s->msg, (size_t)n);
+		off += k;
+	}
+	free(buf);
+	return ret < 0 ? ret : 0;
+}
+
+/* Undo everything before the commit: the original runs as if nothing happened. */
+static int rollback(struct src *s, const char *what, int err)
+{
+	fprintf(stderr, "rdma_migrate src: %s: %s\n", what, s->why[0] ? s->why : strerror(-err));
+	if (s->conn)
+		rdmig_send_error(s->conn, err, s->why[0] ? s->why : what);
+	rdmig_precopy_stop(s->pc);
+	if (s->t && rdmig_tracee_release(s->t, true) < 0)
+		pr_err("could not resume pid %d cleanly", (int)s->o->pid);
+	s->t = NULL;
+	src_set_state(s, SRC_ROLLED_BACK);
+	fprintf(stderr, "rdma_migrate src: rolled back: pid %d keeps running here, unchanged\n",
+	        (int)s->o->pid);
+	return RDMIG_EXIT_ROLLED_BACK;
+}
+
+/* After the commit: never resume the original; leave it stopped for a person. */
+static int park(struct src *s, const char *what, int err)
+{
+	fprintf(stderr, "rdma_migrate src: %s: %s\n", what, strerror(-err));
+	if (s->t && rdmig_tracee_release(s->t, false) < 0)
+		pr_err("could not leave pid %d stopped", (int)s->o->pid);
+	s->t = NULL;
+	src_set_state(s, SRC_PARKED);
+	fprintf(stderr,
+	        "rdma_migrate src: the migration failed after the switch. pid %d is left "
+	        "STOPPED here: its copy on the destination may be running or blocked. If "
+	        "the destination's process is gone, resume the original with `kill -CONT "
+	        "%d`; otherwise kill it.\n",
+	        (int)s->o->pid, (int)s->o->pid);
+	return RDMIG_EXIT_FAILED;
+}
+
+static void summary(struct src *s)
+{
+	struct rdmig_precopy_stats ps = {0};
+
+	if (s->pc)
+		rdmig_precopy_stats(s->pc, &ps);
+	printf("rdma_migrate src: pid %d migrated: downtime %.3f ms, total %.3f s; "
+	       "image %" PRIu64 " B; pages with data %" PRIu64 " (%.1f MiB), copied while "
+	       "running %" PRIu64 ", again at the freeze %" PRIu64 " (+%" PRIu64
+	       " new); destination: %" PRIu64 " faults, %" PRIu64 " fetched on demand, %" PRIu64
+	       " prefetched, %.1f MiB read\n",
+	       (int)s->o->pid, (double)(s->t_resume - s->t_freeze) / 1e6,
+	       (double)(s->t_done - s->t_start) / 1e9, s->image_bytes, ps.pages_touched,
+	       (double)ps.pages_touched * 4096 / 1048576.0, ps.pages_copied, ps.pages_recopied,
+	       ps.pages_late, s->done[0], s->done[1], s->done[2], (double)s->done[3] / 1048576.0);
+	fflush(stdout);
+	if (s->o->stats_json) {
+		FILE *f = fopen(s->o->stats_json, "we");
+
+		if (!f) {
+			pr_err("cannot write %s: %s", s->o->stats_json, strerror(errno));
+			return;
+		}
+		fprintf(f,
+		        "{\"side\":\"src\",\"pid\":%d,\"downtime_ns\":%" PRIu64
+		        ",\"total_ns\":%" PRIu64 ",\"image_bytes\":%" PRIu64
+		        ",\"pages_touched\":%" PRIu64 ",\"pages_copied\":%" PRIu64
+		        ",\"pages_recopied\":%" PRIu64 ",\"pages_late\":%" PRIu64
+		        ",\"faults\":%" PRIu64 ",\"fetched\":%" PRIu64 ",\"prefetched\":%" PRIu64
+		        ",\"bytes_read\":%" PRIu64 "}\n",
+		        (int)s->o->pid, s->t_resume - s->t_freeze, s->t_done - s->t_start,
+		        s->image_bytes, ps.pages_touched, ps.pages_copied, ps.pages_recopied,
+		        ps.pages_late, s->done[0], s->done[1], s->done[2], s->done[3]);
+		fclose(f);
+	}
+}
+
+/* From SENT to the end. */
+static int switch_over(struct src *s)
+{
+	struct rdmig_msg m;
+	int ret, step = s->o->timeout_ms > 0 ? s->o->timeout_ms : 60000;
+
+	ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_READY, step, &m);
+	if (ret < 0)
+		return rollback(s, "the destination could not restore the process", ret);
+	/* The commit. A queued SIGSTOP keeps the original stopped even if this daemon
+	 * dies from here on: ptrace's detach on our exit would otherwise let it run
+	 * next to its copy. */
+	if (kill(s->o->pid, SIGSTOP) < 0)
+		return rollback(s, "cannot hold the original stopped", -errno);
+	{
+		uint64_t v = s->t_freeze;
+		int n = rdmig_msg_encode_u64(s->msg, RDMIG_MSG_MAX, RDMIG_MSG_GO, &v, 1);
+
+		ret = n < 0 ? n : rdmig_tp_send(s->conn, s->msg, (size_t)n);
+	}
+	src_set_state(s, SRC_COMMITTED);
+	if (ret < 0)
+		return park(s, "lost the destination while committing", ret);
+	ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_RUNNING, step, &m);
+	if (ret < 0)
+		return park(s, "the destination did not confirm the process runs", ret);
+	s->t_resume = m.u.u64[1];
+	fprintf(stderr,
+	        "rdma_migrate src: pid %d runs on the destination as pid %" PRIu64
+	        " (downtime %.3f ms); serving its memory\n",
+	        (int)s->o->pid, m.u.u64[0], (double)(s->t_resume - s->t_freeze) / 1e6);
+	src_set_state(s, SRC_SERVING);
+	/* Serving is one-sided: the destination READs the mirror, the transport's
+	 * own progress serves it; this thread only waits for the end. */
+	ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_DONE, -1, &m);
+	if (ret < 0)
+		return park(s, "lost the destination while it still needed pages", ret);
+	memcpy(s->done, m.u.u64, sizeof(s->done));
+	s->t_done = rdmig_now_ns();
+	rdmig_tracee_kill(s->t);
+	s->t = NULL;
+	{
+		int n = rdmig_msg_encode_empty(s->msg, RDMIG_MSG_MAX, RDMIG_MSG_BYE);
+
+		if (n > 0 && rdmig_tp_send(s->conn, s->msg, (size_t)n) < 0)
+			pr_warn("the destination left before our BYE");
+	}
+	src_set_state(s, SRC_DONE);
+	summary(s);
+	return RDMIG_EXIT_OK;
+}
+
+static int run(struct src *s)
+{
+	const struct rdmig_migrate_opts *o = s->o;
+	struct rdmig_mirror_view *views = NULL;
+	uint32_t nviews = 0;
+	int ret;
+
+	s->t_start = rdmig_now_ns();
+	ret = rdmig_capture_check(o->pid, s->why, sizeof(s->why));
+	if (ret < 0) {
+		fprintf(stderr, "rdma_migrate src: cannot migrate pid %d: %s\n", (int)o->pid,
+		        s->why[0] ? s->why : strerror(-ret));
+		fprintf(stderr, "rdma_migrate src: nothing was done; pid %d keeps running\n",
+		        (int)o->pid);
+		return RDMIG_EXIT_USAGE;
+	}
+	src_set_state(s, SRC_CHECKED);
+	/* Two connections: the destination's pager thread owns the data one, its main
+	 * thread the control one (a connection is used by one thread at a time). */
+	ret =
+	    rdmig_tp_connect(&o->tp, o->addr, o->timeout_ms > 0 ? o->timeout_ms : 10000, &s->conn);
+	if (ret == 0)
+		ret = rdmig_tp_connect(&o->tp, o->addr, o->timeout_ms > 0 ? o->timeout_ms : 10000,
+		                       &s->data);
+	if (ret < 0) {
+		fprintf(stderr, "rdma_migrate src: cannot connect to %s: %s%s\n", o->addr,
+		        strerror(-ret),
+		        ret == -EACCES ? " (the two sides' token files differ)" : "");
+		fprintf(stderr, "rdma_migrate src: nothing was done; pid %d keeps running\n",
+		        (int)o->pid);
+		return RDMIG_EXIT_ROLLED_BACK;
+	}
+	src_set_state(s, SRC_CONNECTED);
+
+	/* Tracking starts with one short stop (the tracking uffd is made inside the
+	 * process); the copy itself runs while the process runs. */
+	ret = rdmig_mirror_create(s->data, &s->mirror);
+	if (ret == 0)
+		ret = rdmig_tracee_seize(o->pid, 0, &s->t);
+	if (ret < 0)
+		return rollback(s, "cannot attach to the process", ret);
+	ret = rdmig_precopy_start(s->t, s->mirror, &s->pc);
+	if (ret < 0)
+		return rollback(s, "cannot start tracking the process's writes", ret);
+	ret = rdmig_tracee_release(s->t, true);
+	s->t = NULL;
+	if (ret < 0)
+		return rollback(s, "cannot let the process run while its memory is copied", ret);
+	src_set_state(s, SRC_TRACKING);
+	ret = rdmig_precopy_round(s->pc);
+	if (ret < 0)
+		return rollback(s, "copying the process's memory failed", ret);
+	log_precopy(s, "copied while running");
+
+	/* The freeze: downtime runs from here to the destination's resume. */
+	s->t_freeze = rdmig_now_ns();
+	ret = rdmig_tracee_seize(o->pid, 0, &s->t);
+	if (ret < 0)
+		return rollback(s, "cannot stop the process", ret);
+	src_set_state(s, SRC_FROZEN);
+	ret = rdmig_capture(s->t, &s->img, s->why, sizeof(s->why));
+	if (ret < 0)
+		return rollback(s, "cannot capture the process", ret);
+	ret = rdmig_precopy_final(s->pc, &s->img, &views, &nviews);
+	if (ret < 0)
+		return rollback(s, "copying the last changed pages failed", ret);
+	log_precopy(s, "at the freeze");
+	ret = nviews ? rdmig_mirror_send(s->mirror, views, nviews) : 0;
+	free(views);
+	if (ret == 0)
+		ret = send_image(s);
+	if (ret < 0)
+		return rollback(s, "cannot send the process to the destination", ret);
+	/* Writes are no longer tracked: the process stays frozen until the end. */
+	rdmig_precopy_stop(s->pc);
+	src_set_state(s, SRC_SENT);
+	return switch_over(s);
+}
+
+int rdmig_src_run(const struct rdmig_migrate_opts *o)
+{
+	struct src s = {.o = o};
+	int rc;
+
+	rdmig_log_set_tag("src");
+	s.msg = malloc(RDMIG_MSG_MAX);
+	if (!s.msg)
+		return RDMIG_EXIT_ROLLED_BACK;
+	rc = run(&s);
+	/* The mirror goes only when no one can need it any more: after DONE, after a
+	 * rollback, or when the destination is gone. */
+	rdmig_mirror_release(s.mirror);
+	rdmig_precopy_stop(s.pc);
+	rdmig_precopy_free(s.pc);
+	rdmig_image_free(&s.img);
+	if (s.t)
+		(void)rdmig_tracee_release(s.t, s.state < SRC_COMMITTED);
+	rdmig_tp_close(s.data);
+	rdmig_tp_close(s.conn);
+	free(s.msg);
+	return rc;
+}

@@ -1,0 +1,521 @@
+/*
+ * The source's mirror and its dirty tracking (rdmig/precopy.h).
+ *
+ * Flow:
+ *   start   (target seized)  userfaultfd() injected into the target, taken with
+ *                            pidfd_getfd, closed in the target; UFFDIO_API with
+ *                            WP_ASYNC | WP_UNPOPULATED on our copy
+ *   round   (target runs)    for each anonymous range of /proc/PID/maps not yet
+ *                            tracked: a mirror buffer (registered), UFFDIO_REGISTER
+ *                            (WP) + UFFDIO_WRITEPROTECT on the whole range, then its
+ *                            present pages are copied; tracked ranges: the pages
+ *                            PAGEMAP_SCAN reports written are copied again (and
+ *                            protected again in the same walk)
+ *   final   (target frozen)  per ANON vma of the image: written or never-copied
+ *                            pages with data are copied; a vma no tracked range
+ *                            covers gets a buffer of its own, filled whole
+ *   stop                     UFFDIO_UNREGISTER everything, close the uffd
+ *
+ * Protect before copy: a write that lands after the protection and before the
+ * copy is seen both by the copy and by the next scan, never by neither.
+ */
+#define LOG_SUBSYS "precopy"
+#include "rdmig/precopy.h"
+
+#include "rdmig/log.h"
+#include "uffd.h"
+#include "uffd_compat.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define PG 4096ull
+#define SCAN_VEC 512
+
+struct range {
+	uint64_t start, end; /* in the target */
+	uint8_t *base;       /* mirror buffer, end - start bytes */
+	uint8_t *copied;     /* one bit per page: holds a copy */
+	uint32_t reg;        /* mirror registration */
+	bool tracked;        /* registered for WP with our uffd */
+};
+
+struct rdmig_precopy {
+	pid_t pid;
+	int uffd;    /* ours; -1 when tracking is off */
+	int pagemap; /* /proc/PID/pagemap */
+	int mem;     /* /proc/PID/mem, for pages process_vm_readv cannot reach */
+	struct rdmig_mirror *mirror;
+	struct range *r;
+	uint32_t n, cap;
+	struct rdmig_precopy_stats st;
+};
+
+/* ---- the target's anonymous ranges ---------------------------------------- */
+
+/* Private anonymous ranges of /proc/PID/maps (what the capture calls ANON).
+ * *out is malloc'd pairs {start, end}. */
+static int anon_ranges(pid_t pid, uint64_t **out, uint32_t *n)
+{
+	char path[64], line[4096 + 256];
+	uint64_t *v = NULL;
+	uint32_t cnt = 0, cap = 0;
+	FILE *f;
+	int ret = 0;
+
+	*out = NULL;
+	*n = 0;
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long s, e, off, ino;
+		char perms[8], dev[16];
+		int pos = 0;
+		const char *name;
+
+		if (!strchr(line, '\n')) {
+			ret = -EIO; /* a line longer than any path: not a maps line */
+			break;
+		}
+		if (sscanf(line, "%llx-%llx %7s %llx %15s %llu %n", &s, &e, perms, &off, dev, &ino,
+		           &pos) < 6 ||
+		    s >= e || s % PG || e % PG || strlen(perms) != 4) {
+			pr_err("cannot parse a line of %s: %s", path, line);
+			ret = -EIO;
+			break;
+		}
+		name = line + pos;
+		if (perms[3] != 'p' || ino != 0)
+			continue;
+		/* %n ran past the blanks: an anonymous line's name is empty */
+		if (*name && *name != '\n' && strncmp(name, "[heap]", 6) &&
+		    strncmp(name, "[stack]", 7) && strncmp(name, "[anon:", 6))
+			continue; /* [vdso], [vvar], [vsyscall], ... */
+		if (cnt + 2 > cap) {
+			uint64_t *nv;
+
+			cap = cap ? 2 * cap : 64;
+			nv = realloc(v, cap * sizeof(*v));
+			if (!nv) {
+				ret = -ENOMEM;
+				break;
+			}
+			v = nv;
+		}
+		v[cnt++] = s;
+		v[cnt++] = e;
+	}
+	fclose(f);
+	if (ret < 0) {
+		free(v);
+		return ret;
+	}
+	*out = v;
+	*n = cnt / 2;
+	return 0;
+}
+
+/* ---- copying ---------------------------------------------------------------- */
+
+static void set_copied(struct range *r, uint64_t addr, uint64_t len)
+{
+	for (uint64_t a = addr; a < addr + len; a += PG) {
+		uint64_t i = (a - r->start) / PG;
+
+		r->copied[i / 8] |= (uint8_t)(1u << (i % 8));
+	}
+}
+
+static bool is_copied(const struct range *r, uint64_t addr)
+{
+	uint64_t i = (addr - r->start) / PG;
+
+	return r->copied[i / 8] & (1u << (i % 8));
+}
+
+/* Copy [addr, addr+len) of the target into r's buffer. process_vm_readv first;
+ * what it cannot read (PROT_NONE, a page it raced with) through /proc/PID/mem,
+ * which reads any mapping the process may read. */
+static int copy_run(struct rdmig_precopy *p, struct range *r, uint64_t addr, uint64_t len)
+{
+	uint8_t *dst = r->base + (addr - r->start);
+	struct iovec l = {dst, len}, rem = {(void *)(uintptr_t)addr, len};
+	ssize_t got = process_vm_readv(p->pid, &l, 1, &rem, 1, 0);
+	uint64_t done = got > 0 ? (uint64_t)got : 0;
+
+	while (done < len) {
+		ssize_t k = pread(p->mem, dst + done, len - done, (off_t)(addr + done));
+
+		if (k <= 0) {
+			int err = k < 0 ? -errno : -EFAULT;
+
+			pr_err("cannot read %#" PRIx64 "+%" PRIu64 " of pid %d: %s", addr + done,
+			       len - done, (int)p->pid, strerror(-err));
+			return err;
+		}
+		done += (uint64_t)k;
+	}
+	set_copied(r, addr, len);
+	return 0;
+}
+
+/* PAGEMAP_SCAN over [start, end): calls fn for each run of matching pages.
+ * Returns 0 or -errno (-EPERM with CHECK_WPASYNC: a page not tracked). */
+static int scan(struct rdmig_precopy *p, uint64_t start, uint64_t end, uint64_t flags,
+                uint64_t mask, uint64_t anyof,
+                int (*fn)(struct rdmig_precopy *, struct range *, uint64_t, uint64_t),
+                struct range *r, uint64_t *pages)
+{
+	struct page_region vec[SCAN_VEC];
+
+	while (start < end) {
+		struct pm_scan_arg a = {
+		    .size = sizeof(a),
+		    .flags = flags,
+		    .start = start,
+		    .end = end,
+		    .vec = (uint64_t)(uintptr_t)vec,
+		    .vec_len = SCAN_VEC,
+		    /* the shared zero page holds nothing to copy */
+		    .category_inverted = PAGE_IS_PFNZERO,
+		    .category_mask = mask | PAGE_IS_PFNZERO,
+		    .category_anyof_mask = anyof,
+		    .return_mask = mask | anyof,
+		};
+		long k = ioctl(p->pagemap, PAGEMAP_SCAN, &a);
+
+		if (k < 0)
+			return -errno;
+		for (long i = 0; i < k; i++) {
+			/* the kernel's answer is checked like any input */
+			if (vec[i].start < start || vec[i].end > end ||
+			    vec[i].start >= vec[i].end || vec[i].start % PG || vec[i].end % PG) {
+				pr_err("PAGEMAP_SCAN returned a region outside the walk");
+				return -EIO;
+			}
+			if (pages)
+				*pages += (vec[i].end - vec[i].start) / PG;
+			if (fn) {
+				int ret = fn(p, r, vec[i].start, vec[i].end - vec[i].start);
+
+				if (ret < 0)
+					return ret;
+			}
+		}
+		if (a.walk_end <= start || a.walk_end > end)
+			return a.walk_end == end ? 0 : -EIO;
+		start = a.walk_end;
+	}
+	return 0;
+}
+
+/* ---- tracking ------------------------------------------------------------ */
+
+static struct range *find_range(struct rdmig_precopy *p, uint64_t start, uint64_t end)
+{
+	for (uint32_t i = 0; i < p->n; i++)
+		if (p->r[i].start <= start && end <= p->r[i].end)
+			return &p->r[i];
+	return NULL;
+}
+
+static bool overlaps_any(struct rdmig_precopy *p, uint64_t start, uint64_t end)
+{
+	for (uint32_t i = 0; i < p->n; i++)
+		if (p->r[i].start < end && start < p->r[i].end)
+			return true;
+	return false;
+}
+
+/* A mirror buffer for [start, end), registered. */
+static int add_range(struct rdmig_precopy *p, uint64_t start, uint64_t end, struct range **out)
+{
+	struct range r = {.start = start, .end = end};
+	uint64_t len = end - start;
+	int ret;
+
+	if (p->n == p->cap) {
+		uint32_t cap = p->cap ? 2 * p->cap : 32;
+		struct range *nr = realloc(p->r, cap * sizeof(*nr));
+
+		if (!nr)
+			return -ENOMEM;
+		p->r = nr;
+		p->cap = cap;
+	}
+	r.base = mmap(NULL, len, PROT_READ | PROT_WRITE,
+	              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (r.base == MAP_FAILED)
+		return -errno;
+	r.copied = calloc((len / PG + 7) / 8, 1);
+	if (!r.copied) {
+		ret = -ENOMEM;
+		goto out_unmap;
+	}
+	ret = rdmig_mirror_add(p->mirror, r.base, len, &r.reg);
+	if (ret < 0)
+		goto out_free;
+	p->r[p->n] = r;
+	*out = &p->r[p->n++];
+	return 0;
+out_free:
+	free(r.copied);
+out_unmap:
+	munmap(r.base, len);
+	return ret;
+}
+
+/* Protect the whole range (none ptes included: WP_UNPOPULATED), then copy what
+ * has data. */
+static int track_new(struct rdmig_precopy *p, uint64_t start, uint64_t end)
+{
+	struct range *r;
+	int ret = add_range(p, start, end, &r);
+
+	if (ret < 0)
+		return ret;
+	if (p->uffd >= 0) {
+		ret = rdmig_uffd_register(p->uffd, start, end - start, RDMIG_UFFD_WP, NULL);
+		if (ret == 0) {
+			ret = rdmig_uffd_writeprotect(p->uffd, start, end - start, true, false);
+			if (ret < 0 && rdmig_uffd_unregister(p->uffd, start, end - start) < 0)
+				pr_warn("range %#" PRIx64 " stays registered", start);
+		}
+		r->tracked = ret == 0;
+		if (ret < 0)
+			pr_warn("range %#" PRIx64 "-%#" PRIx64 " cannot be tracked (%s): it is "
+			        "copied again whole at the freeze",
+			        start, end, strerror(-ret));
+	}
+	if (r->tracked)
+		p->st.ranges_tracked++;
+	else
+		p->st.ranges_untracked++;
+	return scan(p, start, end, 0, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, copy_run, r,
+	            &p->st.pages_copied);
+}
+
+int rdmig_precopy_round(struct rdmig_precopy *p)
+{
+	uint64_t *v;
+	uint32_t n;
+	int ret = anon_ranges(p->pid, &v, &n);
+
+	if (ret < 0)
+		return ret;
+	p->st.rounds++;
+	for (uint32_t i = 0; i < n && ret == 0; i++) {
+		uint64_t s = v[2 * i], e = v[2 * i + 1];
+		struct range *r = find_range(p, s, e);
+
+		if (r) {
+			/* copy again what was written, protecting it again as we go */
+			if (r->tracked)
+				ret = scan(p, s, e, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+				           PAGE_IS_WRITTEN, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+				           copy_run, r, &p->st.pages_copied);
+			if (ret == -EPERM) /* the mapping was replaced: the freeze copies it */
+				ret = 0;
+			continue;
+		}
+		if (overlaps_any(p, s, e))
+			continue; /* grew or moved: copied at the freeze */
+		ret = track_new(p, s, e);
+	}
+	free(v);
+	return ret;
+}
+
+int rdmig_precopy_start(struct rdmig_tracee *t, struct rdmig_mirror *m, struct rdmig_precopy **out)
+{
+	struct rdmig_precopy *p;
+	char path[64];
+	long num = -1;
+	int ret, pidfd = -1;
+
+	*out = NULL;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->pid = rdmig_tracee_pid(t);
+	p->mirror = m;
+	p->uffd = p->pagemap = p->mem = -1;
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)p->pid);
+	p->pagemap = open(path, O_RDONLY | O_CLOEXEC);
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)p->pid);
+	p->mem = open(path, O_RDONLY | O_CLOEXEC);
+	if (p->pagemap < 0 || p->mem < 0) {
+		ret = -errno;
+		pr_err("cannot open %s: %s", path, strerror(-ret));
+		goto out_free;
+	}
+	/* User-mode-only: the tracking uffd never sees a fault (WP_ASYNC resolves
+	 * them in the kernel), and it lets the target create it whatever its
+	 * privileges. */
+	ret = rdmig_tracee_call(t, "userfaultfd", &num, SYS_userfaultfd,
+	                        O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY, 0, 0, 0, 0, 0);
+	if (ret < 0)
+		goto out_free;
+	pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
+	if (pidfd >= 0)
+		p->uffd = (int)syscall(SYS_pidfd_getfd, pidfd, (int)num, 0);
+	ret = pidfd < 0 || p->uffd < 0 ? -errno : 0;
+	if (pidfd >= 0)
+		close(pidfd);
+	/* The target's copy goes at once: its fd table is as it was. */
+	if (rdmig_tracee_call(t, "close", NULL, SYS_close, num, 0, 0, 0, 0, 0) < 0 && ret == 0)
+		ret = -EIO;
+	if (ret < 0) {
+		pr_err("cannot take the tracking userfaultfd from pid %d: %s", (int)p->pid,
+		       strerror(-ret));
+		goto out_free;
+	}
+	ret = rdmig_uffd_api(p->uffd, UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, NULL);
+	if (ret < 0) {
+		pr_err("this kernel cannot track writes asynchronously (UFFD_FEATURE_WP_ASYNC): %s",
+		       strerror(-ret));
+		goto out_free;
+	}
+	*out = p;
+	return 0;
+out_free:
+	rdmig_precopy_stop(p);
+	rdmig_precopy_free(p);
+	return ret;
+}
+
+/* ---- the freeze -------------------------------------------------------------- */
+
+static bool bit(const uint8_t *bm, uint64_t i)
+{
+	return bm && (bm[i / 8] & (1u << (i % 8)));
+}
+
+/* Copy the image's touched pages of [v] that were never copied. */
+static int copy_uncopied(struct rdmig_precopy *p, struct range *r, const struct rdmig_img_vma *v)
+{
+	uint64_t npages = (v->end - v->start) / PG;
+
+	for (uint64_t i = 0; i < npages;) {
+		uint64_t a = v->start + i * PG, k = 0;
+
+		while (i + k < npages && bit(v->touched, i + k) && !is_copied(r, a + k * PG))
+			k++;
+		if (k) {
+			int ret = copy_run(p, r, a, k * PG);
+
+			if (ret < 0)
+				return ret;
+			p->st.pages_late += k;
+			i += k;
+		} else {
+			i++;
+		}
+	}
+	return 0;
+}
+
+int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
+                        struct rdmig_mirror_view **views, uint32_t *n)
+{
+	struct rdmig_mirror_view *v;
+	uint32_t cnt = 0;
+	int ret = 0;
+
+	*views = NULL;
+	*n = 0;
+	v = calloc(img->nvmas ? img->nvmas : 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < img->nvmas && ret == 0; i++) {
+		const struct rdmig_img_vma *vm = &img->vmas[i];
+		struct range *r;
+
+		if (vm->kind != RDMIG_VMA_ANON)
+			continue;
+		p->st.pages_touched += rdmig_image_vma_touched(vm);
+		if (!vm->touched)
+			continue; /* nothing to fetch: no view needed */
+		r = find_range(p, vm->start, vm->end);
+		if (!r) {
+			/* new since the last round, or it grew: a buffer of its own */
+			ret = add_range(p, vm->start, vm->end, &r);
+			if (ret < 0)
+				break;
+		} else if (r->tracked) {
+			ret = scan(p, vm->start, vm->end, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN,
+			           PAGE_IS_PRESENT | PAGE_IS_SWAPPED, copy_run, r,
+			           &p->st.pages_recopied);
+			if (ret == -EPERM) {
+				/* replaced since: no longer tracked, so copy all of it */
+				memset(r->copied, 0, ((r->end - r->start) / PG + 7) / 8);
+				ret = 0;
+			}
+		} else {
+			memset(r->copied, 0, ((r->end - r->start) / PG + 7) / 8);
+		}
+		if (ret == 0)
+			ret = copy_uncopied(p, r, vm);
+		v[cnt++] = (struct rdmig_mirror_view){.id = vm->start,
+		                                      .reg = r->reg,
+		                                      .off = vm->start - r->start,
+		                                      .len = vm->end - vm->start};
+	}
+	if (ret < 0) {
+		free(v);
+		return ret;
+	}
+	*views = v;
+	*n = cnt;
+	return 0;
+}
+
+void rdmig_precopy_stats(const struct rdmig_precopy *p, struct rdmig_precopy_stats *out)
+{
+	*out = p->st;
+}
+
+void rdmig_precopy_stop(struct rdmig_precopy *p)
+{
+	if (!p)
+		return;
+	if (p->uffd >= 0) {
+		for (uint32_t i = 0; i < p->n; i++)
+			if (p->r[i].tracked &&
+			    rdmig_uffd_unregister(p->uffd, p->r[i].start,
+			                          p->r[i].end - p->r[i].start) < 0)
+				pr_debug("range %#" PRIx64 " was gone already", p->r[i].start);
+		close(p->uffd);
+		p->uffd = -1;
+	}
+	if (p->pagemap >= 0)
+		close(p->pagemap);
+	if (p->mem >= 0)
+		close(p->mem);
+	p->pagemap = p->mem = -1;
+}
+
+void rdmig_precopy_free(struct rdmig_precopy *p)
+{
+	if (!p)
+		return;
+	for (uint32_t i = 0; i < p->n; i++) {
+		munmap(p->r[i].base, p->r[i].end - p->r[i].start);
+		free(p->r[i].copied);
+	}
+	free(p->r);
+	free(p);
+}

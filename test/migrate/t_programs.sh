@@ -1,0 +1,126 @@
+#!/bin/bash
+# Real programs nobody here wrote, each migrated mid-run and required to produce
+# exactly the output of an unmigrated run; and every refusal of this version.
+#   t_programs.sh [CASE...]    cases: python_heap gzip_file refuse_threads
+#                              refuse_socket refuse_shm bad_token   (default: all)
+# Prints "ok NAME" / "not ok NAME: why" per case and "N passed, N failed".
+. "$(dirname "$0")/lib.sh"
+
+# run_migrated NAME OUTFILE SETTLE_LINES CMD...: runs CMD (stdout to OUTFILE, stdin
+# /dev/null), migrates it once it printed SETTLE_LINES lines, waits for it to finish
+# on the destination. Sets SRC_RC, DST_RC.
+run_migrated() {
+  local name=$1 out=$2 settle=$3; shift 3
+  start_dst "$name" -- --wait || { SRC_RC=99; DST_RC=99; return; }
+  (clean "$@") >"$out" </dev/null 2>"$T/$name.proc.err" &
+  local pid=$!
+  if ! wait_for_lines "$out" "$settle" 60; then
+    echo "workload did not get going"; cat "$T/$name.proc.err"
+    kill -9 "$pid"; SRC_RC=98; DST_RC=98; return
+  fi
+  migrate "$name" "$pid"
+  wait_dst 300
+  wait "$pid" 2>/dev/null # the original: killed by the source once all pages moved
+}
+
+check_migrated() { # NAME REF OUT
+  local name=$1
+  if [ "$SRC_RC" != 0 ] || [ "$DST_RC" != 0 ]; then
+    fail "$name" "src exit $SRC_RC, dst exit $DST_RC"; show_logs "$name"; return
+  fi
+  if ! grep -q "exited with status 0" "$T/$name.dst.log"; then
+    fail "$name" "the migrated process did not exit 0"; show_logs "$name"; return
+  fi
+  if ! cmp -s "$2" "$3"; then
+    fail "$name" "output differs from an unmigrated run"
+    diff "$2" "$3" | head -20; show_logs "$name"; return
+  fi
+  grep -h "migrated\|runs here" "$T/$name".*.log | sed 's/^/  # /'
+  ok "$name"
+}
+
+# Sizes: RDMIG_HEAP_N objects, RDMIG_HEAP_STEPS steps (the soft-RoCE guest runs
+# under emulation and uses smaller ones), RDMIG_GZ_LINES lines for gzip.
+HEAP_ARGS=("${RDMIG_HEAP_N:-1500000}" "${RDMIG_HEAP_STEPS:-40}")
+GZ_LINES=${RDMIG_GZ_LINES:-10000000}
+
+python_heap() {
+  python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/heap.ref" </dev/null || { fail python_heap "reference run failed"; return; }
+  run_migrated python_heap "$T/heap.out" 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
+  check_migrated python_heap "$T/heap.ref" "$T/heap.out"
+}
+
+# gzip streaming into a file: its input and output are regular files at offsets
+# that move while it runs.
+gzip_file() {
+  seq 1 "$GZ_LINES" >"$T/gz.in"
+  gzip -9 -n -c <"$T/gz.in" >"$T/gz.ref" || { fail gzip_file "reference run failed"; return; }
+  start_dst gzip_file -- --wait || { fail gzip_file "no destination"; return; }
+  (clean gzip -9 -n -c) <"$T/gz.in" >"$T/gz.out" 2>"$T/gzip_file.proc.err" &
+  local pid=$!
+  sleep 0.7
+  if ! kill -0 "$pid" 2>/dev/null; then fail gzip_file "gzip finished before the migration: make the input larger"; return; fi
+  migrate gzip_file "$pid"
+  wait_dst 300
+  wait "$pid" 2>/dev/null
+  check_migrated gzip_file "$T/gz.ref" "$T/gz.out"
+  gzip -t "$T/gz.out" 2>/dev/null || echo "  # gzip -t: the migrated output is not a valid gzip file"
+}
+
+# refuse NAME WHAT-REGEX PYTHON-CODE: the source must refuse before touching the
+# process (exit 2, a message naming the thing), and the process must finish with
+# the same output as if nothing had happened.
+refuse() {
+  local name=$1 what=$2 code=$3
+  local prog="import sys,time
+$code
+for i in range(30):
+    print(i, flush=True); time.sleep(0.02)
+print('end', flush=True)"
+  python3 -c "$prog" >"$T/$name.ref" </dev/null
+  start_dst "$name" -- || { fail "$name" "no destination"; return; }
+  (clean python3 -c "$prog") >"$T/$name.out" </dev/null 2>"$T/$name.proc.err" &
+  local pid=$!
+  wait_for_lines "$T/$name.out" 3 30
+  migrate "$name" "$pid"
+  wait "$pid"; local prc=$?
+  kill "$DST_PID" 2>/dev/null
+  if [ "$SRC_RC" != 2 ]; then fail "$name" "src exit $SRC_RC, expected 2"; show_logs "$name"; return; fi
+  if ! grep -Eqi "$what" "$T/$name.src.log"; then fail "$name" "message does not name '$what'"; show_logs "$name"; return; fi
+  if [ "$prc" != 0 ] || ! cmp -s "$T/$name.ref" "$T/$name.out"; then
+    fail "$name" "the process was disturbed (exit $prc)"; show_logs "$name"; return
+  fi
+  sed 's/^/  # /' "$T/$name.src.log" | head -3
+  ok "$name"
+}
+
+refuse_threads() { refuse refuse_threads "thread" "import threading
+t = threading.Thread(target=time.sleep, args=(5,), daemon=True); t.start()"; }
+refuse_socket() { refuse refuse_socket "socket" "import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)"; }
+refuse_shm() { refuse refuse_shm "shared" "import mmap
+m = mmap.mmap(-1, 1 << 20); m[0:4] = b'abcd'"; }
+
+# A peer without the token gets nothing; the process is untouched.
+bad_token() {
+  start_dst bad_token -- || { fail bad_token "no destination"; return; }
+  (clean sleep 30) </dev/null >/dev/null 2>&1 &
+  local pid=$! good=$T/token
+  head -c 32 /dev/urandom | base64 >"$T/token2"; chmod 600 "$T/token2"
+  "$MIG" src --pid "$pid" --to "$ADDR:$DST_PORT" --transport "$TRANSPORT" --provider "$PROVIDER" \
+    --token-file "$T/token2" >"$T/bad_token.src.log" 2>&1
+  local rc=$?
+  local st; st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)
+  kill "$pid" "$DST_PID" 2>/dev/null
+  if [ "$rc" != 1 ] || ! grep -qi "token" "$T/bad_token.src.log"; then
+    fail bad_token "src exit $rc"; show_logs bad_token; return
+  fi
+  if [ "$st" != S ] && [ "$st" != R ]; then fail bad_token "process state '$st' after the refusal"; return; fi
+  if ! grep -qi "turned away" "$T/bad_token.dst.log"; then fail bad_token "dst did not report it"; show_logs bad_token; return; fi
+  ok bad_token
+}
+
+cases=("$@")
+[ ${#cases[@]} -gt 0 ] || cases=(python_heap gzip_file refuse_threads refuse_socket refuse_shm bad_token)
+for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
+finish

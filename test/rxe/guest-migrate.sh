@@ -1,0 +1,15 @@
+#!/bin/bash
+# Run INSIDE the rxe guest (test/rxe/run-in-vm.sh): real programs migrated over
+# rdma-core verbs on rxe0 (source and destination daemons both in the guest, the
+# mirror pinned there: the host's 8 MiB memlock limit does not apply).
+#   guest-migrate.sh BUILD_DIR
+# The guest runs under TCG, so the workloads are smaller than on the host.
+set -uo pipefail
+build=$1
+: "${RDMIG_RXE_ADDR:?not in the rxe guest (run through test/rxe/run-in-vm.sh)}"
+here=$(cd "$(dirname "$0")/.." && pwd)
+export RDMIG_BUILD=$build RDMIG_MIG_ADDR=$RDMIG_RXE_ADDR
+export RDMIG_HEAP_N=${RDMIG_HEAP_N:-200000} RDMIG_HEAP_STEPS=${RDMIG_HEAP_STEPS:-20}
+export RDMIG_GZ_LINES=${RDMIG_GZ_LINES:-2000000}
+echo "== migration: verbs on rxe0 ($RDMIG_RXE_ADDR)"
+RDMIG_MIG_TRANSPORT=verbs "$here/migrate/t_programs.sh" python_heap gzip_file
