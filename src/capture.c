@@ -68,7 +68,7 @@ static int refuse(char *why, size_t whylen, const char *fmt, ...)
 		va_start(ap, fmt);
 		vsnprintf(why, whylen, fmt, ap);
 		va_end(ap);
-		pr_warn("%s", why);
+		pr_info("%s", why);
 	}
 	return -EOPNOTSUPP;
 }
@@ -718,6 +718,42 @@ static int file_index(struct rdmig_image *img, uint32_t *cap, const char *path,
 	return 0;
 }
 
+/* Kernels before 6.7 have no PAGEMAP_SCAN: read the pagemap entries themselves
+ * (bit 63 present, 62 swapped, 61 file page or shared anonymous). The zero page
+ * is not told apart here: it is fetched as a page of zeros, which is harmless. */
+static int scan_pages_slow(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
+                           uint64_t *count)
+{
+	uint64_t ent[512];
+
+	*count = 0;
+	for (uint64_t at = start; at < end;) {
+		uint64_t n = (end - at) / 4096;
+		ssize_t got;
+
+		if (n > 512)
+			n = 512;
+		got = pread(pm_fd, ent, n * 8, (off_t)(at / 4096 * 8));
+		if (got != (ssize_t)(n * 8)) {
+			int err = got < 0 ? -errno : -EIO;
+
+			pr_err("reading the pagemap at %#" PRIx64 " failed: %s", at,
+			       strerror(-err));
+			return err;
+		}
+		for (uint64_t i = 0; i < n; i++) {
+			uint64_t b = (at - start) / 4096 + i;
+
+			if (!(ent[i] >> 62 & 3) || (anon_only && (ent[i] >> 61 & 1)))
+				continue;
+			bits[b / 8] |= (uint8_t)(1u << (b % 8));
+			(*count)++;
+		}
+		at += n * 4096;
+	}
+	return 0;
+}
+
 /* Pages of [start, end) with data of their own: present or swapped, not the
  * zero page, and, with anon_only, not file pages. Bit i: page start + i*4096. */
 static int scan_pages(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
@@ -739,6 +775,8 @@ static int scan_pages(int pm_fd, uint64_t start, uint64_t end, bool anon_only, u
 		a.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO;
 		int n = ioctl(pm_fd, PAGEMAP_SCAN, &a);
 
+		if (n < 0 && (errno == ENOTTY || errno == EINVAL) && at == start)
+			return scan_pages_slow(pm_fd, start, end, anon_only, bits, count);
 		if (n < 0) {
 			int err = -errno;
 

@@ -51,11 +51,20 @@ struct range {
 	bool tracked;        /* registered for WP with our uffd */
 };
 
+/* How writes are tracked, best first. */
+enum track {
+	TRACK_WP_ASYNC,   /* 6.7+: a WP_ASYNC uffd and PAGEMAP_SCAN's PAGE_IS_WRITTEN */
+	TRACK_SOFT_DIRTY, /* older kernels with CONFIG_MEM_SOFT_DIRTY: clear_refs + pagemap bit 55 */
+	TRACK_NONE,       /* neither: every page with data is copied at the freeze */
+};
+
 struct rdmig_precopy {
 	pid_t pid;
-	int uffd;    /* ours; -1 when tracking is off */
-	int pagemap; /* /proc/PID/pagemap */
-	int mem;     /* /proc/PID/mem, for pages process_vm_readv cannot reach */
+	enum track track;
+	bool has_scan; /* PAGEMAP_SCAN exists; else pagemap entries are read one by one */
+	int uffd;      /* ours; -1 when tracking is off */
+	int pagemap;   /* /proc/PID/pagemap */
+	int mem;       /* /proc/PID/mem, for pages process_vm_readv cannot reach */
 	struct rdmig_mirror *mirror;
 	struct range *r;
 	uint32_t n, cap;
@@ -172,14 +181,62 @@ static int copy_run(struct rdmig_precopy *p, struct range *r, uint64_t addr, uin
 	return 0;
 }
 
+static int clear_soft_dirty(pid_t pid);
+
+typedef int (*run_fn)(struct rdmig_precopy *, struct range *, uint64_t, uint64_t);
+
+/* Without PAGEMAP_SCAN: the pagemap entries, 8 bytes a page. Pages with data
+ * (present or swapped), and with mask PAGE_IS_WRITTEN only the soft-dirty ones. */
+static int scan_slow(struct rdmig_precopy *p, uint64_t start, uint64_t end, uint64_t mask,
+                     run_fn fn, struct range *r, uint64_t *pages)
+{
+	uint64_t ent[512];
+
+	for (uint64_t at = start; at < end;) {
+		uint64_t n = (end - at) / PG, run = 0;
+		ssize_t got;
+
+		if (n > 512)
+			n = 512;
+		got = pread(p->pagemap, ent, n * 8, (off_t)(at / PG * 8));
+		if (got != (ssize_t)(n * 8))
+			return got < 0 ? -errno : -EIO;
+		for (uint64_t i = 0; i <= n; i++) {
+			bool want = i < n && (ent[i] >> 62 & 3) &&
+			            (!(mask & PAGE_IS_WRITTEN) || (ent[i] >> 55 & 1));
+
+			if (want) {
+				run++;
+				continue;
+			}
+			if (run) {
+				uint64_t a = at + (i - run) * PG;
+
+				if (pages)
+					*pages += run;
+				if (fn) {
+					int ret = fn(p, r, a, run * PG);
+
+					if (ret < 0)
+						return ret;
+				}
+				run = 0;
+			}
+		}
+		at += n * PG;
+	}
+	return 0;
+}
+
 /* PAGEMAP_SCAN over [start, end): calls fn for each run of matching pages.
  * Returns 0 or -errno (-EPERM with CHECK_WPASYNC: a page not tracked). */
 static int scan(struct rdmig_precopy *p, uint64_t start, uint64_t end, uint64_t flags,
-                uint64_t mask, uint64_t anyof,
-                int (*fn)(struct rdmig_precopy *, struct range *, uint64_t, uint64_t),
-                struct range *r, uint64_t *pages)
+                uint64_t mask, uint64_t anyof, run_fn fn, struct range *r, uint64_t *pages)
 {
 	struct page_region vec[SCAN_VEC];
+
+	if (!p->has_scan)
+		return scan_slow(p, start, end, mask, fn, r, pages);
 
 	while (start < end) {
 		struct pm_scan_arg a = {
@@ -287,7 +344,9 @@ static int track_new(struct rdmig_precopy *p, uint64_t start, uint64_t end)
 
 	if (ret < 0)
 		return ret;
-	if (p->uffd >= 0) {
+	if (p->track == TRACK_NONE)
+		return 0; /* nothing copied now: everything goes at the freeze */
+	if (p->track == TRACK_WP_ASYNC) {
 		ret = rdmig_uffd_register(p->uffd, start, end - start, RDMIG_UFFD_WP, NULL);
 		if (ret == 0) {
 			ret = rdmig_uffd_writeprotect(p->uffd, start, end - start, true, false);
@@ -300,6 +359,8 @@ static int track_new(struct rdmig_precopy *p, uint64_t start, uint64_t end)
 			        "copied again whole at the freeze",
 			        start, end, strerror(-ret));
 	}
+	if (p->track == TRACK_SOFT_DIRTY)
+		r->tracked = true; /* clear_refs at the round's start covers it */
 	if (r->tracked)
 		p->st.ranges_tracked++;
 	else
@@ -316,6 +377,20 @@ int rdmig_precopy_round(struct rdmig_precopy *p)
 
 	if (ret < 0)
 		return ret;
+	if (p->track == TRACK_SOFT_DIRTY && p->st.rounds == 0) {
+		/* Clear before copying: a write that races the copy stays soft-dirty
+		 * and is copied again at the freeze. Later rounds would need the
+		 * process stopped between reading the bits and clearing them, so with
+		 * soft-dirty there is one round. */
+		ret = clear_soft_dirty(p->pid);
+		if (ret < 0) {
+			free(v);
+			return ret;
+		}
+	} else if (p->track != TRACK_WP_ASYNC && p->st.rounds > 0) {
+		free(v);
+		return 0;
+	}
 	p->st.rounds++;
 	for (uint32_t i = 0; i < n && ret == 0; i++) {
 		uint64_t s = v[2 * i], e = v[2 * i + 1];
@@ -323,7 +398,7 @@ int rdmig_precopy_round(struct rdmig_precopy *p)
 
 		if (r) {
 			/* copy again what was written, protecting it again as we go */
-			if (r->tracked)
+			if (r->tracked && p->track == TRACK_WP_ASYNC)
 				ret = scan(p, s, e, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
 				           PAGE_IS_WRITTEN, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
 				           copy_run, r, &p->st.pages_copied);
@@ -339,9 +414,59 @@ int rdmig_precopy_round(struct rdmig_precopy *p)
 	return ret;
 }
 
+static int clear_soft_dirty(pid_t pid)
+{
+	char path[64];
+	int fd, ret = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/clear_refs", (int)pid);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "4", 1) != 1)
+		ret = -errno;
+	if (fd >= 0)
+		close(fd);
+	if (ret < 0)
+		pr_err("clearing the soft-dirty bits of pid %d failed: %s", (int)pid,
+		       strerror(-ret));
+	return ret;
+}
+
+/* A kernel without CONFIG_MEM_SOFT_DIRTY accepts clear_refs "4" and never sets
+ * the bit: trust soft-dirty only after seeing it work on a page of our own. */
+static bool soft_dirty_works(void)
+{
+	volatile uint8_t *pg =
+	    mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t ent = 0;
+	bool ok = false;
+	int fd;
+
+	if (pg == MAP_FAILED)
+		return false;
+	pg[0] = 1;
+	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0 && clear_soft_dirty(getpid()) == 0 &&
+	    pread(fd, &ent, 8, (off_t)((uintptr_t)pg / PG * 8)) == 8 && !(ent >> 55 & 1)) {
+		pg[0] = 2;
+		ok = pread(fd, &ent, 8, (off_t)((uintptr_t)pg / PG * 8)) == 8 && (ent >> 55 & 1);
+	}
+	if (fd >= 0)
+		close(fd);
+	munmap((void *)pg, PG);
+	return ok;
+}
+
+static bool probe_pagemap_scan(int pagemap)
+{
+	struct pm_scan_arg a = {.size = sizeof(a)}; /* an empty walk */
+
+	return ioctl(pagemap, PAGEMAP_SCAN, &a) >= 0 || (errno != ENOTTY && errno != EINVAL);
+}
+
 int rdmig_precopy_start(struct rdmig_tracee *t, struct rdmig_mirror *m, struct rdmig_precopy **out)
 {
 	struct rdmig_precopy *p;
+	const char *force;
 	char path[64];
 	long num = -1;
 	int ret, pidfd = -1;
@@ -384,10 +509,30 @@ int rdmig_precopy_start(struct rdmig_tracee *t, struct rdmig_mirror *m, struct r
 		goto out_free;
 	}
 	ret = rdmig_uffd_api(p->uffd, UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, NULL);
-	if (ret < 0) {
-		pr_err("this kernel cannot track writes asynchronously (UFFD_FEATURE_WP_ASYNC): %s",
-		       strerror(-ret));
-		goto out_free;
+	p->has_scan = probe_pagemap_scan(p->pagemap);
+	/* RDMIG_TRACK=softdirty|none: the fallbacks of older kernels, on demand
+	 * (tests run them on a kernel that has the best one). */
+	force = getenv("RDMIG_TRACK");
+	if (force && (!strcmp(force, "softdirty") || !strcmp(force, "none"))) {
+		pr_warn("RDMIG_TRACK=%s: not using WP_ASYNC tracking", force);
+		ret = -EOPNOTSUPP;
+		if (!strcmp(force, "none"))
+			p->has_scan = false;
+	}
+	if (ret == 0 && p->has_scan) {
+		p->track = TRACK_WP_ASYNC;
+	} else {
+		close(p->uffd);
+		p->uffd = -1;
+		p->track = soft_dirty_works() && !(force && !strcmp(force, "none"))
+		               ? TRACK_SOFT_DIRTY
+		               : TRACK_NONE;
+		pr_warn("this kernel has no asynchronous write-protect tracking "
+		        "(UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN, Linux 6.7): %s",
+		        p->track == TRACK_SOFT_DIRTY
+		            ? "tracking with soft-dirty bits instead"
+		            : "no soft-dirty either: every page is copied while the process is "
+		              "stopped, a longer downtime");
 	}
 	*out = p;
 	return 0;
@@ -455,6 +600,9 @@ int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
 			ret = add_range(p, vm->start, vm->end, &r);
 			if (ret < 0)
 				break;
+		} else if (r->tracked && p->track == TRACK_SOFT_DIRTY) {
+			ret = scan_slow(p, vm->start, vm->end, PAGE_IS_WRITTEN, copy_run, r,
+			                &p->st.pages_recopied);
 		} else if (r->tracked) {
 			ret = scan(p, vm->start, vm->end, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN,
 			           PAGE_IS_PRESENT | PAGE_IS_SWAPPED, copy_run, r,

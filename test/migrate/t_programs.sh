@@ -1,7 +1,7 @@
 #!/bin/bash
 # Real programs nobody here wrote, each migrated mid-run and required to produce
 # exactly the output of an unmigrated run; and every refusal of this version.
-#   t_programs.sh [CASE...]    cases: python_heap gzip_file refuse_threads
+#   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked gzip_file refuse_threads
 #                              refuse_socket refuse_shm bad_token   (default: all)
 # Prints "ok NAME" / "not ok NAME: why" per case and "N passed, N failed".
 . "$(dirname "$0")/lib.sh"
@@ -48,6 +48,15 @@ python_heap() {
   python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/heap.ref" </dev/null || { fail python_heap "reference run failed"; return; }
   run_migrated python_heap "$T/heap.out" 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
   check_migrated python_heap "$T/heap.ref" "$T/heap.out"
+}
+
+# The fallback of kernels without asynchronous write tracking (before 6.7, or
+# without soft-dirty): nothing is copied while the process runs, everything with
+# data at the freeze, and no PAGEMAP_SCAN (pagemap entries are read instead).
+python_heap_untracked() {
+  python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/heapu.ref" </dev/null || { fail python_heap_untracked "reference run failed"; return; }
+  RDMIG_TRACK=none run_migrated python_heap_untracked "$T/heapu.out" 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
+  check_migrated python_heap_untracked "$T/heapu.ref" "$T/heapu.out"
 }
 
 # gzip streaming into a file: its input and output are regular files at offsets
@@ -121,6 +130,6 @@ bad_token() {
 }
 
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(python_heap gzip_file refuse_threads refuse_socket refuse_shm bad_token)
+[ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked gzip_file refuse_threads refuse_socket refuse_shm bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish
