@@ -42,6 +42,8 @@
 #include <unistd.h>
 
 #define PG 4096ull
+#define SAMPLE_MS 50
+#define SAMPLES_MAX 200000 /* about 2.8 hours of post-copy */
 
 enum dst_state {
 	DST_LISTENING,
@@ -73,11 +75,17 @@ struct dst {
 	const struct rdmig_pagestate *ps; /* for the prefetcher's is_remote */
 	struct rdmig_faultloop *loop;
 	int evfd;
+	bool progress; /* a progress line on stderr (a terminal) */
 	pthread_mutex_t mu;
 	enum rdmig_pager_event_type last_ev; /* the most important one seen, under mu */
 	int last_status;
 	uint8_t *msg;
 	uint64_t t_go, t_resume, t_local;
+	/* Post-copy over time, every SAMPLE_MS: for --stats-json and the progress line. */
+	struct sample {
+		uint64_t t_ns, faults, fetched, prefetched, installed, total;
+	} * tl;
+	size_t ntl, captl;
 	char why[512];
 };
 
@@ -274,19 +282,59 @@ static int start_pager(struct dst *d)
 /* ---- the end ------------------------------------------------------------- */
 
 /* Wait for the pager to say every page is local, or that the process ended. */
+/* One sample of the pager's counters; a progress line on a terminal. */
+static void sample(struct dst *d, bool last)
+{
+	struct rdmig_faultloop_stats s;
+
+	rdmig_faultloop_stats(d->loop, &s);
+	if (d->ntl == d->captl && d->captl < SAMPLES_MAX) {
+		size_t cap = d->captl ? 2 * d->captl : 256;
+		struct sample *n = realloc(d->tl, cap * sizeof(*n));
+
+		if (n) {
+			d->tl = n;
+			d->captl = cap;
+		}
+	}
+	if (d->ntl < d->captl)
+		d->tl[d->ntl++] = (struct sample){rdmig_now_ns() - d->t_resume,
+		                                  s.faults,
+		                                  s.faults_fetched,
+		                                  s.prefetched,
+		                                  s.pages_installed,
+		                                  s.pages_total};
+	if (d->progress) {
+		double el = (double)(rdmig_now_ns() - d->t_resume) / 1e9;
+		uint64_t left = s.pages_remote + s.pages_inflight;
+		double rate = el > 0 ? (double)s.installed / el : 0;
+
+		fprintf(stderr,
+		        "\rpost-copy %6.1f s: %" PRIu64 " faults served (%" PRIu64
+		        " fetched), %" PRIu64 " prefetched, %" PRIu64 " of %" PRIu64
+		        " pages local, %.0f MiB/s, ETA %.1f s   %s",
+		        el, s.faults, s.faults_fetched, s.prefetched, s.pages_installed,
+		        s.pages_total, rate * 4096 / 1048576, rate > 0 ? (double)left / rate : 0.0,
+		        last ? "\n" : "");
+	}
+}
+
 static int wait_all_local(struct dst *d)
 {
 	for (;;) {
 		struct pollfd pfd = {.fd = d->evfd, .events = POLLIN};
 		enum rdmig_pager_event_type ev;
 		uint64_t v;
-		int st;
+		int st, k = poll(&pfd, 1, SAMPLE_MS);
 
-		if (poll(&pfd, 1, -1) < 0) {
+		if (k < 0) {
 			if (errno == EINTR)
 				continue;
 			return -errno;
 		}
+		sample(d, false);
+		if (k == 0)
+			continue;
 		if (read(d->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 			return -errno;
 		pthread_mutex_lock(&d->mu);
@@ -296,6 +344,7 @@ static int wait_all_local(struct dst *d)
 		switch (ev) {
 		case RDMIG_PAGER_ALL_LOCAL:
 		case RDMIG_PAGER_TARGET_GONE:
+			sample(d, true);
 			return 0;
 		case RDMIG_PAGER_FATAL:
 			return st ? st : -EIO;
@@ -352,9 +401,19 @@ static void summary(struct dst *d, const struct rdmig_faultloop_stats *s, uint64
 		    "{\"side\":\"dst\",\"pid\":%d,\"source_pid\":%d,\"resume_after_go_ns\":%" PRIu64
 		    ",\"all_local_ns\":%" PRIu64 ",\"faults\":%" PRIu64 ",\"fetched\":%" PRIu64
 		    ",\"zero\":%" PRIu64 ",\"coalesced\":%" PRIu64 ",\"prefetched\":%" PRIu64
-		    ",\"bytes_read\":%" PRIu64 "}\n",
+		    ",\"bytes_read\":%" PRIu64,
 		    (int)d->r.pid, (int)d->img.pid, d->t_resume - d->t_go, d->t_local - d->t_resume,
 		    s->faults, demand, s->faults_zero, s->faults_coalesced, pre, bytes);
+		/* the timeline: [ms after resume, faults, fetched, prefetched, local, total] */
+		fprintf(f, ",\"timeline\":[");
+		for (size_t i = 0; i < d->ntl; i++)
+			fprintf(f,
+			        "%s[%.1f,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
+			        "]",
+			        i ? "," : "", (double)d->tl[i].t_ns / 1e6, d->tl[i].faults,
+			        d->tl[i].fetched, d->tl[i].prefetched, d->tl[i].installed,
+			        d->tl[i].total);
+		fprintf(f, "]}\n");
 		fclose(f);
 	}
 }
@@ -534,6 +593,7 @@ int rdmig_dst_run(const struct rdmig_migrate_opts *o)
 
 	rdmig_log_set_tag("dst");
 	pthread_mutex_init(&d.mu, NULL);
+	d.progress = isatty(STDERR_FILENO);
 	d.msg = malloc(RDMIG_MSG_MAX);
 	d.evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (!d.msg || d.evfd < 0) {
@@ -558,6 +618,7 @@ int rdmig_dst_run(const struct rdmig_migrate_opts *o)
 	rdmig_tp_close_listener(d.lis);
 	close(d.evfd);
 	free(d.msg);
+	free(d.tl);
 	pthread_mutex_destroy(&d.mu);
 	return rc;
 }
