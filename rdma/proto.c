@@ -145,8 +145,8 @@ int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v
 	return (int)(RDMIG_HDR_LEN + 8 * n);
 }
 
-int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offset,
-                           const void *data, uint32_t len)
+int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offset, const void *data,
+                           uint32_t len)
 {
 	uint8_t *p;
 
@@ -317,8 +317,8 @@ int rdmig_msg_region(const struct rdmig_msg *m, uint32_t i, struct rdmig_region 
 
 const char *rdmig_msg_type_name(uint16_t type)
 {
-	static const char *const names[] = {"?",     "HELLO", "AUTH",    "AUTH_OK",
-	                                    "ERROR", "REGIONS", "BYE",  "IMAGE",
+	static const char *const names[] = {"?",     "HELLO",   "AUTH",    "AUTH_OK",
+	                                    "ERROR", "REGIONS", "BYE",     "IMAGE",
 	                                    "READY", "GO",      "RUNNING", "DONE"};
 
 	return type <= RDMIG_MSG_TYPE_MAX ? names[type] : "?";

@@ -23,6 +23,7 @@ struct rdmig_listener {
 struct rdmig_conn {
 	const struct rdmig_transport_ops *ops;
 	long live_mrs; /* registrations of this connection not yet deregistered */
+	int injected;  /* fault injection failed this connection: -ECONNRESET from now on */
 };
 
 struct rdmig_mr {

@@ -8,6 +8,7 @@
 #include "auth.h"
 #include "tp_internal.h"
 
+#include "rdmig/inject.h"
 #include "rdmig/log.h"
 #include "rdmig/proto.h"
 
@@ -83,11 +84,15 @@ int rdmig_tp_accept(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn 
 	int ret;
 
 	*out = NULL;
+	ret = rdmig_inject_tp("accept");
+	if (ret < 0)
+		return ret;
 	ret = l->ops->accept(l, timeout_ms, &c);
 	if (ret < 0)
 		return ret;
 	c->ops = l->ops;
 	c->live_mrs = 0;
+	c->injected = 0;
 	atomic_fetch_add(&live_conns, 1);
 	ret = rdmig_handshake(c, &l->opts, RDMIG_ROLE_LISTENER);
 	if (ret < 0) {
@@ -121,11 +126,15 @@ int rdmig_tp_connect(const struct rdmig_tp_opts *o, const char *hostport, int ti
 		pr_err("connecting needs a token file (--token-file)");
 		return -EINVAL;
 	}
+	ret = rdmig_inject_tp("connect");
+	if (ret < 0)
+		return ret;
 	ret = ops->connect(o, hostport, timeout_ms, &c);
 	if (ret < 0)
 		return ret;
 	c->ops = ops;
 	c->live_mrs = 0;
+	c->injected = 0;
 	atomic_fetch_add(&live_conns, 1);
 	ret = rdmig_handshake(c, o, RDMIG_ROLE_CONNECTOR);
 	if (ret < 0) {
@@ -146,6 +155,19 @@ void rdmig_tp_close(struct rdmig_conn *c)
 	atomic_fetch_sub(&live_conns, 1);
 }
 
+/* The transport decorator of fault injection: the Nth call of op fails, and a
+ * failed one-sided operation takes its connection down, as on a real link. */
+static int inject(struct rdmig_conn *c, const char *op, int fails_conn)
+{
+	if (c->injected)
+		return -ECONNRESET;
+	if (rdmig_inject_tp(op) < 0) {
+		c->injected = fails_conn;
+		return -EIO;
+	}
+	return 0;
+}
+
 int rdmig_tp_mr_reg(struct rdmig_conn *c, void *addr, size_t len, unsigned access,
                     struct rdmig_mr **out)
 {
@@ -156,7 +178,9 @@ int rdmig_tp_mr_reg(struct rdmig_conn *c, void *addr, size_t len, unsigned acces
 	if (!addr || !len || (uintptr_t)addr + len < (uintptr_t)addr ||
 	    (access & ~(unsigned)(RDMIG_ACCESS_REMOTE_READ | RDMIG_ACCESS_REMOTE_WRITE)))
 		return -EINVAL;
-	ret = c->ops->mr_reg(c, addr, len, access, &mr);
+	ret = inject(c, "mr_reg", 0);
+	if (ret == 0)
+		ret = c->ops->mr_reg(c, addr, len, access, &mr);
 	if (ret < 0)
 		return ret;
 	mr->ops = c->ops;
@@ -208,6 +232,8 @@ int rdmig_tp_post_read(struct rdmig_conn *c, void *local, struct rdmig_mr *lmr, 
 {
 	int ret = check_xfer(c, local, lmr, len, r, roff);
 
+	if (ret == 0)
+		ret = inject(c, "post_read", 1);
 	return ret < 0 ? ret : c->ops->post_read(c, local, lmr, len, r, roff, ctx);
 }
 
@@ -216,6 +242,8 @@ int rdmig_tp_post_write(struct rdmig_conn *c, const void *local, struct rdmig_mr
 {
 	int ret = check_xfer(c, local, lmr, len, r, roff);
 
+	if (ret == 0)
+		ret = inject(c, "post_write", 1);
 	return ret < 0 ? ret : c->ops->post_write(c, local, lmr, len, r, roff, ctx);
 }
 
@@ -261,16 +289,22 @@ int rdmig_tp_wait(struct rdmig_conn *c, struct rdmig_completion *out, int max, i
 
 int rdmig_tp_send(struct rdmig_conn *c, const void *msg, size_t len)
 {
+	int ret;
+
 	if (!msg || len == 0 || len > RDMIG_MSG_MAX)
 		return -EINVAL;
-	return c->ops->send(c, msg, len);
+	ret = inject(c, "send", 1);
+	return ret < 0 ? ret : c->ops->send(c, msg, len);
 }
 
 int rdmig_tp_recv(struct rdmig_conn *c, void *buf, size_t cap, int timeout_ms)
 {
+	int ret;
+
 	if (!buf || cap == 0)
 		return -EINVAL;
-	return c->ops->recv(c, buf, cap, timeout_ms);
+	ret = inject(c, "recv", 1);
+	return ret < 0 ? ret : c->ops->recv(c, buf, cap, timeout_ms);
 }
 
 int rdmig_tp_event_fd(struct rdmig_conn *c)

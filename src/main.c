@@ -3,6 +3,7 @@
  * and runs one side (rdmig/migrate.h); every option is in docs/rdma_migrate.1.
  */
 #define LOG_SUBSYS "main"
+#include "rdmig/inject.h"
 #include "rdmig/log.h"
 #include "rdmig/migrate.h"
 
@@ -108,6 +109,11 @@ int main(int argc, char **argv)
 
 	if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
 		usage(stdout);
+		return 0;
+	}
+	if (argc >= 2 && !strcmp(argv[1], "--inject-points")) {
+		for (int i = 0; rdmig_inject_points[i]; i++)
+			puts(rdmig_inject_points[i]);
 		return 0;
 	}
 	if (argc >= 2 && (!strcmp(argv[1], "-V") || !strcmp(argv[1], "--version"))) {

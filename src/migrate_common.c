@@ -21,8 +21,10 @@ uint64_t rdmig_now_ns(void)
 int rdmig_expect(struct rdmig_conn *c, uint8_t *buf, uint16_t want, int timeout_ms,
                  struct rdmig_msg *m)
 {
-	int len = rdmig_tp_recv(c, buf, RDMIG_MSG_MAX, timeout_ms), ret;
+	int len, ret;
 
+	memset(m, 0, sizeof(*m)); /* type 0: nothing came (callers tell ERROR apart) */
+	len = rdmig_tp_recv(c, buf, RDMIG_MSG_MAX, timeout_ms);
 	if (len < 0) {
 		pr_err("waiting for %s: %s", rdmig_msg_type_name(want), strerror(-len));
 		return len;

@@ -17,6 +17,7 @@
  */
 #define LOG_SUBSYS "dst"
 #include "rdmig/image.h"
+#include "rdmig/inject.h"
 #include "rdmig/log.h"
 #include "rdmig/migrate.h"
 #include "rdmig/mirror.h"
@@ -89,10 +90,16 @@ struct dst {
 	char why[512];
 };
 
-static void dst_set_state(struct dst *d, enum dst_state to)
+/* The one place the state changes, logged; entering a state is also a named
+ * fault-injection point ("dst.<state>", rdmig/inject.h). */
+static int dst_set_state(struct dst *d, enum dst_state to)
 {
+	char point[32];
+
 	pr_info("%s -> %s", dst_state_names[d->state], dst_state_names[to]);
 	d->state = to;
+	snprintf(point, sizeof(point), "dst.%s", dst_state_names[to]);
+	return rdmig_inject(point);
 }
 
 /* ---- receiving ----------------------------------------------------------- */
@@ -428,7 +435,7 @@ static int abort_restore(struct dst *d, const char *what, int err)
 	if (d->restored)
 		rdmig_restore_abort(&d->r);
 	d->restored = false;
-	dst_set_state(d, DST_ABORTED);
+	(void)dst_set_state(d, DST_ABORTED);
 	fprintf(stderr, "rdma_migrate dst: aborted: nothing runs here; the source keeps its "
 	                "process\n");
 	return RDMIG_EXIT_ROLLED_BACK;
@@ -443,7 +450,7 @@ static int finish(struct dst *d)
 
 	ret = wait_all_local(d);
 	if (ret < 0) {
-		dst_set_state(d, DST_FAILED);
+		(void)dst_set_state(d, DST_FAILED);
 		fprintf(stderr,
 		        "rdma_migrate dst: the migration failed after the switch: %s. pid %d "
 		        "waits on the pages it has not got yet (it never reads wrong data); its "
@@ -467,7 +474,7 @@ static int finish(struct dst *d)
 		pr_warn("the source left before our DONE: it holds its original stopped");
 	else if (rdmig_expect(d->ctl, d->msg, RDMIG_MSG_BYE, 10000, &m) < 0)
 		pr_warn("no BYE from the source");
-	dst_set_state(d, DST_DONE);
+	(void)dst_set_state(d, DST_DONE);
 	summary(d, &s, bytes);
 	return RDMIG_EXIT_OK;
 }
@@ -495,7 +502,11 @@ static int run(struct dst *d)
 	}
 	fprintf(stderr, "rdma_migrate dst: listening on %s (port %d)\n", o->addr,
 	        rdmig_tp_local_port(d->lis));
-	dst_set_state(d, DST_LISTENING);
+	ret = dst_set_state(d, DST_LISTENING);
+	if (ret < 0) {
+		fprintf(stderr, "rdma_migrate dst: %s\n", strerror(-ret));
+		return RDMIG_EXIT_ROLLED_BACK;
+	}
 	/* A peer that fails the handshake is turned away; we keep listening. */
 	do {
 		ret = rdmig_tp_accept(d->lis, -1, &d->ctl);
@@ -513,42 +524,50 @@ static int run(struct dst *d)
 	}
 	rdmig_tp_close_listener(d->lis);
 	d->lis = NULL;
-	dst_set_state(d, DST_RECEIVING);
-	ret = rdmig_mirror_recv_table(d->data, step, &d->regions, &d->nregions);
+	ret = dst_set_state(d, DST_RECEIVING);
+	if (ret == 0)
+		ret = rdmig_mirror_recv_table(d->data, step, &d->regions, &d->nregions);
 	if (ret == 0)
 		ret = recv_image(d);
 	if (ret < 0)
 		return abort_restore(d, "receiving the process failed", ret);
 
-	dst_set_state(d, DST_RESTORING);
+	ret = dst_set_state(d, DST_RESTORING);
+	if (ret < 0)
+		return abort_restore(d, "cannot restore the process", ret);
 	ret = rdmig_restore_build(d->husk, &d->img, &ro, &d->r, d->why, sizeof(d->why));
 	d->husk = NULL; /* consumed */
 	if (ret < 0)
 		return abort_restore(d, "cannot restore the process", ret);
 	d->restored = true;
-	ret = start_pager(d);
+	ret = rdmig_inject("dst.pager");
+	if (ret == 0)
+		ret = start_pager(d);
 	if (ret < 0)
 		return abort_restore(d, "cannot start serving the process's memory", ret);
-	{
+	ret = dst_set_state(d, DST_READY);
+	if (ret == 0) {
 		int n = rdmig_msg_encode_empty(d->msg, RDMIG_MSG_MAX, RDMIG_MSG_READY);
 
 		ret = n < 0 ? n : rdmig_tp_send(d->ctl, d->msg, (size_t)n);
 	}
 	if (ret < 0)
-		return abort_restore(d, "lost the source", ret);
-	dst_set_state(d, DST_READY);
+		return abort_restore(d, "cannot tell the source the process is ready", ret);
 	ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_GO, step, &m);
 	if (ret < 0)
 		return abort_restore(d, "the source did not commit", ret);
 	d->t_go = m.u.u64[0];
-	ret = rdmig_restore_resume(&d->r);
+	ret = rdmig_inject("dst.resume");
+	if (ret == 0)
+		ret = rdmig_restore_resume(&d->r);
 	if (ret < 0) {
-		/* The source is committed and holds its original stopped: report, do not
-		 * pretend to roll back. */
-		dst_set_state(d, DST_FAILED);
-		fprintf(stderr, "rdma_migrate dst: cannot resume the restored process: %s\n",
-		        strerror(-ret));
-		return RDMIG_EXIT_FAILED;
+		/* Nothing ran here: kill what was built and say so plainly, so the
+		 * committed source knows it may resume its original. */
+		snprintf(d->why, sizeof(d->why),
+		         "the destination could not resume the process "
+		         "(%s); it was killed there without running",
+		         strerror(-ret));
+		return abort_restore(d, "cannot resume the restored process", ret);
 	}
 	d->resumed = true;
 	d->t_resume = rdmig_now_ns();
@@ -560,7 +579,16 @@ static int run(struct dst *d)
 		if (ret < 0)
 			pr_warn("the source did not get RUNNING: %s", strerror(-ret));
 	}
-	dst_set_state(d, DST_RUNNING);
+	ret = dst_set_state(d, DST_RUNNING);
+	if (ret < 0) {
+		/* after the switch: the process runs and waits on what it lacks */
+		(void)dst_set_state(d, DST_FAILED);
+		fprintf(stderr,
+		        "rdma_migrate dst: failed after the switch (%s): pid %d waits on the "
+		        "pages it has not got (never reads wrong data)\n",
+		        strerror(-ret), (int)d->r.pid);
+		return RDMIG_EXIT_FAILED;
+	}
 	fprintf(stderr, "rdma_migrate dst: pid %d (pid %d on the source) runs here\n",
 	        (int)d->r.pid, (int)d->img.pid);
 	return finish(d);

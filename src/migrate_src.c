@@ -19,6 +19,7 @@
 #define LOG_SUBSYS "src"
 #include "rdmig/capture.h"
 #include "rdmig/image.h"
+#include "rdmig/inject.h"
 #include "rdmig/log.h"
 #include "rdmig/migrate.h"
 #include "rdmig/mirror.h"
@@ -71,11 +72,16 @@ struct src {
 	char why[512];
 };
 
-/* The one place the state changes: the old state must be one `from` allows. */
-static void src_set_state(struct src *s, enum src_state to)
+/* The one place the state changes, logged; entering a state is also a named
+ * fault-injection point ("src.<state>", rdmig/inject.h). */
+static int src_set_state(struct src *s, enum src_state to)
 {
+	char point[32];
+
 	pr_info("%s -> %s", src_state_names[s->state], src_state_names[to]);
 	s->state = to;
+	snprintf(point, sizeof(point), "src.%s", src_state_names[to]);
+	return rdmig_inject(point);
 }
 
 static void log_precopy(struct src *s, const char *when)
@@ -115,6 +121,8 @@ static int send_image(struct src *s)
 /* Undo everything before the commit: the original runs as if nothing happened. */
 static int rollback(struct src *s, const char *what, int err)
 {
+	if (s->state >= SRC_COMMITTED)
+		pr_info("rolling back after the commit: the destination confirmed nothing ran");
 	fprintf(stderr, "rdma_migrate src: %s: %s\n", what, s->why[0] ? s->why : strerror(-err));
 	if (s->conn)
 		rdmig_send_error(s->conn, err, s->why[0] ? s->why : what);
@@ -122,7 +130,7 @@ static int rollback(struct src *s, const char *what, int err)
 	if (s->t && rdmig_tracee_release(s->t, true) < 0)
 		pr_err("could not resume pid %d cleanly", (int)s->o->pid);
 	s->t = NULL;
-	src_set_state(s, SRC_ROLLED_BACK);
+	(void)src_set_state(s, SRC_ROLLED_BACK);
 	fprintf(stderr, "rdma_migrate src: rolled back: pid %d keeps running here, unchanged\n",
 	        (int)s->o->pid);
 	return RDMIG_EXIT_ROLLED_BACK;
@@ -135,7 +143,7 @@ static int park(struct src *s, const char *what, int err)
 	if (s->t && rdmig_tracee_release(s->t, false) < 0)
 		pr_err("could not leave pid %d stopped", (int)s->o->pid);
 	s->t = NULL;
-	src_set_state(s, SRC_PARKED);
+	(void)src_set_state(s, SRC_PARKED);
 	fprintf(stderr,
 	        "rdma_migrate src: the migration failed after the switch. pid %d is left "
 	        "STOPPED here: its copy on the destination may be running or blocked. If "
@@ -202,10 +210,17 @@ static int switch_over(struct src *s)
 
 		ret = n < 0 ? n : rdmig_tp_send(s->conn, s->msg, (size_t)n);
 	}
-	src_set_state(s, SRC_COMMITTED);
+	if (src_set_state(s, SRC_COMMITTED) < 0 && ret == 0)
+		ret = -EIO;
 	if (ret < 0)
 		return park(s, "lost the destination while committing", ret);
 	ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_RUNNING, step, &m);
+	if (ret < 0 && m.type == RDMIG_MSG_ERROR) {
+		/* The destination says, explicitly, that nothing ran there: the original
+		 * may run again. SIGCONT discards the SIGSTOP queued at the commit. */
+		if (kill(s->o->pid, SIGCONT) == 0)
+			return rollback(s, "the destination could not start the process", ret);
+	}
 	if (ret < 0)
 		return park(s, "the destination did not confirm the process runs", ret);
 	s->t_resume = m.u.u64[1];
@@ -213,7 +228,9 @@ static int switch_over(struct src *s)
 	        "rdma_migrate src: pid %d runs on the destination as pid %" PRIu64
 	        " (downtime %.3f ms); serving its memory\n",
 	        (int)s->o->pid, m.u.u64[0], (double)(s->t_resume - s->t_freeze) / 1e6);
-	src_set_state(s, SRC_SERVING);
+	ret = src_set_state(s, SRC_SERVING);
+	if (ret < 0)
+		return park(s, "serving the process's memory failed", ret);
 	/* Serving is one-sided: the destination READs the mirror, the transport's
 	 * own progress serves it; this thread only waits for the end. */
 	ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_DONE, -1, &m);
@@ -229,7 +246,7 @@ static int switch_over(struct src *s)
 		if (n > 0 && rdmig_tp_send(s->conn, s->msg, (size_t)n) < 0)
 			pr_warn("the destination left before our BYE");
 	}
-	src_set_state(s, SRC_DONE);
+	(void)src_set_state(s, SRC_DONE);
 	summary(s);
 	return RDMIG_EXIT_OK;
 }
@@ -250,7 +267,12 @@ static int run(struct src *s)
 		        (int)o->pid);
 		return RDMIG_EXIT_USAGE;
 	}
-	src_set_state(s, SRC_CHECKED);
+	ret = src_set_state(s, SRC_CHECKED);
+	if (ret < 0) {
+		fprintf(stderr, "rdma_migrate src: %s; nothing was done, pid %d keeps running\n",
+		        strerror(-ret), (int)o->pid);
+		return RDMIG_EXIT_ROLLED_BACK;
+	}
 	/* Two connections: the destination's pager thread owns the data one, its main
 	 * thread the control one (a connection is used by one thread at a time). */
 	ret =
@@ -266,7 +288,9 @@ static int run(struct src *s)
 		        (int)o->pid);
 		return RDMIG_EXIT_ROLLED_BACK;
 	}
-	src_set_state(s, SRC_CONNECTED);
+	ret = src_set_state(s, SRC_CONNECTED);
+	if (ret < 0)
+		return rollback(s, "cannot start the migration", ret);
 
 	/* Tracking starts with one short stop (the tracking uffd is made inside the
 	 * process); the copy itself runs while the process runs. */
@@ -282,8 +306,9 @@ static int run(struct src *s)
 	s->t = NULL;
 	if (ret < 0)
 		return rollback(s, "cannot let the process run while its memory is copied", ret);
-	src_set_state(s, SRC_TRACKING);
-	ret = rdmig_precopy_round(s->pc);
+	ret = src_set_state(s, SRC_TRACKING);
+	if (ret == 0)
+		ret = rdmig_precopy_round(s->pc);
 	if (ret < 0)
 		return rollback(s, "copying the process's memory failed", ret);
 	log_precopy(s, "copied while running");
@@ -293,11 +318,16 @@ static int run(struct src *s)
 	ret = rdmig_tracee_seize(o->pid, 0, &s->t);
 	if (ret < 0)
 		return rollback(s, "cannot stop the process", ret);
-	src_set_state(s, SRC_FROZEN);
-	ret = rdmig_capture(s->t, &s->img, s->why, sizeof(s->why));
+	ret = src_set_state(s, SRC_FROZEN);
+	if (ret == 0)
+		ret = rdmig_inject("src.capture");
+	if (ret == 0)
+		ret = rdmig_capture(s->t, &s->img, s->why, sizeof(s->why));
 	if (ret < 0)
 		return rollback(s, "cannot capture the process", ret);
-	ret = rdmig_precopy_final(s->pc, &s->img, &views, &nviews);
+	ret = rdmig_inject("src.final_copy");
+	if (ret == 0)
+		ret = rdmig_precopy_final(s->pc, &s->img, &views, &nviews);
 	if (ret < 0)
 		return rollback(s, "copying the last changed pages failed", ret);
 	log_precopy(s, "at the freeze");
@@ -309,7 +339,9 @@ static int run(struct src *s)
 		return rollback(s, "cannot send the process to the destination", ret);
 	/* Writes are no longer tracked: the process stays frozen until the end. */
 	rdmig_precopy_stop(s->pc);
-	src_set_state(s, SRC_SENT);
+	ret = src_set_state(s, SRC_SENT);
+	if (ret < 0)
+		return rollback(s, "the switch failed", ret);
 	return switch_over(s);
 }
 

@@ -1,0 +1,89 @@
+#!/bin/bash
+# The failure-injection matrix: a real migration (python3 over a heap) with a
+# failure injected at each named step of each side, and in the transport
+# (rdmig/inject.h). What must hold, as a user would check it:
+#   before the switch  src exits 1, dst exits 1, and the original finishes here
+#                      with exactly the output of an unmigrated run;
+#   after the switch   the side that failed exits 3 with a message, the original
+#                      is left stopped (never two copies running), and the output
+#                      so far is a prefix of the right one: never a wrong line.
+#   t_inject.sh [POINT...]   (default: all)
+. "$(dirname "$0")/lib.sh"
+
+HEAP_ARGS=(300000 30)
+python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/ref" </dev/null
+
+# one NAME SRC_ENV DST_ENV EXPECT: EXPECT is "rollback" or "after"
+one() {
+  local name=$1 senv=$2 denv=$3 expect=$4
+  start_dst "$name" env $denv -- --wait --timeout-ms 20000 || { fail "$name" "no destination"; return; }
+  (clean python3 "$HERE/heap.py" "${HEAP_ARGS[@]}") >"$T/$name.out" </dev/null 2>"$T/$name.proc.err" &
+  local pid=$!
+  wait_for_lines "$T/$name.out" 3 60
+  migrate "$name" "$pid" env $senv
+  if [ "$expect" = rollback ]; then
+    wait "$pid"; local prc=$?
+    wait_dst 60
+    if [ "$SRC_RC" != 1 ] || [ "$DST_RC" != 1 ]; then
+      fail "$name" "src exit $SRC_RC, dst exit $DST_RC (1 and 1 expected)"; show_logs "$name"; return
+    fi
+    if [ "$prc" != 0 ] || ! cmp -s "$T/ref" "$T/$name.out"; then
+      fail "$name" "the original did not finish as if nothing happened (exit $prc)"; show_logs "$name"; return
+    fi
+    grep -h "rolled back\|aborted" "$T/$name".*.log | head -2 | sed 's/^/  # /'
+    ok "$name"
+    return
+  fi
+  # after the switch
+  wait_dst 60
+  local st dpid
+  st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)
+  dpid=$(sed -n 's/.*dst: pid \([0-9]*\) (pid [0-9]* on the source) runs here$/\1/p' "$T/$name.dst.log" | head -1)
+  sleep 0.5
+  local lines_a; lines_a=$(wc -l <"$T/$name.out")
+  kill -9 "$pid" ${dpid:+"$dpid"} 2>/dev/null
+  wait "$pid" 2>/dev/null
+  if [ "$SRC_RC" != 3 ] && [ "$DST_RC" != 3 ]; then
+    fail "$name" "src exit $SRC_RC, dst exit $DST_RC (3 expected on the failing side)"; show_logs "$name"; return
+  fi
+  if [ "$st" != T ] && [ "$st" != t ]; then
+    fail "$name" "the original is '$st', not stopped"; show_logs "$name"; return
+  fi
+  if ! head -n "$lines_a" "$T/ref" | cmp -s - "$T/$name.out"; then
+    fail "$name" "the output is not a prefix of the right one: wrong data"; show_logs "$name"; return
+  fi
+  grep -h "failed after the switch\|STOPPED" "$T/$name".*.log | head -2 | cut -c1-150 | sed 's/^/  # /'
+  ok "$name"
+}
+
+declare -A CASES=(
+  [src.connected]="RDMIG_INJECT=src.connected||rollback"
+  [src.tracking]="RDMIG_INJECT=src.tracking||rollback"
+  [src.frozen]="RDMIG_INJECT=src.frozen||rollback"
+  [src.capture]="RDMIG_INJECT=src.capture||rollback"
+  [src.final_copy]="RDMIG_INJECT=src.final_copy||rollback"
+  [src.sent]="RDMIG_INJECT=src.sent||rollback"
+  [dst.receiving]="|RDMIG_INJECT=dst.receiving|rollback"
+  [dst.restoring]="|RDMIG_INJECT=dst.restoring|rollback"
+  [dst.pager]="|RDMIG_INJECT=dst.pager|rollback"
+  [dst.ready]="|RDMIG_INJECT=dst.ready|rollback"
+  [dst.resume]="|RDMIG_INJECT=dst.resume|rollback"
+  [tp.src.mr_reg]="RDMIG_INJECT_TP=mr_reg:2||rollback"
+  [tp.src.send]="RDMIG_INJECT_TP=send:12||rollback"
+  [tp.dst.recv]="|RDMIG_INJECT_TP=recv:9|rollback"
+  [src.committed]="RDMIG_INJECT=src.committed||after"
+  [src.serving]="RDMIG_INJECT=src.serving||after"
+  [dst.running]="|RDMIG_INJECT=dst.running|after"
+  [tp.dst.post_read]="|RDMIG_INJECT_TP=post_read:40|after"
+)
+ORDER=(src.connected src.tracking src.frozen src.capture src.final_copy src.sent dst.receiving
+       dst.restoring dst.pager dst.ready dst.resume tp.src.mr_reg tp.src.send tp.dst.recv
+       src.committed src.serving dst.running tp.dst.post_read)
+sel=("$@")
+[ ${#sel[@]} -gt 0 ] || sel=("${ORDER[@]}")
+for c in "${sel[@]}"; do
+  IFS='|' read -r senv denv expect <<<"${CASES[$c]}"
+  echo "-- $c ($expect)"
+  one "$c" "$senv" "$denv" "$expect"
+done
+finish
