@@ -13,6 +13,8 @@ PKGS=(
   libssl-dev
   # the benchmark's baseline on rxe
   perftest
+  # bench/migrate.sh plots
+  gnuplot-nox
   # the soft-RoCE guest (test/rxe): qemu, a static busybox for its initramfs,
   # module tools, archivers for the kernel package, iproute2's ip and rdma
   qemu-system-x86 busybox-static kmod cpio xz-utils zstd gzip binutils iproute2
