@@ -435,13 +435,24 @@ static int capture_injected(struct rdmig_tracee *t, struct rdmig_image *img)
 	long brk;
 	int ret, ret2;
 
+	struct procfs_status sta;
+	uint64_t ask;
+
+	/* Injections are most of the freeze: ask only about signals with a handler
+	 * or ignored (SigCgt | SigIgn), and SIGCHLD, whose flags matter even at
+	 * SIG_DFL. The others are SIG_DFL with no flags: left zero. */
+	ret = procfs_status(rdmig_tracee_pid(t), &sta);
+	if (ret)
+		return ret;
+	ask = sta.sig_cgt | sta.sig_ign | (1ull << (SIGCHLD - 1));
+	procfs_status_free(&sta);
 	ret = rdmig_tracee_scratch(t, SCRATCH_LEN, &s);
 	if (ret)
 		return ret;
 	memset(buf, 0, sizeof(buf));
 	ret = rdmig_tracee_write(t, s, buf, sizeof(buf));
 	for (unsigned sig = 1; !ret && sig <= RDMIG_IMG_NSIG; sig++) {
-		if (sig == SIGKILL || sig == SIGSTOP)
+		if (sig == SIGKILL || sig == SIGSTOP || !(ask >> (sig - 1) & 1))
 			continue;
 		ret = rdmig_tracee_call(t, "rt_sigaction", NULL, SYS_rt_sigaction, sig, 0,
 		                        (long)(s + SCRATCH_SIGACT + (sig - 1) * KSIGACTION_SIZE), 8,

@@ -299,6 +299,9 @@ static int status_line(char *line, void *arg)
 		}
 		if (sp->caps == 0x1f)
 			sp->seen |= ST_CAPS;
+	} else if (!strcmp(line, "SigIgn") || !strcmp(line, "SigCgt")) {
+		if (parse_u64(&v, 16, line[3] == 'I' ? &st->sig_ign : &st->sig_cgt) || !at_eol(v))
+			goto bad;
 	} else if (!strcmp(line, "NoNewPrivs")) {
 		if (parse_u32(&v, 10, &st->no_new_privs) || st->no_new_privs > 1 || !at_eol(v))
 			goto bad;

@@ -37,6 +37,7 @@ struct procfs_status {
 	uint64_t cap_inh, cap_prm, cap_eff, cap_bnd, cap_amb;
 	uint32_t no_new_privs;
 	uint32_t umask;
+	uint64_t sig_ign, sig_cgt; /* SigIgn, SigCgt: bit n-1 for signal n */
 };
 int procfs_status(pid_t pid, struct procfs_status *st);
 void procfs_status_free(struct procfs_status *st);

@@ -135,6 +135,15 @@ int rdmig_husk_spawn(struct rdmig_husk **out)
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(1);
+		/* Every action all-zero (SIG_DFL, no flags, no restorer: what the raw
+		 * syscall sets, unlike signal()), so the restore sets only the image's
+		 * non-default ones. */
+		for (int sig = 1; sig <= 64; sig++) {
+			static const uint64_t zero[4];
+
+			if (sig != SIGKILL && sig != SIGSTOP)
+				(void)syscall(SYS_rt_sigaction, sig, zero, NULL, 8);
+		}
 		for (;;)
 			pause();
 	}

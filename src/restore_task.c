@@ -264,11 +264,14 @@ int rst_sigactions(struct rst *r)
 	}
 	if ((err = rst_to_scratch(r, ka, sizeof(ka), &at)))
 		return err;
-	/* Every action is set, SIG_DFL included: the husk's were the daemon's. */
+	/* The husk reset every action to all-zero when it was forked (restore.c):
+	 * only the image's non-default ones need a call. */
 	for (int sig = 1; sig <= (int)RDMIG_IMG_NSIG; sig++) {
+		const struct rdmig_img_sigaction *a = &img->sigactions[sig - 1];
 		char what[48];
 
-		if (sig == SIGKILL || sig == SIGSTOP)
+		if (sig == SIGKILL || sig == SIGSTOP ||
+		    !(a->handler | a->flags | a->restorer | a->mask))
 			continue;
 		snprintf(what, sizeof(what), "rt_sigaction(%d)", sig);
 		if ((err = rst_call(r, what, NULL, SYS_rt_sigaction, sig,

@@ -180,10 +180,10 @@ int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], lo
 	if (err)
 		return err;
 	t->in_syscall_stop = true; /* from here on the registers need restoring */
-	err = tracee_run_until(t, PTRACE_SYSCALL, SIGTRAP | 0x80, false);
-	if (err)
-		return err;
-	err = tracee_run_until(t, PTRACE_SYSCALL, SIGTRAP | 0x80, false);
+	/* One single step over the syscall instruction: the kernel reports the step
+	 * at the syscall's exit, one stop where PTRACE_SYSCALL takes two (entry and
+	 * exit). Injections are most of the freeze's and the restore's cost. */
+	err = tracee_run_until(t, PTRACE_SINGLESTEP, SIGTRAP, false);
 	if (err)
 		return err;
 	err = tracee_ptrace(t, PTRACE_GETREGS, NULL, &r);
@@ -195,7 +195,9 @@ int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], lo
 		return -EIO;
 	}
 	*ret = (long)r.rax;
-	return tracee_ptrace(t, PTRACE_SETREGS, NULL, &t->saved);
+	/* The saved registers go back once, at release (or the next injection sets
+	 * its own): not after every call. */
+	return 0;
 }
 
 int rdmig_tracee_call(struct rdmig_tracee *t, const char *what, long *ret, long nr, long a0,
