@@ -446,7 +446,8 @@ int main(int argc, char **argv)
 	int ret;
 
 	o.tp.transport = "fabric";
-	for (int i = 1; i < argc; i++) {
+	/* options come in pairs: name, value */
+	for (int i = 1; i < argc; i += 2) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
 		if (!v)
@@ -469,7 +470,6 @@ int main(int argc, char **argv)
 			o.perftest_cmd = v;
 		else
 			usage();
-		i++;
 	}
 	if (o.iters < 100 || o.bw_ms < 100)
 		usage();

@@ -926,7 +926,8 @@ int main(int argc, char **argv)
 	cfg.addr = "127.0.0.1";
 	cfg.region_bytes = 1024u << 20;
 	cfg.cycles = 1000;
-	for (int i = 1; i < argc; i++) {
+	/* options come in pairs: name, value */
+	for (int i = 1; i < argc; i += 2) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
 		if (!v)
@@ -945,7 +946,6 @@ int main(int argc, char **argv)
 			t_state.only = v;
 		else
 			usage();
-		i++;
 	}
 	if (cfg.region_bytes < (8u << 20))
 		usage();
