@@ -1445,17 +1445,19 @@ static uint64_t parse_size(const char *s)
 
 static void parse_args(int argc, char **argv, struct opts *o)
 {
-	for (int i = 1; i < argc; i++) {
+	/* a flag steps one argument, an option with a value two */
+	for (int i = 1; i < argc;) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		char buf[256], *save = NULL, *tok;
 
 		if (!strcmp(a, "--all-histograms")) {
 			o->all_histograms = true;
+			i++;
 			continue;
 		}
 		if (!v)
 			usage();
-		i++;
+		i += 2;
 		if (!strcmp(a, "--transport")) {
 			o->tp.transport = v;
 		} else if (!strcmp(a, "--provider")) {

@@ -156,7 +156,7 @@ static void on_event(void *arg, const struct rdmig_pager_event *ev)
 		        "rdma_migrate dst: the source stopped serving pages (%s): the process "
 		        "waits on its missing pages\n",
 		        strerror(-ev->status));
-		/* fall through */
+		__attribute__((fallthrough)); /* and wake the main thread */
 	case RDMIG_PAGER_ALL_LOCAL:
 	case RDMIG_PAGER_TARGET_GONE:
 	case RDMIG_PAGER_FATAL:

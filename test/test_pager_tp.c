@@ -1729,7 +1729,8 @@ int main(int argc, char **argv)
 	cfg.tp.transport = NULL;
 	cfg.addr = "127.0.0.1";
 	cfg.case_timeout_s = 300;
-	for (int i = 1; i < argc; i++) {
+	/* options come in pairs: name, value */
+	for (int i = 1; i < argc; i += 2) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
 		if (!v)
@@ -1748,7 +1749,6 @@ int main(int argc, char **argv)
 			cfg.case_timeout_s = (unsigned)strtoul(v, NULL, 10);
 		else
 			usage();
-		i++;
 	}
 	/* power of two: the strided order is a permutation only then */
 	if (!cfg.tp.transport || mb < 16 || (mb & (mb - 1)) || mb > (1ul << 20))
