@@ -9,7 +9,10 @@
  * same connection, and posts a READ whose context is the slot; the completion
  * hands the slot's bytes to the loop, which copies them into place and releases
  * the slot. Many fetches are in flight at once (as many as there are slots and
- * the transport allows). Used by one thread, the loop's.
+ * the transport allows). Fetches of neighbouring pages asked for one after the
+ * other share one READ (up to a slot): each still completes on its own, and the
+ * slot is reused once every one of them is released. Used by one thread, the
+ * loop's.
  */
 #define LOG_SUBSYS "tpsource"
 #include "rdmig/tpsource.h"
@@ -23,14 +26,24 @@
 
 enum slot_state {
 	SLOT_FREE = 0, /* on the free stack */
+	SLOT_OPEN,     /* gathering contiguous fetches; not posted yet */
 	SLOT_POSTED,   /* READ outstanding */
-	SLOT_DONE,     /* completion handed to the loop, staging in use until release */
+	SLOT_DONE,     /* completion in hand: its fetches are handed to the loop one by
+			* one, staging in use until each is released */
 };
 
+/* Fetches that follow one another in the source are gathered into one READ of up
+ * to a slot (64 KiB): page-sized READs reach about an eighth of the bandwidth of
+ * 64 KiB ones here, and the prefetcher asks for runs of neighbours. */
+#define MAX_SUB 16
+
 struct slot {
-	uint64_t ctx;  /* the loop's context */
-	uint64_t addr; /* source address being fetched */
-	size_t len;
+	uint64_t ctx[MAX_SUB]; /* the loop's contexts, one per page-sized fetch */
+	uint64_t addr;         /* source address of the first */
+	size_t len, sub_len;   /* bytes in all; of each fetch */
+	const struct rdmig_region *r;
+	int status;
+	uint8_t nsub, emitted, released;
 	uint8_t state; /* enum slot_state */
 };
 
@@ -45,8 +58,13 @@ struct tpsource {
 	struct slot *slots;
 	uint32_t *free_slots; /* a stack of free slot indices */
 	uint32_t nslots, nfree;
+	uint32_t open;  /* the slot gathering fetches, or NONE */
+	uint32_t *emit; /* DONE slots with fetches not yet handed out (FIFO) */
+	uint32_t emit_head, emit_n;
 	uint64_t fetches, bytes;
 };
+
+#define NONE UINT32_MAX
 
 static struct tpsource *to_tps(struct rdmig_page_source *s)
 {
@@ -76,12 +94,43 @@ static const struct rdmig_region *find_region(const struct tpsource *t, uint64_t
 	return r;
 }
 
+static void emit_push(struct tpsource *t, uint32_t i)
+{
+	t->emit[(t->emit_head + t->emit_n++) % t->nslots] = i;
+}
+
+/* Post the open slot. -EAGAIN leaves it open (posted at the next poll); any other
+ * failure completes its fetches with that status. */
+static int post_open(struct tpsource *t)
+{
+	uint32_t i = t->open;
+	struct slot *sl;
+	int ret;
+
+	if (i == NONE)
+		return 0;
+	sl = &t->slots[i];
+	ret = rdmig_tp_post_read(t->conn, t->staging + (size_t)i * t->slot_size, t->mr, sl->len,
+	                         &sl->r->desc, sl->addr - sl->r->id, i);
+	if (ret == -EAGAIN)
+		return ret;
+	t->open = NONE;
+	if (ret < 0) {
+		sl->state = SLOT_DONE;
+		sl->status = ret;
+		emit_push(t, i);
+		return ret;
+	}
+	sl->state = SLOT_POSTED;
+	return 0;
+}
+
 static int tps_fetch(struct rdmig_page_source *s, uint64_t addr, size_t len, uint64_t ctx)
 {
 	struct tpsource *t = to_tps(s);
 	const struct rdmig_region *r;
+	struct slot *o;
 	uint32_t i;
-	int ret;
 
 	if (len == 0 || len > t->slot_size)
 		return -EINVAL;
@@ -93,19 +142,56 @@ static int tps_fetch(struct rdmig_page_source *s, uint64_t addr, size_t len, uin
 		pr_err("no mirror region holds [0x%llx, +%zu)", (unsigned long long)addr, len);
 		return -EFAULT;
 	}
+	o = t->open != NONE ? &t->slots[t->open] : NULL;
+	if (o && o->r == r && o->addr + o->len == addr && o->sub_len == len && o->nsub < MAX_SUB &&
+	    o->len + len <= t->slot_size) {
+		o->ctx[o->nsub++] = ctx;
+		o->len += len;
+		return 0;
+	}
+	if (o && post_open(t) == -EAGAIN)
+		return -EAGAIN; /* the transport is full: the open slot waits for a poll */
 	if (!t->nfree)
 		return -EAGAIN;
 	i = t->free_slots[--t->nfree];
-	t->slots[i] = (struct slot){.ctx = ctx, .addr = addr, .len = len, .state = SLOT_POSTED};
-	ret = rdmig_tp_post_read(t->conn, t->staging + (size_t)i * t->slot_size, t->mr, len,
-	                         &r->desc, addr - r->id, i);
-	if (ret < 0) {
-		t->slots[i].state = SLOT_FREE;
-		t->free_slots[t->nfree++] = i;
-		return ret;
-	}
-	t->fetches++;
+	t->slots[i] = (struct slot){.ctx = {ctx},
+	                            .addr = addr,
+	                            .len = len,
+	                            .sub_len = len,
+	                            .r = r,
+	                            .nsub = 1,
+	                            .state = SLOT_OPEN};
+	t->open = i;
 	return 0;
+}
+
+/* Hand out the fetches of completed slots, in order, up to max. */
+static int emit(struct tpsource *t, struct rdmig_fetch_done *out, int max)
+{
+	int k = 0;
+
+	while (k < max && t->emit_n) {
+		uint32_t i = t->emit[t->emit_head];
+		struct slot *sl = &t->slots[i];
+
+		while (k < max && sl->emitted < sl->nsub) {
+			size_t off = (size_t)sl->emitted * sl->sub_len;
+
+			out[k++] = (struct rdmig_fetch_done){
+			    .ctx = sl->ctx[sl->emitted],
+			    .addr = sl->addr + off,
+			    .len = sl->sub_len,
+			    .status = sl->status,
+			    .data = t->staging + (size_t)i * t->slot_size + off,
+			};
+			sl->emitted++;
+		}
+		if (sl->emitted == sl->nsub) {
+			t->emit_head = (t->emit_head + 1) % t->nslots;
+			t->emit_n--;
+		}
+	}
+	return k;
 }
 
 /* A completion whose context names no outstanding READ (a broken backend, not the
@@ -116,15 +202,18 @@ static int tps_poll(struct rdmig_page_source *s, struct rdmig_fetch_done *out, i
 {
 	struct tpsource *t = to_tps(s);
 	struct rdmig_completion comp[64];
-	int k = 0;
+	int ret;
 
-	if (max > 64)
-		max = 64;
-	while (k < max) {
-		int want = max - k, n = rdmig_tp_poll(t->conn, comp, want);
+	/* what fetch() gathered goes out now: the loop polls right after posting */
+	(void)post_open(t);
+	for (;;) {
+		int n = rdmig_tp_poll(t->conn, comp, 64);
 
-		if (n < 0)
+		if (n < 0) {
+			int k = emit(t, out, max);
+
 			return k ? k : n;
+		}
 		for (int j = 0; j < n; j++) {
 			uint64_t i = comp[j].ctx;
 			struct slot *sl;
@@ -137,20 +226,20 @@ static int tps_poll(struct rdmig_page_source *s, struct rdmig_fetch_done *out, i
 			}
 			sl = &t->slots[i];
 			sl->state = SLOT_DONE;
-			out[k++] = (struct rdmig_fetch_done){
-			    .ctx = sl->ctx,
-			    .addr = sl->addr,
-			    .len = sl->len,
-			    .status = comp[j].status,
-			    .data = t->staging + (size_t)i * t->slot_size,
-			};
-			if (comp[j].status == 0)
+			sl->status = comp[j].status;
+			if (comp[j].status == 0) {
 				t->bytes += sl->len;
+				t->fetches += sl->nsub;
+			}
+			emit_push(t, (uint32_t)i);
 		}
-		if (n < want)
+		if (n < 64)
 			break;
 	}
-	return k;
+	ret = emit(t, out, max);
+	/* a slot the transport had no room for earlier may fit now */
+	(void)post_open(t);
+	return ret;
 }
 
 static void tps_release(struct rdmig_page_source *s, const struct rdmig_fetch_done *d)
@@ -158,13 +247,17 @@ static void tps_release(struct rdmig_page_source *s, const struct rdmig_fetch_do
 	struct tpsource *t = to_tps(s);
 	size_t off = (size_t)((const uint8_t *)d->data - t->staging);
 	uint32_t i = (uint32_t)(off / t->slot_size);
+	struct slot *sl = i < t->nslots ? &t->slots[i] : NULL;
 
-	if (off % t->slot_size || i >= t->nslots || t->slots[i].state != SLOT_DONE) {
+	if (!sl || sl->state != SLOT_DONE || (off % t->slot_size) % sl->sub_len ||
+	    sl->released >= sl->emitted) {
 		pr_err("release of staging that is not ours, or released twice");
 		return;
 	}
-	t->slots[i].state = SLOT_FREE;
-	t->free_slots[t->nfree++] = i;
+	if (++sl->released == sl->nsub) {
+		sl->state = SLOT_FREE;
+		t->free_slots[t->nfree++] = i;
+	}
 }
 
 static int tps_event_fd(struct rdmig_page_source *s)
@@ -184,6 +277,7 @@ static void tps_destroy(struct rdmig_page_source *s)
 		munmap(t->staging, t->staging_len);
 	free(t->slots);
 	free(t->free_slots);
+	free(t->emit);
 	free(t->regions);
 	free(t);
 }
@@ -248,7 +342,9 @@ int rdmig_tpsource_create(const struct rdmig_tpsource_opts *o, struct rdmig_page
 	}
 	t->slots = calloc(t->nslots, sizeof(*t->slots));
 	t->free_slots = calloc(t->nslots, sizeof(*t->free_slots));
-	if (!t->slots || !t->free_slots) {
+	t->emit = calloc(t->nslots, sizeof(*t->emit));
+	t->open = NONE;
+	if (!t->slots || !t->free_slots || !t->emit) {
 		ret = -ENOMEM;
 		goto out_free;
 	}

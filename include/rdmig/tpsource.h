@@ -23,7 +23,7 @@ struct rdmig_tpsource_opts {
  * registers the staging buffer on the connection. */
 RDMIG_WUR int rdmig_tpsource_create(const struct rdmig_tpsource_opts *o,
                                     struct rdmig_page_source **out);
-/* READs completed successfully and their bytes, for the summary lines. */
+/* Fetches completed successfully (neighbours share one READ) and their bytes. */
 void rdmig_tpsource_stats(struct rdmig_page_source *s, uint64_t *fetches, uint64_t *bytes);
 
 #endif
