@@ -474,10 +474,10 @@ static int capture_injected(struct rdmig_tracee *t, struct rdmig_image *img)
 		};
 	}
 	/* stack_t: ss_sp u64, ss_flags i32 (+4 padding), ss_size u64 */
-	img->thread.altstack_sp = le64_at(buf + SCRATCH_ALTSTACK);
-	img->thread.altstack_flags = (uint32_t)le64_at(buf + SCRATCH_ALTSTACK + 8);
-	img->thread.altstack_size = le64_at(buf + SCRATCH_ALTSTACK + 16);
-	img->thread.clear_child_tid = le64_at(buf + SCRATCH_TIDADDR);
+	img->threads[0].altstack_sp = le64_at(buf + SCRATCH_ALTSTACK);
+	img->threads[0].altstack_flags = (uint32_t)le64_at(buf + SCRATCH_ALTSTACK + 8);
+	img->threads[0].altstack_size = le64_at(buf + SCRATCH_ALTSTACK + 16);
+	img->threads[0].clear_child_tid = le64_at(buf + SCRATCH_TIDADDR);
 	img->mm.brk = (uint64_t)brk;
 	return 0;
 }
@@ -531,7 +531,7 @@ static int peek_siginfo(pid_t pid, unsigned flags, uint8_t **out, uint32_t *n)
 static int capture_ptrace(struct rdmig_tracee *t, struct rdmig_image *img)
 {
 	pid_t pid = rdmig_tracee_pid(t);
-	struct rdmig_img_thread *th = &img->thread;
+	struct rdmig_img_thread *th = &img->threads[0];
 	struct rseq_conf rc = {0};
 	size_t xlen = 0;
 	long head = 0;
@@ -992,6 +992,13 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	if (ret)
 		return ret;
 	img->pid = pid;
+	img->threads = calloc(1, sizeof(*img->threads));
+	if (!img->threads) {
+		ret = -ENOMEM;
+		goto out_free_image;
+	}
+	img->nthreads = 1;
+	img->threads[0].tid = pid;
 	ret = capture_injected(t, img);
 	if (ret)
 		goto out_free_image;
@@ -1001,6 +1008,7 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	ret = capture_proc(pid, img);
 	if (ret)
 		goto out_free_image;
+	memcpy(img->threads[0].comm, img->comm, sizeof(img->comm));
 	ret = capture_maps(t, img, &files_cap, why, whylen);
 	if (ret)
 		goto out_free_image;
@@ -1045,7 +1053,7 @@ void rdmig_image_describe(const struct rdmig_image *img, char *buf, size_t cap)
 	         "special %u; %" PRIu64 " MiB mapped), cow pages %u, files %u, fds %u, "
 	         "signals pending %u+%u, rseq %s, xstate %u bytes, vdso %u bytes",
 	         img->pid, img->comm, img->nvmas, anon, touched * RDMIG_IMG_PAGE >> 20, file, other,
-	         vm >> 20, img->ncow, img->nfiles, img->nfds, img->thread.nsiginfo,
-	         img->nsiginfo_shared, img->thread.rseq_len ? "yes" : "no", img->thread.xstate_len,
-	         img->vdso_len);
+	         vm >> 20, img->ncow, img->nfiles, img->nfds, img->threads[0].nsiginfo,
+	         img->nsiginfo_shared, img->threads[0].rseq_len ? "yes" : "no",
+	         img->threads[0].xstate_len, img->vdso_len);
 }

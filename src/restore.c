@@ -163,7 +163,7 @@ void rdmig_husk_destroy(struct rdmig_husk *h)
  * restarts (or returns EINTR where its restart block cannot cross hosts). */
 static void prepare_regs(const struct rdmig_image *img, struct user_regs_struct *regs)
 {
-	memcpy(regs, img->thread.regs, sizeof(*regs));
+	memcpy(regs, img->threads[0].regs, sizeof(*regs));
 	if ((long)regs->orig_rax >= 0) {
 		switch ((long)regs->rax) {
 		case -K_ERESTARTSYS:
@@ -184,7 +184,7 @@ static void prepare_regs(const struct rdmig_image *img, struct user_regs_struct 
 
 static int set_thread_state(struct rst *r)
 {
-	const struct rdmig_img_thread *th = &r->img->thread;
+	const struct rdmig_img_thread *th = &r->img->threads[0];
 	struct user_regs_struct regs;
 	int err;
 

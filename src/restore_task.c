@@ -104,7 +104,7 @@ int rst_rlimits(struct rst *r)
 int rst_task_misc(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
-	const struct rdmig_img_thread *th = &img->thread;
+	const struct rdmig_img_thread *th = &img->threads[0];
 	char comm[16];
 	uint64_t at;
 	int err;
@@ -250,7 +250,7 @@ int rst_fds(struct rst *r)
 int rst_sigactions(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
-	const struct rdmig_img_thread *th = &img->thread;
+	const struct rdmig_img_thread *th = &img->threads[0];
 	struct k_sigaction ka[RDMIG_IMG_NSIG];
 	struct k_stack ss = {0};
 	uint64_t at;
@@ -372,7 +372,7 @@ int rst_pending_signals(struct rst *r)
 {
 	int err = queue_signals(r, r->img->siginfo_shared, r->img->nsiginfo_shared, false);
 
-	return err ? err : queue_signals(r, r->img->thread.siginfo, r->img->thread.nsiginfo, true);
+	return err ? err : queue_signals(r, r->img->threads[0].siginfo, r->img->threads[0].nsiginfo, true);
 }
 
 struct status_creds {
@@ -531,7 +531,7 @@ int rst_creds(struct rst *r)
  * cpu_id into the area on the next return to user mode, which is the resume. */
 int rst_rseq(struct rst *r)
 {
-	const struct rdmig_img_thread *th = &r->img->thread;
+	const struct rdmig_img_thread *th = &r->img->threads[0];
 
 	if (!th->rseq_len)
 		return 0;

@@ -122,6 +122,7 @@ struct hand_image {
 	struct rdmig_img_vma vmas[8];
 	struct rdmig_img_file files[2];
 	struct rdmig_img_fd fds[1];
+	struct rdmig_img_thread threads[1];
 	uint32_t groups[64];
 	char exe[512], cwd[8], outpath[128];
 };
@@ -249,8 +250,11 @@ static void hand_image(struct hand_image *h, const char *outpath)
 	regs.cs = 0x33;
 	regs.ss = 0x2b;
 	regs.eflags = 0x202;
-	memcpy(img->thread.regs, &regs, sizeof(regs));
-	img->thread.altstack_flags = SS_DISABLE;
+	img->threads = h->threads;
+	img->nthreads = 1;
+	img->threads[0].tid = img->pid;
+	memcpy(img->threads[0].regs, &regs, sizeof(regs));
+	img->threads[0].altstack_flags = SS_DISABLE;
 
 	h->vmas[nv++] = (struct rdmig_img_vma){
 	    HB_CODE, HB_CODE + 4096, PROT_READ | PROT_EXEC, RDMIG_VMA_ANON, 0, UINT32_MAX, 0, NULL};
@@ -569,7 +573,7 @@ static void roundtrip(bool nobody)
 	{
 		struct user_regs_struct regs;
 
-		memcpy(&regs, img.thread.regs, sizeof(regs));
+		memcpy(&regs, img.threads[0].regs, sizeof(regs));
 		fprintf(stderr, "  image: %s\n  frozen with orig_rax %lld rax %lld\n", desc,
 		        (long long)regs.orig_rax, (long long)regs.rax);
 	}
