@@ -749,21 +749,12 @@ out:
 
 /* ---- refusals ---- */
 
-enum refuse_mode { REF_THREAD, REF_SOCKET, REF_PIPE, REF_SHARED_ANON };
-
-static void *sleeper(void *arg)
-{
-	(void)arg;
-	for (;;)
-		pause();
-	return NULL;
-}
+enum refuse_mode { REF_SOCKET, REF_PIPE, REF_SHARED_ANON };
 
 static void refusal(enum refuse_mode mode, const char *expect)
 {
 	int cmd[2], res[2], fds[2];
 	char why[256] = "", c = 0;
-	pthread_t th;
 
 	T_CHECK(!pipe(cmd) && !pipe(res), "pipes");
 	pid_t pid = fork();
@@ -773,10 +764,6 @@ static void refusal(enum refuse_mode mode, const char *expect)
 			_exit(9);
 		syscall(SYS_close_range, 3, ~0u, 0);
 		switch (mode) {
-		case REF_THREAD:
-			if (pthread_create(&th, NULL, sleeper, NULL))
-				_exit(10);
-			break;
 		case REF_SOCKET:
 			if (socket(AF_INET, SOCK_STREAM, 0) < 0)
 				_exit(10);
@@ -812,11 +799,6 @@ static void refusal(enum refuse_mode mode, const char *expect)
 	T_CHECK(wait_exit(pid, 5000) == 7, "child exit");
 	close(cmd[1]);
 	close(res[0]);
-}
-
-static void refuse_thread(void)
-{
-	refusal(REF_THREAD, "has 2 threads");
 }
 
 static void refuse_socket(void)
@@ -896,7 +878,6 @@ int main(int argc, char **argv)
 	T_RUN(capture_full);
 	T_RUN(procfs_limits_match);
 	T_RUN(check_accepts_odd_comm);
-	T_RUN(refuse_thread);
 	T_RUN(refuse_socket);
 	T_RUN(refuse_pipe);
 	T_RUN(refuse_shared_anon);
