@@ -1262,7 +1262,11 @@ static void malformed(void)
 	BAD_IMG("tid cache page not sent", "tid cache", im->threads[1].tid_cache = 0x7ffff7f19000);
 	BAD_REC("tid cache unmapped", "tid cache",
 	        set_le64(REC(TAG_THREAD, 2).p + THREAD_TID_CACHE, 0x7ffff7f26000));
-	BAD_IMG("no threads", "thread table", im->nthreads = 0);
+	BAD_IMG(
+	    "no threads", "thread table", for (uint32_t k = 0; k < im->nthreads; k++) {
+		    free(im->threads[k].xstate);
+		    free(im->threads[k].siginfo);
+	    } im->nthreads = 0);
 	BAD_REC("thread length", "THREAD: bad length",
 	        recs_resize(rs, recs_find(rs, TAG_THREAD, 0), REC(TAG_THREAD, 0).len + 1));
 	BAD_REC("siginfo partial", "SIGINFO: bad length",
