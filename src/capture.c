@@ -17,6 +17,27 @@
  *      page included), and finds in private file mappings the pages that are
  *      anonymous copies (present or swapped, not file pages): those are read
  *      into img->cow.
+ *
+ * Threads. Every thread is seized (tracee.c); per thread: registers, xstate,
+ * mask, pending signals, rseq, robust list (ptrace and get_robust_list by tid),
+ * and, injected IN that thread (they answer for the calling thread only), the
+ * alternate stack and clear_child_tid; its comm from /proc/PID/task/TID/comm.
+ * The main thread is threads[0].
+ *
+ * The tid cache (a glibc dependency, glibc >= 2.25, checked on 2.36 x86_64).
+ * glibc keeps each thread's tid in its struct pthread, which starts at the
+ * thread pointer (fs_base); `tid` is at offset 0x2d0 there (pthread_self()->tid;
+ * glibc >= 2.25 no longer caches the pid). pthread_kill, pthread_join's futex
+ * (clear_child_tid points at that very field), error-checking and recursive
+ * mutexes use it, so the restore must rewrite it with each thread's new tid.
+ * The capture checks the layout instead of trusting it: the int at
+ * fs_base + 0x2d0 must equal the thread's real tid, read through /proc/PID/mem;
+ * then its address goes into the image and its page is sent eagerly (the
+ * restore writes into it before the pager runs, and a page made present there
+ * would hide the real one from the pager). A multi-threaded process where any
+ * thread fails the check is refused: its runtime is not the glibc we know. A
+ * single-threaded one is migrated as before, without a tid cache.
+ *
  * File identities are stat()s of /proc/PID/map_files/S-E and /proc/PID/fd/N,
  * i.e. of what is really mapped or open, with the path from readlink of the
  * same link (no escaping to undo, unlike the maps text).
@@ -33,6 +54,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +65,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
+#include <sys/user.h>
 #include <unistd.h>
 
 #define PF_KTHREAD_FLAG 0x00200000u /* include/linux/sched.h */
@@ -325,21 +348,12 @@ static int check(pid_t pid, bool allow_self, char *why, size_t whylen)
 		ret = refuse(why, whylen, "pid %d is a zombie (it has exited)", pid);
 		goto out_free;
 	}
-	if (sta.threads != 1) {
-		ret = refuse(why, whylen,
-		             "pid %d has %u threads; this version migrates single-threaded "
-		             "processes only",
-		             pid, sta.threads);
-		goto out_free;
-	}
 	ret = procfs_task_count(pid, &ntasks);
 	if (ret)
 		goto out_free;
-	if (ntasks != 1) {
-		ret = refuse(why, whylen,
-		             "pid %d has %u threads; this version migrates single-threaded "
-		             "processes only",
-		             pid, ntasks);
+	if (ntasks > RDMIG_IMG_MAX_THREADS || sta.threads > RDMIG_IMG_MAX_THREADS) {
+		ret = refuse(why, whylen, "pid %d has %u threads; at most %u can be migrated", pid,
+		             ntasks, RDMIG_IMG_MAX_THREADS);
 		goto out_free;
 	}
 	if (sta.tracer && !(allow_self && (sta.tracer == getpid() || sta.tracer == gettid()))) {
@@ -459,16 +473,34 @@ static int capture_injected(struct rdmig_tracee *t, struct rdmig_image *img)
 		                        0, 0);
 	}
 	if (!ret)
-		ret = rdmig_tracee_call(t, "sigaltstack", NULL, SYS_sigaltstack, 0,
-		                        (long)(s + SCRATCH_ALTSTACK), 0, 0, 0, 0);
-	if (!ret)
-		ret =
-		    rdmig_tracee_call(t, "prctl(PR_GET_TID_ADDRESS)", NULL, SYS_prctl,
-		                      PR_GET_TID_ADDRESS, (long)(s + SCRATCH_TIDADDR), 0, 0, 0, 0);
-	if (!ret)
 		ret = rdmig_tracee_call(t, "brk(0)", &brk, SYS_brk, 0, 0, 0, 0, 0, 0);
 	if (!ret)
 		ret = rdmig_tracee_read(t, s, buf, sizeof(buf));
+	/* the alternate stack and clear_child_tid of each thread, asked in it */
+	for (unsigned i = 0; !ret && i < img->nthreads; i++) {
+		uint8_t tb[SCRATCH_LEN - SCRATCH_ALTSTACK];
+		struct rdmig_img_thread *th = &img->threads[i];
+
+		ret = rdmig_tracee_select(t, i);
+		if (!ret)
+			ret = rdmig_tracee_call(t, "sigaltstack", NULL, SYS_sigaltstack, 0,
+			                        (long)(s + SCRATCH_ALTSTACK), 0, 0, 0, 0);
+		if (!ret)
+			ret = rdmig_tracee_call(t, "prctl(PR_GET_TID_ADDRESS)", NULL, SYS_prctl,
+			                        PR_GET_TID_ADDRESS, (long)(s + SCRATCH_TIDADDR), 0,
+			                        0, 0, 0);
+		if (!ret)
+			ret = rdmig_tracee_read(t, s + SCRATCH_ALTSTACK, tb, sizeof(tb));
+		if (ret)
+			break;
+		/* stack_t: ss_sp u64, ss_flags i32 (+4 padding), ss_size u64 */
+		th->altstack_sp = le64_at(tb);
+		th->altstack_flags = (uint32_t)le64_at(tb + 8);
+		th->altstack_size = le64_at(tb + 16);
+		th->clear_child_tid = le64_at(tb + SCRATCH_TIDADDR - SCRATCH_ALTSTACK);
+	}
+	if (rdmig_tracee_select(t, 0) && !ret)
+		ret = -EIO;
 	ret2 = rdmig_tracee_scratch_unmap(t);
 	if (ret)
 		return ret;
@@ -484,11 +516,6 @@ static int capture_injected(struct rdmig_tracee *t, struct rdmig_image *img)
 		    .mask = le64_at(p + 24),
 		};
 	}
-	/* stack_t: ss_sp u64, ss_flags i32 (+4 padding), ss_size u64 */
-	img->thread.altstack_sp = le64_at(buf + SCRATCH_ALTSTACK);
-	img->thread.altstack_flags = (uint32_t)le64_at(buf + SCRATCH_ALTSTACK + 8);
-	img->thread.altstack_size = le64_at(buf + SCRATCH_ALTSTACK + 16);
-	img->thread.clear_child_tid = le64_at(buf + SCRATCH_TIDADDR);
 	img->mm.brk = (uint64_t)brk;
 	return 0;
 }
@@ -539,10 +566,10 @@ static int peek_siginfo(pid_t pid, unsigned flags, uint8_t **out, uint32_t *n)
 	return 0;
 }
 
-static int capture_ptrace(struct rdmig_tracee *t, struct rdmig_image *img)
+static int capture_ptrace_thread(struct rdmig_tracee *t, struct rdmig_image *img, unsigned i)
 {
-	pid_t pid = rdmig_tracee_pid(t);
-	struct rdmig_img_thread *th = &img->thread;
+	pid_t pid = rdmig_tracee_tid(t, i);
+	struct rdmig_img_thread *th = &img->threads[i];
 	struct rseq_conf rc = {0};
 	size_t xlen = 0;
 	long head = 0;
@@ -576,10 +603,12 @@ static int capture_ptrace(struct rdmig_tracee *t, struct rdmig_image *img)
 	ret = peek_siginfo(pid, 0, &th->siginfo, &th->nsiginfo);
 	if (ret)
 		return ret;
-	ret = peek_siginfo(pid, PTRACE_PEEKSIGINFO_SHARED, &img->siginfo_shared,
-	                   &img->nsiginfo_shared);
-	if (ret)
-		return ret;
+	if (i == 0) {
+		ret = peek_siginfo(pid, PTRACE_PEEKSIGINFO_SHARED, &img->siginfo_shared,
+		                   &img->nsiginfo_shared);
+		if (ret)
+			return ret;
+	}
 	if (syscall(SYS_get_robust_list, pid, &head, &rlen) < 0) {
 		ret = -errno;
 		pr_err("pid %d: get_robust_list failed: %s", pid, strerror(-ret));
@@ -587,6 +616,122 @@ static int capture_ptrace(struct rdmig_tracee *t, struct rdmig_image *img)
 	}
 	th->robust_head = (uint64_t)head;
 	th->robust_len = head ? rlen : 0;
+	return 0;
+}
+
+#define GLIBC_PTHREAD_TID_OFFSET 0x2d0u /* offsetof(struct pthread, tid), glibc 2.36 x86_64 */
+
+/* Each thread's registers and state; its tid cache when the layout checks out
+ * (see the file comment). */
+static int capture_ptrace(struct rdmig_tracee *t, struct rdmig_image *img, char *why, size_t whylen)
+{
+	int ret = 0;
+
+	for (unsigned i = 0; !ret && i < img->nthreads; i++) {
+		struct rdmig_img_thread *th = &img->threads[i];
+		uint64_t fs, a;
+		int32_t v = 0;
+
+		ret = rdmig_tracee_select(t, i);
+		if (!ret)
+			ret = capture_ptrace_thread(t, img, i);
+		if (ret)
+			break;
+		fs = th->regs[offsetof(struct user_regs_struct, fs_base) / 8];
+		a = fs + GLIBC_PTHREAD_TID_OFFSET;
+		if (fs && a > fs && !rdmig_tracee_read(t, a, &v, sizeof(v)) && v == th->tid)
+			th->tid_cache = a;
+		else if (img->nthreads > 1)
+			ret =
+			    refuse(why, whylen,
+			           "pid %d: thread %d does not keep its tid where glibc 2.36 does "
+			           "(fs_base %#" PRIx64 " + %#x holds %d): not a glibc thread "
+			           "layout this version can migrate",
+			           img->pid, th->tid, fs, GLIBC_PTHREAD_TID_OFFSET, (int)v);
+	}
+	if (rdmig_tracee_select(t, 0) && !ret)
+		ret = -EIO;
+	return ret;
+}
+
+/* Each thread's comm, from /proc/PID/task/TID/comm. */
+static int capture_thread_names(pid_t pid, struct rdmig_image *img)
+{
+	for (uint32_t i = 0; i < img->nthreads; i++) {
+		char what[64], *buf = NULL;
+		size_t len = 0;
+		int ret;
+
+		snprintf(what, sizeof(what), "task/%d/comm", (int)img->threads[i].tid);
+		ret = procfs_read(pid, what, 64, &buf, &len);
+		if (ret)
+			return ret;
+		if (len == 0 || len > sizeof(img->threads[i].comm) || buf[len - 1] != '\n') {
+			pr_err("pid %d: %s of %zu bytes does not parse", pid, what, len);
+			free(buf);
+			return -EIO;
+		}
+		memcpy(img->threads[i].comm, buf, len - 1);
+		img->threads[i].comm[len - 1] = '\0';
+		free(buf);
+	}
+	return 0;
+}
+
+static int cow_cmp(const void *a, const void *b)
+{
+	const struct rdmig_img_cow_page *x = a, *y = b;
+
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+/* The pages holding tid caches go eagerly (COW list), and an ANON one is no
+ * longer marked touched: the restore writes it whole, the pager never fetches
+ * it. */
+static int capture_tid_pages(struct rdmig_tracee *t, struct rdmig_image *img)
+{
+	uint32_t added = 0;
+
+	for (uint32_t i = 0; i < img->nthreads; i++) {
+		uint64_t pg = img->threads[i].tid_cache & ~(uint64_t)(RDMIG_IMG_PAGE - 1);
+		const struct rdmig_img_vma *cv;
+		struct rdmig_img_vma *v;
+		bool have = false;
+		int ret;
+
+		if (!img->threads[i].tid_cache)
+			continue;
+		for (uint32_t k = 0; k < img->ncow && !have; k++)
+			have = img->cow[k].addr == pg;
+		if (have)
+			continue;
+		cv = rdmig_image_vma_at(img, pg);
+		if (!cv || (cv->kind != RDMIG_VMA_ANON && cv->kind != RDMIG_VMA_FILE_PRIVATE)) {
+			pr_err("pid %d: thread %d keeps its tid at %#" PRIx64
+			       " outside private memory",
+			       img->pid, img->threads[i].tid, img->threads[i].tid_cache);
+			return -EOPNOTSUPP;
+		}
+		v = &img->vmas[cv - img->vmas];
+		struct rdmig_img_cow_page *n = realloc(img->cow, (img->ncow + 1) * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		img->cow = n;
+		n[img->ncow].addr = pg;
+		ret = rdmig_tracee_read(t, pg, n[img->ncow].data, RDMIG_IMG_PAGE);
+		if (ret)
+			return ret;
+		img->ncow++;
+		added++;
+		if (v->kind == RDMIG_VMA_ANON && v->touched) {
+			uint64_t p = (pg - v->start) / RDMIG_IMG_PAGE;
+
+			v->touched[p / 8] &= (uint8_t) ~(1u << (p % 8));
+		}
+	}
+	if (added)
+		qsort(img->cow, img->ncow, sizeof(*img->cow), cow_cmp);
 	return 0;
 }
 
@@ -1041,16 +1186,36 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	if (ret)
 		return ret;
 	img->pid = pid;
+	img->nthreads = rdmig_tracee_nthreads(t);
+	if (img->nthreads < 1 || img->nthreads > RDMIG_IMG_MAX_THREADS ||
+	    rdmig_tracee_tid(t, 0) != pid) {
+		ret = refuse(why, whylen, "pid %d: %u threads held, at most %u can be migrated",
+		             pid, img->nthreads, RDMIG_IMG_MAX_THREADS);
+		img->nthreads = 0;
+		goto out_free_image;
+	}
+	img->threads = calloc(img->nthreads, sizeof(*img->threads));
+	if (!img->threads) {
+		img->nthreads = 0;
+		ret = -ENOMEM;
+		goto out_free_image;
+	}
+	for (unsigned i = 0; i < img->nthreads; i++)
+		img->threads[i].tid = rdmig_tracee_tid(t, i);
 	ret = capture_injected(t, img);
 	if (ret)
 		goto out_free_image;
-	ret = capture_ptrace(t, img);
+	ret = capture_ptrace(t, img, why, whylen);
 	if (ret)
 		goto out_free_image;
 	ret = capture_proc(pid, img);
+	if (!ret)
+		ret = capture_thread_names(pid, img);
 	if (ret)
 		goto out_free_image;
 	ret = capture_maps(t, img, &files_cap, why, whylen);
+	if (!ret)
+		ret = capture_tid_pages(t, img);
 	if (ret)
 		goto out_free_image;
 	ret = capture_fds(pid, img, &files_cap, why, whylen);
@@ -1092,9 +1257,9 @@ void rdmig_image_describe(const struct rdmig_image *img, char *buf, size_t cap)
 	snprintf(buf, cap,
 	         "pid %" PRId32 " (%s): vmas %u (anon %u, %" PRIu64 " MiB touched; file %u; "
 	         "special %u; %" PRIu64 " MiB mapped), cow pages %u, files %u, fds %u, "
-	         "signals pending %u+%u, rseq %s, xstate %u bytes, vdso %u bytes",
+	         "signals pending %u+%u, rseq %s, xstate %u bytes, vdso %u bytes, threads %u",
 	         img->pid, img->comm, img->nvmas, anon, touched * RDMIG_IMG_PAGE >> 20, file, other,
-	         vm >> 20, img->ncow, img->nfiles, img->nfds, img->thread.nsiginfo,
-	         img->nsiginfo_shared, img->thread.rseq_len ? "yes" : "no", img->thread.xstate_len,
-	         img->vdso_len);
+	         vm >> 20, img->ncow, img->nfiles, img->nfds, img->threads[0].nsiginfo,
+	         img->nsiginfo_shared, img->threads[0].rseq_len ? "yes" : "no",
+	         img->threads[0].xstate_len, img->vdso_len, img->nthreads);
 }

@@ -21,11 +21,12 @@
  *   7  RLIMITS     yes   16 x {cur u64, max u64}                            (256)
  *   8  SIGACTIONS  yes   64 x {handler, flags, restorer, mask u64}          (2048)
  *   9  SIGINFO     yes   shared pending siginfo, 128 bytes each             (128*n)
- *  10  THREAD      yes   regs[27] u64, sigmask, altstack_sp, altstack_size u64,
- *                        altstack_flags, rseq_len u32, rseq_addr u64, rseq_sig,
- *                        0 u32, robust_head, robust_len, clear_child_tid u64,
- *                        xstate_len, nsiginfo u32, xstate, siginfo (128 each)
- *                                                                (296 + xstate + 128*n)
+ *  10  THREAD      1..   regs[27] u64, sigmask, altstack_sp, altstack_size u64,
+ *                        altstack_flags, rseq_len u32, rseq_addr u64, rseq_sig u32,
+ *                        tid i32, robust_head, robust_len, clear_child_tid,
+ *                        tid_cache u64, comm[16], xstate_len, nsiginfo u32,
+ *                        xstate, siginfo (128 each)              (320 + xstate + 128*n)
+ *                        (1 to RDMIG_IMG_MAX_THREADS records, the main thread first)
  *  11  VDSO        yes   the source's [vdso] bytes                          (<= 64 KiB)
  *  12  FILE        no    dev, ino, size u64, mtime_sec i64, mtime_nsec u32,
  *                        mode u32, path bytes (no NUL)                      (40 + 1..4096)
@@ -34,6 +35,9 @@
  *  14  FD          no    fd i32, kind, flags, cloexec u32, pos u64, file u32, 0 u32
  *                                                                           (32)
  *  15  COW         no    1..256 x {addr u64, page[4096]}                    (4104*n)
+ *
+ * Version 2 (threads): THREAD repeats, its reserved word became the tid, and it
+ * gained tid_cache and comm; COW pages may lie in ANON vmas (never touched ones).
  *
  * Decoding runs in three steps: a scan of the record framing (lengths inside
  * the buffer, flags zero, known tags in order, singletons once, counts under the
@@ -75,8 +79,9 @@ enum img_tag {
 };
 
 #define TAG_BIT(t) (1u << (t))
-/* The singletons: tags PROC..VDSO. */
-#define TAGS_ONCE (TAG_BIT(TAG_VDSO + 1) - TAG_BIT(TAG_PROC))
+/* The singletons: tags PROC..VDSO but THREAD (which repeats, at least once). */
+#define TAGS_ONCE ((TAG_BIT(TAG_VDSO + 1) - TAG_BIT(TAG_PROC)) & ~TAG_BIT(TAG_THREAD))
+#define TAGS_REQUIRED (TAGS_ONCE | TAG_BIT(TAG_THREAD))
 
 static const char *const tag_names[TAG_MAX + 1] = {
     "?",          "PROC",    "EXE",    "CWD",  "MM",   "AUXV", "CREDS", "RLIMITS",
@@ -90,14 +95,14 @@ static const char *const tag_names[TAG_MAX + 1] = {
 #define CREDS_FIXED_LEN 76u
 #define RLIMITS_LEN (RDMIG_IMG_NRLIMIT * 16u)
 #define SIGACTIONS_LEN (RDMIG_IMG_NSIG * 32u)
-#define THREAD_FIXED_LEN (RDMIG_IMG_NREGS * 8u + 80u)
+#define THREAD_FIXED_LEN (RDMIG_IMG_NREGS * 8u + 104u)
 #define FILE_FIXED_LEN 40u
 #define VMA_FIXED_LEN 40u
 #define FD_LEN 32u
 #define COW_ENTRY_LEN (8u + RDMIG_IMG_PAGE)
 #define COW_BATCH 256u
 
-_Static_assert(THREAD_FIXED_LEN == 296, "THREAD record layout");
+_Static_assert(THREAD_FIXED_LEN == 320, "THREAD record layout");
 _Static_assert(sizeof(((struct rdmig_image *)0)->comm) == 16, "comm is 16 bytes on the wire");
 _Static_assert(TAG_MAX < 32, "tags fit a u32 bit set");
 /* A COW record's length fits its u32 field with room to spare. */
@@ -266,14 +271,66 @@ static int check_mm(const struct rdmig_img_mm *mm)
 	return 0;
 }
 
-static int check_thread(const struct rdmig_img_thread *t)
+static int check_thread(const struct rdmig_image *img, uint32_t i)
 {
+	const struct rdmig_img_thread *t = &img->threads[i];
+
 	if (t->xstate_len > RDMIG_IMG_MAX_XSTATE || (t->xstate_len && !t->xstate)) {
-		pr_err("thread: bad xstate (%u bytes)", t->xstate_len);
+		pr_err("thread %u: bad xstate (%u bytes)", i, t->xstate_len);
 		return -1;
 	}
 	if (t->nsiginfo > RDMIG_IMG_MAX_SIGINFO || (t->nsiginfo && !t->siginfo)) {
-		pr_err("thread: bad siginfo list (%u)", t->nsiginfo);
+		pr_err("thread %u: bad siginfo list (%u)", i, t->nsiginfo);
+		return -1;
+	}
+	if (!memchr(t->comm, '\0', sizeof(t->comm))) {
+		pr_err("thread %u: comm is not NUL-terminated", i);
+		return -1;
+	}
+	if (t->tid <= 0 || (i == 0 && t->tid != img->pid)) {
+		pr_err("thread %u: tid %" PRId32 " (the main thread's must be the pid %" PRId32 ")",
+		       i, t->tid, img->pid);
+		return -1;
+	}
+	for (uint32_t j = 0; j < i; j++) {
+		if (img->threads[j].tid == t->tid) {
+			pr_err("thread %u: tid %" PRId32 " repeated", i, t->tid);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static bool cow_page_at(const struct rdmig_image *img, uint64_t page)
+{
+	uint32_t lo = 0, hi = img->ncow;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (img->cow[mid].addr == page)
+			return true;
+		if (img->cow[mid].addr < page)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
+}
+
+/* After vmas and COW pages are checked: a tid cache is an aligned int whose page
+ * travels eagerly. */
+static int check_tid_cache(const struct rdmig_image *img, uint32_t i)
+{
+	uint64_t a = img->threads[i].tid_cache;
+
+	if (!a)
+		return 0;
+	if (a % 4 || !rdmig_image_vma_at(img, a) ||
+	    !cow_page_at(img, a & ~(uint64_t)(RDMIG_IMG_PAGE - 1))) {
+		pr_err("thread %u: tid cache at %#" PRIx64
+		       " unaligned, unmapped or its page not sent",
+		       i, a);
 		return -1;
 	}
 	return 0;
@@ -388,8 +445,20 @@ static int check_cow(const struct rdmig_image *img, uint32_t i)
 		return -1;
 	}
 	v = rdmig_image_vma_at(img, a);
+	if (v && v->kind == RDMIG_VMA_ANON) {
+		uint64_t p = (a - v->start) / RDMIG_IMG_PAGE;
+
+		/* one source per page: an eager ANON page is never also fetched */
+		if (v->touched && (v->touched[p / 8] >> (p % 8) & 1)) {
+			pr_err("cow page %u at %#" PRIx64 " is also marked touched", i, a);
+			return -1;
+		}
+		return 0;
+	}
 	if (!v || v->kind != RDMIG_VMA_FILE_PRIVATE) {
-		pr_err("cow page %u at %#" PRIx64 " is not in a private file mapping", i, a);
+		pr_err("cow page %u at %#" PRIx64
+		       " is not in a private file mapping or anonymous memory",
+		       i, a);
 		return -1;
 	}
 	return 0;
@@ -434,8 +503,14 @@ static int check_image(const struct rdmig_image *img)
 		pr_err("bad shared siginfo list (%u)", img->nsiginfo_shared);
 		return -1;
 	}
-	if (check_thread(&img->thread))
+	if (img->nthreads < 1 || img->nthreads > RDMIG_IMG_MAX_THREADS || !img->threads) {
+		pr_err("bad thread table (%u)", img->nthreads);
 		return -1;
+	}
+	for (uint32_t i = 0; i < img->nthreads; i++) {
+		if (check_thread(img, i))
+			return -1;
+	}
 	if (img->vdso_len > RDMIG_IMG_MAX_VDSO || (img->vdso_len && !img->vdso)) {
 		pr_err("bad vdso (%u bytes)", img->vdso_len);
 		return -1;
@@ -466,6 +541,10 @@ static int check_image(const struct rdmig_image *img)
 		if (check_cow(img, i))
 			return -1;
 	}
+	for (uint32_t i = 0; i < img->nthreads; i++) {
+		if (check_tid_cache(img, i))
+			return -1;
+	}
 	return 0;
 }
 
@@ -478,8 +557,13 @@ void rdmig_image_free(struct rdmig_image *img)
 	free(img->auxv);
 	free(img->creds.groups);
 	free(img->siginfo_shared);
-	free(img->thread.xstate);
-	free(img->thread.siginfo);
+	if (img->threads) {
+		for (uint32_t i = 0; i < img->nthreads; i++) {
+			free(img->threads[i].xstate);
+			free(img->threads[i].siginfo);
+		}
+	}
+	free(img->threads);
 	free(img->vdso);
 	if (img->vmas) {
 		for (uint32_t i = 0; i < img->nvmas; i++)
@@ -578,10 +662,12 @@ static void emit_thread(struct writer *w, const struct rdmig_img_thread *t)
 	w_u32(w, t->rseq_len);
 	w_u64(w, t->rseq_addr);
 	w_u32(w, t->rseq_sig);
-	w_u32(w, 0);
+	w_u32(w, (uint32_t)t->tid);
 	w_u64(w, t->robust_head);
 	w_u64(w, t->robust_len);
 	w_u64(w, t->clear_child_tid);
+	w_u64(w, t->tid_cache);
+	w_bytes(w, t->comm, sizeof(t->comm));
 	w_u32(w, t->xstate_len);
 	w_u32(w, t->nsiginfo);
 	w_bytes(w, t->xstate, t->xstate_len);
@@ -693,7 +779,8 @@ static void emit(struct writer *w, const struct rdmig_image *img, uint64_t total
 	}
 	w_rec(w, TAG_SIGINFO, (uint64_t)img->nsiginfo_shared * RDMIG_IMG_SIGINFO);
 	w_bytes(w, img->siginfo_shared, (uint64_t)img->nsiginfo_shared * RDMIG_IMG_SIGINFO);
-	emit_thread(w, &img->thread);
+	for (uint32_t i = 0; i < img->nthreads; i++)
+		emit_thread(w, &img->threads[i]);
 	w_rec(w, TAG_VDSO, img->vdso_len);
 	w_bytes(w, img->vdso, img->vdso_len);
 
@@ -881,13 +968,12 @@ static int parse_thread(const struct rec *rc, struct reader *r, struct rdmig_img
 	t->rseq_len = r_u32(r);
 	t->rseq_addr = r_u64(r);
 	t->rseq_sig = r_u32(r);
-	if (r_u32(r) != 0) {
-		pr_err("thread: reserved field not zero");
-		return -EBADMSG;
-	}
+	t->tid = (int32_t)r_u32(r);
 	t->robust_head = r_u64(r);
 	t->robust_len = r_u64(r);
 	t->clear_child_tid = r_u64(r);
+	t->tid_cache = r_u64(r);
+	r_bytes(r, t->comm, sizeof(t->comm));
 	xlen = r_u32(r);
 	nsi = r_u32(r);
 	if (xlen > RDMIG_IMG_MAX_XSTATE || nsi > RDMIG_IMG_MAX_SIGINFO) {
@@ -1048,8 +1134,6 @@ static int parse_single(const struct rec *rc, struct reader *r, struct rdmig_ima
 			return bad_len(rc);
 		img->nsiginfo_shared = rc->len / RDMIG_IMG_SIGINFO;
 		return r_dup(r, rc->len, &img->siginfo_shared);
-	case TAG_THREAD:
-		return parse_thread(rc, r, &img->thread);
 	case TAG_VDSO:
 		if (rc->len > RDMIG_IMG_MAX_VDSO)
 			return bad_len(rc);
@@ -1061,7 +1145,7 @@ static int parse_single(const struct rec *rc, struct reader *r, struct rdmig_ima
 }
 
 struct counts {
-	uint32_t files, vmas, fds, cow;
+	uint32_t threads, files, vmas, fds, cow;
 };
 
 static int count_up(uint32_t *n, uint32_t add, uint32_t max, const char *what)
@@ -1115,6 +1199,9 @@ static int scan_records(const uint8_t *p, size_t len, struct counts *c)
 		seen |= TAG_BIT(tag);
 		prev = tag;
 		switch (tag) {
+		case TAG_THREAD:
+			ret = count_up(&c->threads, 1, RDMIG_IMG_MAX_THREADS, "threads");
+			break;
 		case TAG_FILE:
 			ret = count_up(&c->files, 1, RDMIG_IMG_MAX_FILES, "files");
 			break;
@@ -1139,7 +1226,7 @@ static int scan_records(const uint8_t *p, size_t len, struct counts *c)
 			return ret;
 		off += REC_HDR_LEN + rlen;
 	}
-	missing = TAGS_ONCE & ~seen;
+	missing = TAGS_REQUIRED & ~seen;
 	if (missing) {
 		pr_err("record %s missing", tag_names[__builtin_ctz(missing)]);
 		return -EBADMSG;
@@ -1151,6 +1238,8 @@ static int alloc_tables(struct rdmig_image *img, const struct counts *c)
 {
 	/* each element comes from at least its own record: the sizes are bounded by
 	 * the buffer */
+	if (c->threads && !(img->threads = calloc(c->threads, sizeof(*img->threads))))
+		return -ENOMEM;
 	if (c->files && !(img->files = calloc(c->files, sizeof(*img->files))))
 		return -ENOMEM;
 	if (c->vmas && !(img->vmas = calloc(c->vmas, sizeof(*img->vmas))))
@@ -1168,6 +1257,9 @@ static int parse_repeated(const struct rec *rc, struct reader *r, struct rdmig_i
 	uint32_t i;
 
 	switch (rc->tag) {
+	case TAG_THREAD:
+		i = img->nthreads++;
+		return parse_thread(rc, r, &img->threads[i]);
 	case TAG_FILE:
 		/* counted before parsing, so that a half-parsed entry is freed too */
 		i = img->nfiles++;

@@ -19,6 +19,20 @@
  *   later injected call would write it into a page the pager has not filled
  *   yet, which then counts as present and hides the real page forever;
  *   registers, xstate and the image's signal mask set in the stop.
+ *
+ * Threads (restore_task.c, rst_threads): after the credentials (they are per
+ * thread in the kernel and a clone inherits its parent's), each further thread
+ * is created by clone(CLONE_VM|FS|FILES|SIGHAND|THREAD|SYSVSEM) injected in the
+ * main thread and held from its first instruction (PTRACE_O_TRACECLONE); its
+ * own robust list, clear_child_tid, alternate stack, name and pending signals
+ * are set by calls injected IN it (each of those calls concerns the calling
+ * thread only; a queued siginfo with si_code >= 0 may only be queued by the
+ * thread itself). New threads get new tids: every thread's tid cache (glibc's
+ * struct pthread tid, see capture.c; its page came eagerly with the COW pages)
+ * is rewritten through /proc/PID/mem. Then, per thread, rseq is registered by
+ * the last call injected in it, and its registers (with the same restart
+ * rewrite as the main thread), xstate and mask are set. The restore's error
+ * path kills the husk with every thread in it.
  */
 #define LOG_SUBSYS "restore"
 
@@ -168,11 +182,11 @@ void rdmig_husk_destroy(struct rdmig_husk *h)
 	free(h);
 }
 
-/* The image's registers made ready to run: a syscall interrupted by the freeze
+/* A thread's registers made ready to run: a syscall interrupted by the freeze
  * restarts (or returns EINTR where its restart block cannot cross hosts). */
-static void prepare_regs(const struct rdmig_image *img, struct user_regs_struct *regs)
+static void prepare_regs(const struct rdmig_img_thread *th, struct user_regs_struct *regs)
 {
-	memcpy(regs, img->thread.regs, sizeof(*regs));
+	memcpy(regs, th->regs, sizeof(*regs));
 	if ((long)regs->orig_rax >= 0) {
 		switch ((long)regs->rax) {
 		case -K_ERESTARTSYS:
@@ -191,13 +205,15 @@ static void prepare_regs(const struct rdmig_image *img, struct user_regs_struct 
 	regs->orig_rax = (unsigned long long)-1;
 }
 
-static int set_thread_state(struct rst *r)
+static int set_thread_state(struct rst *r, unsigned i)
 {
-	const struct rdmig_img_thread *th = &r->img->thread;
+	const struct rdmig_img_thread *th = &r->img->threads[i];
 	struct user_regs_struct regs;
 	int err;
 
-	prepare_regs(r->img, &regs);
+	if ((err = rdmig_tracee_select(r->t, i)))
+		return rst_fail(r, err, "thread %u of the image is not held", i);
+	prepare_regs(th, &regs);
 	if (th->xstate_len) {
 		err = rdmig_tracee_set_xstate(r->t, th->xstate, th->xstate_len);
 		if (err)
@@ -225,14 +241,16 @@ static int build_steps(struct rst *r)
 	    (err = rst_avoid_layout(r)) || (err = rst_set_mm(r)) || (err = rst_map_vmas(r)) ||
 	    (err = rst_rlimits(r)) || (err = rst_task_misc(r)) || (err = rst_fds(r)) ||
 	    (err = rst_sigactions(r)) || (err = rst_uffd(r)) || (err = rst_nohugepage(r)) ||
-	    (err = rst_pending_signals(r)) || (err = rst_creds(r)))
+	    (err = rst_pending_signals(r)) || (err = rst_creds(r)) || (err = rst_threads(r)))
 		return err;
 	err = rdmig_tracee_scratch_unmap(r->t);
 	if (err)
 		return rst_fail(r, err, "could not unmap the scratch area: %s", strerror(-err));
-	if ((err = rst_rseq(r)))
-		return err;
-	return set_thread_state(r);
+	for (unsigned i = 0; i < r->img->nthreads; i++) {
+		if ((err = rst_rseq(r, i)) || (err = set_thread_state(r, i)))
+			return err;
+	}
+	return rdmig_tracee_select(r->t, 0);
 }
 
 int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
@@ -282,8 +300,8 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	out->uffd = r.uffd;
 	out->uffd_in_proc = r.uffd_in_proc;
 	out->tracee = r.t;
-	pr_info("pid %d: restored from source pid %d (%u vmas, %u fds), stopped", (int)r.pid,
-	        (int)img->pid, img->nvmas, img->nfds);
+	pr_info("pid %d: restored from source pid %d (%u vmas, %u fds, %u threads), stopped",
+	        (int)r.pid, (int)img->pid, img->nvmas, img->nfds, img->nthreads);
 	return 0;
 }
 

@@ -62,6 +62,7 @@ int rst_sigactions(struct rst *r);
 int rst_uffd(struct rst *r);
 int rst_pending_signals(struct rst *r);
 int rst_creds(struct rst *r);
-int rst_rseq(struct rst *r);
+int rst_threads(struct rst *r);
+int rst_rseq(struct rst *r, unsigned thread);
 
 #endif /* RDMIG_RESTORE_INT_H */

@@ -486,11 +486,14 @@ static int write_cow(struct rst *r)
 
 		while (vi < img->nvmas && img->vmas[vi].end <= a)
 			vi++;
+		/* private file mappings' written pages, and pages of anonymous memory
+		 * sent eagerly (the threads' tid caches) */
 		if (vi == img->nvmas || a < img->vmas[vi].start ||
-		    img->vmas[vi].kind != RDMIG_VMA_FILE_PRIVATE)
+		    (img->vmas[vi].kind != RDMIG_VMA_FILE_PRIVATE &&
+		     img->vmas[vi].kind != RDMIG_VMA_ANON))
 			return rst_fail(r, -EINVAL,
 			                "the image has a written page at %#" PRIx64
-			                " outside any private file mapping",
+			                " outside private memory",
 			                a);
 		err = rdmig_tracee_write(r->t, a, img->cow[i].data, RDMIG_IMG_PAGE);
 		if (err)

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -104,7 +105,7 @@ int rst_rlimits(struct rst *r)
 int rst_task_misc(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
-	const struct rdmig_img_thread *th = &img->thread;
+	const struct rdmig_img_thread *th = &img->threads[0];
 	char comm[16];
 	uint64_t at;
 	int err;
@@ -250,7 +251,7 @@ int rst_fds(struct rst *r)
 int rst_sigactions(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
-	const struct rdmig_img_thread *th = &img->thread;
+	const struct rdmig_img_thread *th = &img->threads[0];
 	struct k_sigaction ka[RDMIG_IMG_NSIG];
 	struct k_stack ss = {0};
 	uint64_t at;
@@ -375,7 +376,9 @@ int rst_pending_signals(struct rst *r)
 {
 	int err = queue_signals(r, r->img->siginfo_shared, r->img->nsiginfo_shared, false);
 
-	return err ? err : queue_signals(r, r->img->thread.siginfo, r->img->thread.nsiginfo, true);
+	return err ? err
+	           : queue_signals(r, r->img->threads[0].siginfo, r->img->threads[0].nsiginfo,
+	                           true);
 }
 
 struct status_creds {
@@ -530,14 +533,105 @@ int rst_creds(struct rst *r)
 	return check_creds(r, c);
 }
 
-/* The last injected call (see restore.c): registration makes the kernel write
- * cpu_id into the area on the next return to user mode, which is the resume. */
-int rst_rseq(struct rst *r)
+/* The last call injected in each thread (see restore.c): registration makes
+ * the kernel write cpu_id into the area on the thread's next return to user
+ * mode, which is the resume. */
+int rst_rseq(struct rst *r, unsigned i)
 {
-	const struct rdmig_img_thread *th = &r->img->thread;
+	const struct rdmig_img_thread *th = &r->img->threads[i];
+	int err;
 
 	if (!th->rseq_len)
 		return 0;
+	if ((err = rdmig_tracee_select(r->t, i)))
+		return rst_fail(r, err, "thread %u of the image is not held", i);
 	return rst_call(r, "rseq(register)", NULL, SYS_rseq, (long)th->rseq_addr, th->rseq_len, 0,
 	                th->rseq_sig, 0, 0);
+}
+
+#define THREAD_CLONE_FLAGS                                                                         \
+	(CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM)
+
+/* Thread i (held, current): what belongs to it alone, each call injected in it. */
+static int thread_settings(struct rst *r, unsigned i)
+{
+	const struct rdmig_img_thread *th = &r->img->threads[i];
+	struct k_stack ss = {0};
+	char comm[16];
+	uint64_t at;
+	int err;
+
+	if ((err = rst_call(r, "set_robust_list", NULL, SYS_set_robust_list, (long)th->robust_head,
+	                    th->robust_head ? (long)th->robust_len : K_ROBUST_HEAD_LEN, 0, 0, 0,
+	                    0)) ||
+	    (err = rst_call(r, "set_tid_address", NULL, SYS_set_tid_address,
+	                    (long)th->clear_child_tid, 0, 0, 0, 0, 0)))
+		return err;
+	if (th->altstack_flags & SS_DISABLE) {
+		ss.flags = SS_DISABLE;
+	} else {
+		ss.sp = th->altstack_sp;
+		ss.size = th->altstack_size;
+		ss.flags = (int32_t)(th->altstack_flags & K_SS_AUTODISARM);
+	}
+	if ((err = rst_to_scratch(r, &ss, sizeof(ss), &at)) ||
+	    (err = rst_call(r, "sigaltstack", NULL, SYS_sigaltstack, (long)at, 0, 0, 0, 0, 0)))
+		return err;
+	memcpy(comm, th->comm, sizeof(comm));
+	comm[sizeof(comm) - 1] = '\0';
+	if ((err = rst_to_scratch(r, comm, sizeof(comm), &at)) ||
+	    (err = rst_call(r, "prctl(PR_SET_NAME)", NULL, SYS_prctl, PR_SET_NAME, (long)at, 0, 0,
+	                    0, 0)))
+		return err;
+	return queue_signals(r, th->siginfo, th->nsiginfo, true);
+}
+
+/* Rewrite each thread's tid cache with its new tid (the page is present: it was
+ * written with the COW pages). */
+static int rewrite_tid_caches(struct rst *r)
+{
+	for (unsigned i = 0; i < r->img->nthreads; i++) {
+		const struct rdmig_img_thread *th = &r->img->threads[i];
+		int32_t old = 0, tid = (int32_t)rdmig_tracee_tid(r->t, i);
+		int err;
+
+		if (!th->tid_cache)
+			continue;
+		err = rdmig_tracee_read(r->t, th->tid_cache, &old, sizeof(old));
+		if (!err && old != th->tid)
+			return rst_fail(r, -EINVAL,
+			                "thread %d's tid cache at %#" PRIx64
+			                " holds %d, not its tid",
+			                (int)th->tid, th->tid_cache, (int)old);
+		if (!err)
+			err = rdmig_tracee_write(r->t, th->tid_cache, &tid, sizeof(tid));
+		if (err)
+			return rst_fail(r, err, "rewriting thread %d's tid cache failed: %s",
+			                (int)th->tid, strerror(-err));
+		pr_debug("thread %d is thread %d here", (int)th->tid, (int)tid);
+	}
+	return 0;
+}
+
+int rst_threads(struct rst *r)
+{
+	int err;
+
+	for (unsigned i = 1; i < r->img->nthreads; i++) {
+		unsigned idx = 0;
+
+		if ((err = rdmig_tracee_select(r->t, 0)))
+			return rst_fail(r, err, "the main thread is not held");
+		err = rdmig_tracee_clone_thread(r->t, THREAD_CLONE_FLAGS, &idx);
+		if (err)
+			return rst_fail(r, err, "creating thread %u of %u failed: %s", i,
+			                r->img->nthreads, strerror(-err));
+		if (idx != i)
+			return rst_fail(r, -EIO, "thread %u was held as %u", i, idx);
+		if ((err = rdmig_tracee_select(r->t, i)) || (err = thread_settings(r, i)))
+			return err;
+	}
+	if ((err = rdmig_tracee_select(r->t, 0)))
+		return rst_fail(r, err, "the main thread is not held");
+	return rewrite_tid_caches(r);
 }

@@ -27,12 +27,27 @@
  * injected call touches the restart block. (PTRACE_DETACH itself sets
  * TIF_SIGPENDING, which on 6.18 also sends a syscall-exit-stop through the
  * restart logic; the interrupt stop does not depend on that detail.)
+ *
+ * Threads. Seize takes every thread of the process: the main one first, then
+ * whatever /proc/PID/task lists, each PTRACE_SEIZE + PTRACE_INTERRUPT and waited
+ * for with waitpid(tid, __WALL), listing again until a pass finds no new tid
+ * (a stopped thread cannot create one, and a clone() that was under way has
+ * finished before its caller stops). A thread that exits meanwhile is dropped.
+ * Everything above is per thread (saved registers, mask, suppressed signals,
+ * syscall-exit-stop); the "current" thread (rdmig_tracee_select, the main one
+ * by default) is the one injections run in and the register/xstate/mask calls
+ * concern. The [vdso] syscall and the scratch area belong to the process.
+ * rdmig_tracee_clone_thread() injects clone() with PTRACE_O_TRACECLONE, so the
+ * new thread is ours from its first instruction, in a PTRACE_EVENT_STOP.
+ * Release puts every thread back, then detaches them; kill reaps each thread
+ * (a traced thread stays a zombie until its tracer waits for it).
  */
 #define LOG_SUBSYS "tracee"
 #include "rdmig/tracee.h"
 
 #include "rdmig/log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -66,32 +81,84 @@ struct tracee_range {
 	uint64_t start, end;
 };
 
-struct rdmig_tracee {
-	pid_t pid;
-	unsigned flags;
-	int mem_fd; /* /proc/PID/mem, O_RDWR */
-	bool dead;
+struct tracee_thread {
+	pid_t tid;
+	bool seized;          /* PTRACE_SEIZE succeeded: detach at release */
 	bool in_syscall_stop; /* left in a syscall-exit-stop by an injection */
 	bool stop_pending;    /* a SIGSTOP was suppressed: send it again at release */
 	bool regs_saved;      /* saved holds the registers of the interrupt stop */
 	bool mask_changed;    /* the live mask is "all blocked", thread_mask is its own */
 	uint64_t thread_mask;
 	struct user_regs_struct saved;
+	siginfo_t pending[TRACEE_MAX_PENDING]; /* suppressed at seize, to queue again */
+	int npending;
+};
+
+struct rdmig_tracee {
+	pid_t pid;
+	unsigned flags;
+	long opts;  /* the ptrace options every thread was seized with */
+	int mem_fd; /* /proc/PID/mem, O_RDWR */
+	bool dead;
+	bool is_child; /* our own child: its exit status is left for our caller's waitpid */
+	struct tracee_thread *th; /* th[0] is the main thread (tid == pid) */
+	size_t nth, th_cap;
+	size_t cur;          /* the thread injections run in */
+	pid_t clone_tid;     /* set by a PTRACE_EVENT_CLONE seen during an injection */
 	uint64_t syscall_ip; /* 0: none found */
 	uint64_t scratch_addr;
 	size_t scratch_len;
 	struct tracee_range *avoid;
 	size_t navoid, avoid_cap;
-	siginfo_t pending[TRACEE_MAX_PENDING]; /* suppressed at seize, to queue again */
-	int npending;
 };
+
+#define CUR(t) (&(t)->th[(t)->cur])
+
+/* The parent of pid from /proc/PID/stat (after the comm, which may hold ')'), or -1. */
+static pid_t procfs_ppid(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	ssize_t n;
+	int fd, ppid;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	p = strrchr(buf, ')');
+	if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
+		return -1;
+	return ppid;
+}
 
 static int tracee_wait(struct rdmig_tracee *t, int *status)
 {
-	for (;;) {
-		pid_t r = waitpid(t->pid, status, __WALL);
+	pid_t tid = CUR(t)->tid;
 
-		if (r == t->pid)
+	for (;;) {
+		siginfo_t si = {0};
+		pid_t r;
+
+		/* Our own child's exit (the restored process, seized once more at the
+		 * end) is only looked at: its status belongs to whoever waits for the
+		 * process (rdma_migrate dst --wait), not to us. */
+		if (t->is_child && tid == t->pid &&
+		    waitid(P_PID, (id_t)tid, &si, WEXITED | WSTOPPED | __WALL | WNOWAIT) == 0 &&
+		    (si.si_code == CLD_EXITED || si.si_code == CLD_KILLED ||
+		     si.si_code == CLD_DUMPED)) {
+			pr_info("pid %d exited while traced; its status is left for its parent",
+			        t->pid);
+			t->dead = true;
+			return -ESRCH;
+		}
+		r = waitpid(tid, status, __WALL);
+
+		if (r == tid)
 			break;
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -102,7 +169,7 @@ static int tracee_wait(struct rdmig_tracee *t, int *status)
 		return r < 0 ? -errno : -EIO;
 	}
 	if (WIFEXITED(*status) || WIFSIGNALED(*status)) {
-		pr_err("pid %d died while traced (%s %d)", t->pid,
+		pr_err("pid %d (thread %d) died while traced (%s %d)", t->pid, tid,
 		       WIFEXITED(*status) ? "exit status" : "signal",
 		       WIFEXITED(*status) ? WEXITSTATUS(*status) : WTERMSIG(*status));
 		t->dead = true;
@@ -115,7 +182,7 @@ static int tracee_wait(struct rdmig_tracee *t, int *status)
 
 static int tracee_ptrace(struct rdmig_tracee *t, int req, void *addr, void *data)
 {
-	if (ptrace((enum __ptrace_request)req, t->pid, addr, data) < 0)
+	if (ptrace((enum __ptrace_request)req, CUR(t)->tid, addr, data) < 0)
 		return -errno;
 	return 0;
 }
@@ -140,10 +207,17 @@ static int tracee_run_until(struct rdmig_tracee *t, int req, int want_sig, bool 
 			return 0;
 		if (!event && sig == want_sig)
 			return 0;
-		if (!event && sig != (SIGTRAP | 0x80)) {
+		if (event == PTRACE_EVENT_CLONE) {
+			unsigned long msg = 0;
+
+			ret = tracee_ptrace(t, PTRACE_GETEVENTMSG, NULL, &msg);
+			if (ret)
+				return ret;
+			t->clone_tid = (pid_t)msg;
+		} else if (!event && sig != (SIGTRAP | 0x80)) {
 			/* Only an unblockable signal can get here. */
 			if (sig == SIGSTOP)
-				t->stop_pending = true;
+				CUR(t)->stop_pending = true;
 			else
 				pr_warn("pid %d: signal %d suppressed during an injection", t->pid,
 				        sig);
@@ -160,7 +234,8 @@ static int tracee_run_until(struct rdmig_tracee *t, int req, int want_sig, bool 
 
 int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], long *ret)
 {
-	struct user_regs_struct r = t->saved;
+	struct tracee_thread *th = CUR(t);
+	struct user_regs_struct r = th->saved;
 	int err;
 
 	if (t->dead)
@@ -179,7 +254,7 @@ int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], lo
 	err = tracee_ptrace(t, PTRACE_SETREGS, NULL, &r);
 	if (err)
 		return err;
-	t->in_syscall_stop = true; /* from here on the registers need restoring */
+	th->in_syscall_stop = true; /* from here on the registers need restoring */
 	/* One single step over the syscall instruction: the kernel reports the step
 	 * at the syscall's exit, one stop where PTRACE_SYSCALL takes two (entry and
 	 * exit). Injections are most of the freeze's and the restore's cost. */
@@ -191,7 +266,7 @@ int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], lo
 		return err;
 	if (r.rip != t->syscall_ip + 2) {
 		pr_err("pid %d: injected syscall %ld ended at rip %#llx, not after %#" PRIx64,
-		       t->pid, nr, r.rip, t->syscall_ip);
+		       th->tid, nr, r.rip, t->syscall_ip);
 		return -EIO;
 	}
 	*ret = (long)r.rax;
@@ -207,11 +282,11 @@ int rdmig_tracee_call(struct rdmig_tracee *t, const char *what, long *ret, long 
 	int err = rdmig_tracee_syscall(t, nr, args, &r);
 
 	if (err) {
-		pr_err("pid %d: injecting %s failed: %s", t->pid, what, strerror(-err));
+		pr_err("pid %d: injecting %s failed: %s", CUR(t)->tid, what, strerror(-err));
 		return err;
 	}
 	if (r < 0 && r >= -4095) {
-		pr_err("pid %d: injected %s failed: %s", t->pid, what, strerror((int)-r));
+		pr_err("pid %d: injected %s failed: %s", CUR(t)->tid, what, strerror((int)-r));
 		return (int)r;
 	}
 	if (ret)
@@ -491,12 +566,30 @@ static int tracee_find_vdso(pid_t pid, uint64_t *start, uint64_t *end)
 
 const struct user_regs_struct *rdmig_tracee_saved_regs(const struct rdmig_tracee *t)
 {
-	return &t->saved;
+	return &CUR(t)->saved;
 }
 
 void rdmig_tracee_set_saved_regs(struct rdmig_tracee *t, const struct user_regs_struct *regs)
 {
-	t->saved = *regs;
+	CUR(t)->saved = *regs;
+}
+
+unsigned rdmig_tracee_nthreads(const struct rdmig_tracee *t)
+{
+	return (unsigned)t->nth;
+}
+
+pid_t rdmig_tracee_tid(const struct rdmig_tracee *t, unsigned i)
+{
+	return i < t->nth ? t->th[i].tid : -1;
+}
+
+int rdmig_tracee_select(struct rdmig_tracee *t, unsigned i)
+{
+	if (i >= t->nth)
+		return -EINVAL;
+	t->cur = i;
+	return 0;
 }
 
 int rdmig_tracee_get_xstate(struct rdmig_tracee *t, void *buf, size_t cap, size_t *len)
@@ -521,7 +614,7 @@ int rdmig_tracee_get_sigmask(struct rdmig_tracee *t, uint64_t *mask)
 {
 	if (t->dead)
 		return -ESRCH;
-	*mask = t->thread_mask;
+	*mask = CUR(t)->thread_mask;
 	return 0;
 }
 
@@ -530,38 +623,40 @@ int rdmig_tracee_set_sigmask(struct rdmig_tracee *t, uint64_t mask)
 	if (t->dead)
 		return -ESRCH;
 	/* like the kernel, never block SIGKILL or SIGSTOP */
-	t->thread_mask = mask & ~((1ull << (SIGKILL - 1)) | (1ull << (SIGSTOP - 1)));
+	CUR(t)->thread_mask = mask & ~((1ull << (SIGKILL - 1)) | (1ull << (SIGSTOP - 1)));
 	return 0;
 }
 
 /* Queue the signals suppressed at seize into the thread again. */
 static int tracee_requeue(struct rdmig_tracee *t)
 {
+	struct tracee_thread *th = CUR(t);
 	uint64_t a;
 	int ret;
 
-	for (int i = 0; i < t->npending; i++) {
-		siginfo_t *si = &t->pending[i];
+	for (int i = 0; i < th->npending; i++) {
+		siginfo_t *si = &th->pending[i];
 
 		ret = rdmig_tracee_scratch(t, sizeof(*si), &a);
 		if (!ret)
 			ret = rdmig_tracee_write(t, a, si, sizeof(*si));
 		if (!ret)
 			ret = rdmig_tracee_call(t, "rt_tgsigqueueinfo", NULL, SYS_rt_tgsigqueueinfo,
-			                        t->pid, t->pid, si->si_signo, (long)a, 0, 0);
+			                        t->pid, th->tid, si->si_signo, (long)a, 0, 0);
 		if (ret) {
-			pr_err("pid %d: signal %d taken at seize could not be queued again", t->pid,
-			       si->si_signo);
+			pr_err("pid %d: signal %d taken at seize could not be queued again",
+			       th->tid, si->si_signo);
 			return ret;
 		}
 	}
-	t->npending = 0;
+	th->npending = 0;
 	return 0;
 }
 
 /* Wait for the interrupt stop after PTRACE_SEIZE + PTRACE_INTERRUPT. */
 static int tracee_wait_interrupt(struct rdmig_tracee *t)
 {
+	struct tracee_thread *th = CUR(t);
 	int status, ret;
 
 	for (;;) {
@@ -573,23 +668,23 @@ static int tracee_wait_interrupt(struct rdmig_tracee *t)
 		if (event == PTRACE_EVENT_STOP)
 			return 0;
 		if (event) {
-			pr_err("pid %d: unexpected ptrace event %d at seize", t->pid, event);
+			pr_err("pid %d: unexpected ptrace event %d at seize", th->tid, event);
 			return -EIO;
 		}
 		/* a signal-delivery-stop for a signal dequeued before the interrupt */
 		if (sig == SIGSTOP) {
-			t->stop_pending = true;
+			th->stop_pending = true;
 		} else {
-			if (t->npending == TRACEE_MAX_PENDING) {
-				pr_err("pid %d: too many signal-delivery-stops at seize", t->pid);
+			if (th->npending == TRACEE_MAX_PENDING) {
+				pr_err("pid %d: too many signal-delivery-stops at seize", th->tid);
 				return -EIO;
 			}
-			ret = tracee_ptrace(t, PTRACE_GETSIGINFO, NULL, &t->pending[t->npending]);
+			ret = tracee_ptrace(t, PTRACE_GETSIGINFO, NULL, &th->pending[th->npending]);
 			if (ret)
 				return ret;
-			t->npending++;
+			th->npending++;
 			pr_info("pid %d: signal %d was being delivered at seize; queued again",
-			        t->pid, sig);
+			        th->tid, sig);
 		}
 		ret = tracee_ptrace(t, PTRACE_CONT, NULL, NULL);
 		if (ret)
@@ -597,12 +692,126 @@ static int tracee_wait_interrupt(struct rdmig_tracee *t)
 	}
 }
 
+/* Room for one more thread record (t->th may move). */
+static int tracee_grow(struct rdmig_tracee *t)
+{
+	if (t->nth == t->th_cap) {
+		size_t cap = t->th_cap ? 2 * t->th_cap : 8;
+		struct tracee_thread *a = realloc(t->th, cap * sizeof(*a));
+
+		if (!a)
+			return -ENOMEM;
+		t->th = a;
+		t->th_cap = cap;
+	}
+	memset(&t->th[t->nth], 0, sizeof(t->th[0]));
+	return 0;
+}
+
+/* At the interrupt stop of the current thread: save its registers and mask,
+ * block every signal, queue again what was being delivered. */
+static int tracee_take_state(struct rdmig_tracee *t)
+{
+	struct tracee_thread *th = CUR(t);
+	uint64_t all = ~0ull;
+	int ret;
+
+	ret = tracee_ptrace(t, PTRACE_GETREGS, NULL, &th->saved);
+	if (ret)
+		return ret;
+	th->regs_saved = true;
+	ret = tracee_ptrace(t, PTRACE_GETSIGMASK, (void *)sizeof(uint64_t), &th->thread_mask);
+	if (ret)
+		return ret;
+	ret = tracee_ptrace(t, PTRACE_SETSIGMASK, (void *)sizeof(uint64_t), &all);
+	if (ret)
+		return ret;
+	th->mask_changed = true;
+	return 0;
+}
+
+/* Seize, interrupt and wait for one more thread (t->cur is left on it).
+ * 1: it exited before we got it (dropped); 0; -errno. */
+static int tracee_seize_one(struct rdmig_tracee *t, pid_t tid)
+{
+	int ret = tracee_grow(t);
+
+	if (ret)
+		return ret;
+	t->th[t->nth].tid = tid;
+	t->cur = t->nth++;
+	if (ptrace(PTRACE_SEIZE, tid, NULL, (void *)t->opts) < 0) {
+		ret = -errno;
+		t->nth--;
+		t->cur = 0;
+		if (ret == -ESRCH && tid != t->pid)
+			return 1;
+		pr_err("PTRACE_SEIZE of pid %d (thread %d) failed: %s", t->pid, tid,
+		       strerror(-ret));
+		return ret;
+	}
+	CUR(t)->seized = true;
+	if (ptrace(PTRACE_INTERRUPT, tid, NULL, NULL) < 0)
+		return -errno;
+	ret = tracee_wait_interrupt(t);
+	if (ret == -ESRCH && tid != t->pid) {
+		/* exited while being seized: a zombie already reaped by the wait */
+		t->dead = false;
+		t->nth--;
+		t->cur = 0;
+		return 1;
+	}
+	return ret;
+}
+
+static bool tracee_has(const struct rdmig_tracee *t, pid_t tid)
+{
+	for (size_t i = 0; i < t->nth; i++)
+		if (t->th[i].tid == tid)
+			return true;
+	return false;
+}
+
+/* Seize every thread /proc/PID/task lists, until a pass finds none new. */
+static int tracee_seize_rest(struct rdmig_tracee *t)
+{
+	char path[64];
+	bool more = true;
+	int ret = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", t->pid);
+	while (more && !ret) {
+		DIR *d = opendir(path);
+		struct dirent *e;
+
+		if (!d)
+			return errno == ENOENT ? -ESRCH : -errno;
+		more = false;
+		while (!ret && (e = readdir(d))) {
+			char *end;
+			long tid = strtol(e->d_name, &end, 10);
+
+			if (e->d_name[0] < '1' || e->d_name[0] > '9' || *end || tid <= 0 ||
+			    tracee_has(t, (pid_t)tid))
+				continue;
+			ret = tracee_seize_one(t, (pid_t)tid);
+			if (ret == 0)
+				ret = tracee_take_state(t);
+			if (ret == 1)
+				ret = 0;
+			more = true;
+		}
+		closedir(d);
+	}
+	t->cur = 0;
+	return ret;
+}
+
 int rdmig_tracee_seize(pid_t pid, unsigned flags, struct rdmig_tracee **out)
 {
 	struct rdmig_tracee *t;
 	char path[64];
-	long opts = PTRACE_O_TRACESYSGOOD;
-	uint64_t vs = 0, ve = 0, all = ~0ull;
+	uint64_t vs = 0, ve = 0;
 	int ret;
 
 	*out = NULL;
@@ -612,33 +821,26 @@ int rdmig_tracee_seize(pid_t pid, unsigned flags, struct rdmig_tracee **out)
 	if (!t)
 		return -ENOMEM;
 	t->pid = pid;
+	t->is_child = procfs_ppid(pid) == getpid();
 	t->flags = flags;
 	t->mem_fd = -1;
+	t->opts = PTRACE_O_TRACESYSGOOD;
 	if (flags & RDMIG_TRACEE_EXITKILL)
-		opts |= PTRACE_O_EXITKILL;
-	if (ptrace(PTRACE_SEIZE, pid, NULL, (void *)opts) < 0) {
-		ret = -errno;
-		pr_err("PTRACE_SEIZE of pid %d failed: %s", pid, strerror(-ret));
-		goto out_free;
-	}
-	if (ptrace(PTRACE_INTERRUPT, pid, NULL, NULL) < 0) {
-		ret = -errno;
+		t->opts |= PTRACE_O_EXITKILL;
+	ret = tracee_seize_one(t, pid);
+	if (ret) {
+		if (!t->nth) {
+			free(t->th);
+			free(t);
+			return ret;
+		}
 		goto out_detach;
 	}
-	ret = tracee_wait_interrupt(t);
+	ret = tracee_take_state(t);
+	if (!ret)
+		ret = tracee_seize_rest(t);
 	if (ret)
 		goto out_detach;
-	ret = tracee_ptrace(t, PTRACE_GETREGS, NULL, &t->saved);
-	if (ret)
-		goto out_detach;
-	t->regs_saved = true;
-	ret = tracee_ptrace(t, PTRACE_GETSIGMASK, (void *)sizeof(uint64_t), &t->thread_mask);
-	if (ret)
-		goto out_detach;
-	ret = tracee_ptrace(t, PTRACE_SETSIGMASK, (void *)sizeof(uint64_t), &all);
-	if (ret)
-		goto out_detach;
-	t->mask_changed = true;
 	snprintf(path, sizeof(path), "/proc/%d/mem", pid);
 	t->mem_fd = open(path, O_RDWR | O_CLOEXEC);
 	if (t->mem_fd < 0) {
@@ -654,17 +856,85 @@ int rdmig_tracee_seize(pid_t pid, unsigned flags, struct rdmig_tracee **out)
 		       strerror(-ret));
 		goto out_detach;
 	}
-	ret = tracee_requeue(t);
+	for (size_t i = 0; i < t->nth && !ret; i++) {
+		t->cur = i;
+		ret = tracee_requeue(t);
+	}
+	t->cur = 0;
 	if (ret)
 		goto out_detach;
+	if (t->nth > 1)
+		pr_info("pid %d: seized with %zu threads", pid, t->nth);
 	*out = t;
 	return 0;
 out_detach:
 	if (rdmig_tracee_release(t, true) < 0)
 		pr_warn("pid %d: release after a failed seize failed", pid);
 	return ret;
-out_free:
-	free(t);
+}
+
+int rdmig_tracee_clone_thread(struct rdmig_tracee *t, unsigned long flags, unsigned *idx)
+{
+	long args[6] = {(long)flags, 0, 0, 0, 0, 0}, r = 0;
+	pid_t tid;
+	int ret, ret2;
+
+	if (t->dead)
+		return -ESRCH;
+	ret = tracee_grow(t);
+	if (ret)
+		return ret;
+	ret = tracee_ptrace(t, PTRACE_SETOPTIONS, NULL, (void *)(t->opts | PTRACE_O_TRACECLONE));
+	if (ret)
+		return ret;
+	t->clone_tid = 0;
+	/* No stack (the thread shares the caller's rsp until its registers are
+	 * set, and never runs before that); no TLS, no tid pointers: set later. */
+	ret = rdmig_tracee_syscall(t, SYS_clone, args, &r);
+	ret2 = tracee_ptrace(t, PTRACE_SETOPTIONS, NULL, (void *)t->opts);
+	if (!ret && r < 0)
+		ret = (int)r;
+	if (!ret && (!t->clone_tid || t->clone_tid != (pid_t)r)) {
+		pr_err("pid %d: clone returned %ld, the clone event said %d", t->pid, r,
+		       (int)t->clone_tid);
+		ret = -EIO;
+	}
+	if (ret) {
+		pr_err("pid %d: injected clone failed: %s", t->pid, strerror(-ret));
+		return ret;
+	}
+	if (ret2)
+		return ret2;
+	tid = (pid_t)r;
+	/* Auto-attached (seized, since we seized its parent): it stops with
+	 * PTRACE_EVENT_STOP before its first user instruction. */
+	size_t parent = t->cur;
+
+	t->th[t->nth] = (struct tracee_thread){.tid = tid, .seized = true};
+	t->cur = t->nth++;
+	for (;;) {
+		int status;
+
+		ret = tracee_wait(t, &status);
+		if (ret)
+			break;
+		if ((unsigned)status >> 16 == PTRACE_EVENT_STOP)
+			break;
+		pr_warn("pid %d: new thread %d stopped with status %#x; going on", t->pid, tid,
+		        status);
+		ret = tracee_ptrace(t, PTRACE_CONT, NULL, NULL);
+		if (ret)
+			break;
+	}
+	if (!ret) {
+		/* its live mask is its parent's (all blocked); its own is the parent's own */
+		ret = tracee_ptrace(t, PTRACE_GETREGS, NULL, &CUR(t)->saved);
+		CUR(t)->regs_saved = !ret;
+		CUR(t)->thread_mask = t->th[parent].thread_mask;
+		CUR(t)->mask_changed = true;
+	}
+	*idx = (unsigned)t->cur;
+	t->cur = parent;
 	return ret;
 }
 
@@ -674,7 +944,7 @@ static int tracee_back_to_interrupt(struct rdmig_tracee *t)
 {
 	int ret;
 
-	ret = tracee_ptrace(t, PTRACE_SETREGS, NULL, &t->saved);
+	ret = tracee_ptrace(t, PTRACE_SETREGS, NULL, &CUR(t)->saved);
 	if (ret)
 		return ret;
 	ret = tracee_ptrace(t, PTRACE_INTERRUPT, NULL, NULL);
@@ -683,12 +953,48 @@ static int tracee_back_to_interrupt(struct rdmig_tracee *t)
 	ret = tracee_run_until(t, PTRACE_CONT, -1, true);
 	if (ret)
 		return ret;
-	t->in_syscall_stop = false;
+	CUR(t)->in_syscall_stop = false;
 	return 0;
+}
+
+/* Put the current thread's registers and mask back (it stays stopped). */
+static int tracee_restore_thread(struct rdmig_tracee *t)
+{
+	struct tracee_thread *th = CUR(t);
+	int ret = 0, r;
+
+	if (!th->seized)
+		return 0;
+	if (th->in_syscall_stop) {
+		r = tracee_back_to_interrupt(t);
+		if (r && !ret)
+			ret = r;
+	}
+	if (th->regs_saved) {
+		r = tracee_ptrace(t, PTRACE_SETREGS, NULL, &th->saved);
+		if (r && !ret)
+			ret = r;
+	}
+	if (th->mask_changed) {
+		r = tracee_ptrace(t, PTRACE_SETSIGMASK, (void *)sizeof(uint64_t), &th->thread_mask);
+		if (r && !ret)
+			ret = r;
+	}
+	return ret;
+}
+
+static void tracee_free(struct rdmig_tracee *t)
+{
+	if (t->mem_fd >= 0)
+		close(t->mem_fd);
+	free(t->th);
+	free(t->avoid);
+	free(t);
 }
 
 int rdmig_tracee_release(struct rdmig_tracee *t, bool resume)
 {
+	bool stop = !resume;
 	int ret = 0, r;
 
 	if (!t)
@@ -697,66 +1003,74 @@ int rdmig_tracee_release(struct rdmig_tracee *t, bool resume)
 		ret = -ESRCH;
 		goto out_free;
 	}
-	r = tracee_requeue(t); /* only when seize failed half-way */
-	if (r && !ret)
-		ret = r;
-	r = rdmig_tracee_scratch_unmap(t);
-	if (r && !ret)
-		ret = r;
-	if (t->in_syscall_stop) {
-		r = tracee_back_to_interrupt(t);
+	for (size_t i = 0; i < t->nth; i++) {
+		t->cur = i;
+		r = t->th[i].seized ? tracee_requeue(t) : 0; /* only when seize failed half-way */
 		if (r && !ret)
 			ret = r;
 	}
-	if (t->regs_saved) {
-		r = tracee_ptrace(t, PTRACE_SETREGS, NULL, &t->saved);
+	t->cur = 0;
+	if (t->nth && t->th[0].seized) {
+		r = rdmig_tracee_scratch_unmap(t);
 		if (r && !ret)
 			ret = r;
 	}
-	if (t->mask_changed) {
-		r = tracee_ptrace(t, PTRACE_SETSIGMASK, (void *)sizeof(uint64_t), &t->thread_mask);
+	for (size_t i = 0; i < t->nth; i++) {
+		t->cur = i;
+		r = tracee_restore_thread(t);
 		if (r && !ret)
 			ret = r;
+		stop |= t->th[i].stop_pending;
 	}
-	if ((!resume || t->stop_pending) && kill(t->pid, SIGSTOP) < 0) {
+	if (stop && kill(t->pid, SIGSTOP) < 0) {
 		r = -errno;
 		if (!ret)
 			ret = r;
 	}
-	if (ptrace(PTRACE_DETACH, t->pid, NULL, NULL) < 0) {
-		r = -errno;
-		pr_err("PTRACE_DETACH of pid %d failed: %s", t->pid, strerror(-r));
-		if (!ret)
-			ret = r;
+	/* the main thread last: until then no thread of the process runs its code
+	 * while another one is still being put back */
+	for (size_t n = t->nth; n > 0; n--) {
+		struct tracee_thread *th = &t->th[n - 1];
+
+		if (th->seized && ptrace(PTRACE_DETACH, th->tid, NULL, NULL) < 0) {
+			r = -errno;
+			pr_err("PTRACE_DETACH of pid %d (thread %d) failed: %s", t->pid, th->tid,
+			       strerror(-r));
+			if (!ret)
+				ret = r;
+		}
 	}
 out_free:
-	if (t->mem_fd >= 0)
-		close(t->mem_fd);
-	free(t->avoid);
-	free(t);
+	tracee_free(t);
 	return ret;
+}
+
+static void tracee_reap(pid_t tid)
+{
+	int status;
+
+	for (;;) {
+		pid_t r = waitpid(tid, &status, __WALL);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status))
+			break;
+	}
 }
 
 void rdmig_tracee_kill(struct rdmig_tracee *t)
 {
-	int status;
-
 	if (!t)
 		return;
 	if (!t->dead) {
 		if (kill(t->pid, SIGKILL) < 0 && errno != ESRCH)
 			pr_warn("killing pid %d failed: %s", t->pid, strerror(errno));
-		for (;;) {
-			pid_t r = waitpid(t->pid, &status, __WALL);
-
-			if (r < 0 && errno == EINTR)
-				continue;
-			if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status))
-				break;
-		}
+		/* the other threads first: the leader is reported only after them */
+		for (size_t i = 1; i < t->nth; i++)
+			if (t->th[i].seized)
+				tracee_reap(t->th[i].tid);
+		tracee_reap(t->pid);
 	}
-	if (t->mem_fd >= 0)
-		close(t->mem_fd);
-	free(t->avoid);
-	free(t);
+	tracee_free(t);
 }

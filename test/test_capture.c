@@ -533,12 +533,12 @@ static void check_image(const struct rdmig_image *img, const struct cap_info *in
 	T_CHECK(a->mask == ((b << (SIGUSR2 - 1)) | (b << (SIGHUP - 1))), "mask %#lx",
 	        (unsigned long)a->mask);
 	T_CHECK(img->sigactions[SIGUSR2 - 1].handler == 0, "SIGUSR2 default");
-	T_CHECK(img->thread.sigmask == ((b << (SIGUSR2 - 1)) | (b << (SIGTERM - 1))),
-	        "sigmask %#lx", (unsigned long)img->thread.sigmask);
-	T_CHECK(img->thread.altstack_sp == info->altstack && img->thread.altstack_size == 65536 &&
-	            img->thread.altstack_flags == 0,
-	        "altstack %#lx %lu %u", (unsigned long)img->thread.altstack_sp,
-	        (unsigned long)img->thread.altstack_size, img->thread.altstack_flags);
+	T_CHECK(img->threads[0].sigmask == ((b << (SIGUSR2 - 1)) | (b << (SIGTERM - 1))),
+	        "sigmask %#lx", (unsigned long)img->threads[0].sigmask);
+	T_CHECK(img->threads[0].altstack_sp == info->altstack &&
+	            img->threads[0].altstack_size == 65536 && img->threads[0].altstack_flags == 0,
+	        "altstack %#lx %lu %u", (unsigned long)img->threads[0].altstack_sp,
+	        (unsigned long)img->threads[0].altstack_size, img->threads[0].altstack_flags);
 	bool usr2 = false;
 
 	for (uint32_t i = 0; i < img->nsiginfo_shared; i++) {
@@ -548,14 +548,14 @@ static void check_image(const struct rdmig_image *img, const struct cap_info *in
 		usr2 |= si.si_signo == SIGUSR2;
 	}
 	T_CHECK(usr2, "SIGUSR2 pending (%u shared, %u thread)", img->nsiginfo_shared,
-	        img->thread.nsiginfo);
+	        img->threads[0].nsiginfo);
 
 	/* process */
 	T_CHECK(img->umask == 027, "umask %o", img->umask);
 	T_CHECK(!strcmp(img->comm, "test_capture"), "comm '%s'", img->comm);
-	T_CHECK(img->thread.rseq_len != 0 && img->thread.rseq_addr, "rseq %u at %#lx",
-	        img->thread.rseq_len, (unsigned long)img->thread.rseq_addr);
-	T_CHECK(img->thread.xstate_len >= 512, "xstate %u", img->thread.xstate_len);
+	T_CHECK(img->threads[0].rseq_len != 0 && img->threads[0].rseq_addr, "rseq %u at %#lx",
+	        img->threads[0].rseq_len, (unsigned long)img->threads[0].rseq_addr);
+	T_CHECK(img->threads[0].xstate_len >= 512, "xstate %u", img->threads[0].xstate_len);
 	T_CHECK(img->vdso_len > 0 && img->auxv_len >= 16, "vdso %u auxv %u", img->vdso_len,
 	        img->auxv_len);
 	T_CHECK(img->mm.brk >= img->mm.start_brk && img->mm.start_code < img->mm.end_code,
@@ -566,11 +566,11 @@ static void check_image(const struct rdmig_image *img, const struct cap_info *in
 
 	exe[n > 0 ? n : 0] = 0;
 	T_CHECK(img->exe && !strcmp(img->exe, exe), "exe '%s'", img->exe ? img->exe : "");
-	const struct rdmig_img_vma *v = rdmig_image_vma_at(img, img->thread.regs[16]);
+	const struct rdmig_img_vma *v = rdmig_image_vma_at(img, img->threads[0].regs[16]);
 
 	T_CHECK(v && v->kind == RDMIG_VMA_FILE_PRIVATE && v->file < img->nfiles &&
 	            !strcmp(img->files[v->file].path, exe),
-	        "rip %#lx not in the executable", (unsigned long)img->thread.regs[16]);
+	        "rip %#lx not in the executable", (unsigned long)img->threads[0].regs[16]);
 
 	/* touched pages */
 	uint32_t wrong = 0;
@@ -749,21 +749,12 @@ out:
 
 /* ---- refusals ---- */
 
-enum refuse_mode { REF_THREAD, REF_SOCKET, REF_PIPE, REF_SHARED_ANON };
-
-static void *sleeper(void *arg)
-{
-	(void)arg;
-	for (;;)
-		pause();
-	return NULL;
-}
+enum refuse_mode { REF_SOCKET, REF_PIPE, REF_SHARED_ANON };
 
 static void refusal(enum refuse_mode mode, const char *expect)
 {
 	int cmd[2], res[2], fds[2];
 	char why[256] = "", c = 0;
-	pthread_t th;
 
 	T_CHECK(!pipe(cmd) && !pipe(res), "pipes");
 	pid_t pid = fork();
@@ -773,10 +764,6 @@ static void refusal(enum refuse_mode mode, const char *expect)
 			_exit(9);
 		syscall(SYS_close_range, 3, ~0u, 0);
 		switch (mode) {
-		case REF_THREAD:
-			if (pthread_create(&th, NULL, sleeper, NULL))
-				_exit(10);
-			break;
 		case REF_SOCKET:
 			if (socket(AF_INET, SOCK_STREAM, 0) < 0)
 				_exit(10);
@@ -812,11 +799,6 @@ static void refusal(enum refuse_mode mode, const char *expect)
 	T_CHECK(wait_exit(pid, 5000) == 7, "child exit");
 	close(cmd[1]);
 	close(res[0]);
-}
-
-static void refuse_thread(void)
-{
-	refusal(REF_THREAD, "has 2 threads");
 }
 
 static void refuse_socket(void)
@@ -896,7 +878,6 @@ int main(int argc, char **argv)
 	T_RUN(capture_full);
 	T_RUN(procfs_limits_match);
 	T_RUN(check_accepts_odd_comm);
-	T_RUN(refuse_thread);
 	T_RUN(refuse_socket);
 	T_RUN(refuse_pipe);
 	T_RUN(refuse_shared_anon);

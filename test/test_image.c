@@ -59,9 +59,11 @@ enum {
 #define FD_FILE 24
 #define FD_RESERVED 28
 #define FILE_PATH 40
-#define THREAD_RESERVED 260
-#define THREAD_XSTATE_LEN 288
-#define THREAD_NSIGINFO 292
+#define THREAD_TID 260
+#define THREAD_TID_CACHE 288
+#define THREAD_COMM 296
+#define THREAD_XSTATE_LEN 312
+#define THREAD_NSIGINFO 316
 #define CREDS_FIXED 76u
 #define COW_ENTRY (8u + PAGE)
 
@@ -179,21 +181,28 @@ static void build_base(struct rdmig_image *img)
 		    (uint64_t)rnd() << 20};
 	img->nsiginfo_shared = 2;
 	img->siginfo_shared = filled(2 * RDMIG_IMG_SIGINFO);
+	img->threads =
+	    calloc(RDMIG_IMG_MAX_THREADS + 1, sizeof(*img->threads)); /* one past: tests */
+	if (!img->threads)
+		abort();
+	img->nthreads = 1;
+	img->threads[0].tid = img->pid;
+	memcpy(img->threads[0].comm, img->comm, sizeof(img->comm));
 	for (uint32_t i = 0; i < RDMIG_IMG_NREGS; i++)
-		img->thread.regs[i] = ((uint64_t)rnd() << 32) | rnd();
-	img->thread.xstate_len = 832;
-	img->thread.xstate = filled(832);
-	img->thread.sigmask = 1u << 13;
-	img->thread.nsiginfo = 1;
-	img->thread.siginfo = filled(RDMIG_IMG_SIGINFO);
-	img->thread.altstack_sp = 0x7ffff7a10000;
-	img->thread.altstack_size = 65536;
-	img->thread.rseq_len = 32;
-	img->thread.rseq_addr = 0x7ffff7d8f9e0;
-	img->thread.rseq_sig = 0x53053053;
-	img->thread.robust_head = 0x7ffff7d8f720;
-	img->thread.robust_len = 24;
-	img->thread.clear_child_tid = 0x7ffff7d8f710;
+		img->threads[0].regs[i] = ((uint64_t)rnd() << 32) | rnd();
+	img->threads[0].xstate_len = 832;
+	img->threads[0].xstate = filled(832);
+	img->threads[0].sigmask = 1u << 13;
+	img->threads[0].nsiginfo = 1;
+	img->threads[0].siginfo = filled(RDMIG_IMG_SIGINFO);
+	img->threads[0].altstack_sp = 0x7ffff7a10000;
+	img->threads[0].altstack_size = 65536;
+	img->threads[0].rseq_len = 32;
+	img->threads[0].rseq_addr = 0x7ffff7d8f9e0;
+	img->threads[0].rseq_sig = 0x53053053;
+	img->threads[0].robust_head = 0x7ffff7d8f720;
+	img->threads[0].robust_len = 24;
+	img->threads[0].clear_child_tid = 0x7ffff7d8f710;
 }
 
 /* A process as capture would see it: a PIE with libc, heap, an arena, a locale
@@ -211,9 +220,30 @@ static void build_image(struct rdmig_image *img)
 	img->files = calloc(5, sizeof(*img->files));
 	img->vmas = calloc(16, sizeof(*img->vmas));
 	img->fds = calloc(8, sizeof(*img->fds));
-	img->cow = calloc(3, sizeof(*img->cow));
+	img->cow = calloc(4, sizeof(*img->cow));
 	if (!img->files || !img->vmas || !img->fds || !img->cow)
 		abort();
+	/* two more threads; the second keeps its tid in a page sent eagerly */
+	for (uint32_t t = 1; t < 3; t++) {
+		struct rdmig_img_thread *th = &img->threads[t];
+
+		th->tid = img->pid + 10 + (int32_t)t;
+		snprintf(th->comm, sizeof(th->comm), "worker-%u", t);
+		for (uint32_t i = 0; i < RDMIG_IMG_NREGS; i++)
+			th->regs[i] = ((uint64_t)rnd() << 32) | rnd();
+		th->xstate_len = 576;
+		th->xstate = filled(576);
+		th->sigmask = (uint64_t)rnd() << 7;
+		th->altstack_flags = 2; /* SS_DISABLE */
+		th->rseq_len = 32;
+		th->rseq_addr = 0x7ffff7f18000 + 0x9a0 + t * 0x40;
+		th->rseq_sig = 0x53053053;
+		th->clear_child_tid = 0x7ffff7f182d0;
+	}
+	img->threads[2].nsiginfo = 2;
+	img->threads[2].siginfo = filled(2 * RDMIG_IMG_SIGINFO);
+	img->threads[2].tid_cache = 0x7ffff7f182d0;
+	img->nthreads = 3;
 	add_file(img, "/usr/bin/app", 0100755);
 	add_file(img, "/usr/lib/x86_64-linux-gnu/libc.so.6", 0100755);
 	add_file(img, "/usr/lib/locale/locale-archive", 0100644);
@@ -249,15 +279,15 @@ static void build_image(struct rdmig_image *img)
 	add_fd(img, 4, RDMIG_FD_DEVNULL, O_RDONLY, 1, 0, 3);
 	add_fd(img, 7, RDMIG_FD_FILE, O_RDONLY, 0, 0x10000, 2);
 
-	const uint64_t cow[3] = {0x55555555a000, 0x55555555b000, 0x7ffff7f16000};
-	for (int i = 0; i < 3; i++) {
+	const uint64_t cow[4] = {0x55555555a000, 0x55555555b000, 0x7ffff7f16000, 0x7ffff7f18000};
+	for (int i = 0; i < 4; i++) {
 		uint8_t *data = filled(PAGE);
 
 		img->cow[i].addr = cow[i];
 		memcpy(img->cow[i].data, data, PAGE);
 		free(data);
 	}
-	img->ncow = 3;
+	img->ncow = 4;
 }
 
 /* The least an image holds: no files, vmas, fds or written pages. */
@@ -265,9 +295,9 @@ static void build_minimal(struct rdmig_image *img)
 {
 	rnd_state = 7;
 	build_base(img);
-	free(img->thread.xstate);
-	img->thread.xstate = NULL;
-	img->thread.xstate_len = 0;
+	free(img->threads[0].xstate);
+	img->threads[0].xstate = NULL;
+	img->threads[0].xstate_len = 0;
 }
 
 /* A small image for the fuzzing seeds: one file, three vmas, one written page. */
@@ -324,6 +354,9 @@ static const char *diff_thread(const struct rdmig_img_thread *a, const struct rd
 	DIFF(robust_head);
 	DIFF(robust_len);
 	DIFF(clear_child_tid);
+	DIFF(tid);
+	DIFF(tid_cache);
+	DIFF_BYTES(a->comm, b->comm, sizeof(a->comm), "thread.comm");
 	return NULL;
 }
 
@@ -411,9 +444,12 @@ static const char *diff_image(const struct rdmig_image *a, const struct rdmig_im
 	DIFF(nsiginfo_shared);
 	DIFF_BYTES(a->siginfo_shared, b->siginfo_shared,
 	           (size_t)a->nsiginfo_shared * RDMIG_IMG_SIGINFO, "siginfo_shared");
-	d = diff_thread(&a->thread, &b->thread);
-	if (d)
-		return d;
+	DIFF(nthreads);
+	for (uint32_t i = 0; i < a->nthreads; i++) {
+		d = diff_thread(&a->threads[i], &b->threads[i]);
+		if (d)
+			return d;
+	}
 	DIFF(vdso_len);
 	DIFF_BYTES(a->vdso, b->vdso, a->vdso_len, "vdso");
 	return diff_tables(a, b);
@@ -443,9 +479,22 @@ static const char *broken_invariant(const struct rdmig_image *img)
 		return "umask/auxv";
 	if (img->creds.ngroups > RDMIG_IMG_MAX_GROUPS || !img->creds.groups != !img->creds.ngroups)
 		return "groups";
-	if (img->thread.xstate_len > RDMIG_IMG_MAX_XSTATE ||
-	    img->thread.nsiginfo > RDMIG_IMG_MAX_SIGINFO ||
-	    img->nsiginfo_shared > RDMIG_IMG_MAX_SIGINFO || img->vdso_len > RDMIG_IMG_MAX_VDSO)
+	if (img->nthreads < 1 || img->nthreads > RDMIG_IMG_MAX_THREADS || !img->threads ||
+	    img->threads[0].tid != img->pid)
+		return "threads";
+	for (uint32_t i = 0; i < img->nthreads; i++) {
+		const struct rdmig_img_thread *t = &img->threads[i];
+
+		if (t->xstate_len > RDMIG_IMG_MAX_XSTATE || t->nsiginfo > RDMIG_IMG_MAX_SIGINFO ||
+		    !t->xstate != !t->xstate_len || !t->siginfo != !t->nsiginfo ||
+		    !memchr(t->comm, 0, sizeof(t->comm)) || t->tid <= 0)
+			return "thread";
+		for (uint32_t j = 0; j < i; j++) {
+			if (img->threads[j].tid == t->tid)
+				return "thread tids";
+		}
+	}
+	if (img->nsiginfo_shared > RDMIG_IMG_MAX_SIGINFO || img->vdso_len > RDMIG_IMG_MAX_VDSO)
 		return "thread/siginfo/vdso";
 	if (img->nfiles > RDMIG_IMG_MAX_FILES || img->nvmas > RDMIG_IMG_MAX_VMAS ||
 	    img->nfds > RDMIG_IMG_MAX_FDS || img->ncow > RDMIG_IMG_MAX_COW_PAGES)
@@ -492,11 +541,18 @@ static const char *broken_invariant(const struct rdmig_image *img)
 
 		if (a % PAGE || (i && a <= img->cow[i - 1].addr))
 			return "cow order";
-		for (uint32_t j = 0; j < img->nvmas; j++)
-			inside |= img->vmas[j].kind == RDMIG_VMA_FILE_PRIVATE &&
-			          a >= img->vmas[j].start && a < img->vmas[j].end;
+		for (uint32_t j = 0; j < img->nvmas; j++) {
+			const struct rdmig_img_vma *v = &img->vmas[j];
+			uint64_t p = (a - v->start) / PAGE;
+
+			if (a < v->start || a >= v->end)
+				continue;
+			inside |= v->kind == RDMIG_VMA_FILE_PRIVATE ||
+			          (v->kind == RDMIG_VMA_ANON &&
+			           !(v->touched && (v->touched[p / 8] >> (p % 8) & 1)));
+		}
 		if (!inside)
-			return "cow outside a private file mapping";
+			return "cow outside a private file mapping or untouched anon memory";
 	}
 	return NULL;
 }
@@ -831,7 +887,8 @@ static void roundtrip_edges(void)
 	T_OK(rdmig_image_decode(buf, len, &got));
 	d = diff_image(&img, &got);
 	T_CHECK(!d, "minimal image differs in %s", d);
-	T_CHECK(!got.vmas && !got.files && !got.fds && !got.cow && !got.vdso && !got.thread.xstate,
+	T_CHECK(!got.vmas && !got.files && !got.fds && !got.cow && !got.vdso &&
+	            !got.threads[0].xstate,
 	        "empty tables are NULL");
 	T_CHECK(rdmig_image_vma_at(&got, 0x400000) == NULL, "vma_at with no vmas");
 	rdmig_image_free(&got);
@@ -855,9 +912,9 @@ static void roundtrip_edges(void)
 	img.auxv_len = RDMIG_IMG_MAX_AUXV;
 	free(img.auxv);
 	img.auxv = filled(RDMIG_IMG_MAX_AUXV);
-	img.thread.xstate_len = RDMIG_IMG_MAX_XSTATE;
-	free(img.thread.xstate);
-	img.thread.xstate = filled(RDMIG_IMG_MAX_XSTATE);
+	img.threads[0].xstate_len = RDMIG_IMG_MAX_XSTATE;
+	free(img.threads[0].xstate);
+	img.threads[0].xstate = filled(RDMIG_IMG_MAX_XSTATE);
 	img.vdso_len = RDMIG_IMG_MAX_VDSO;
 	img.vdso = filled(RDMIG_IMG_MAX_VDSO);
 	free(img.files[0].path);
@@ -897,6 +954,7 @@ static void truncations(void)
 	int wrong = 0, ok_cuts = 0, quiet;
 
 	build_image(&img);
+	img.threads[2].tid_cache = 0; /* else only the whole image names its page */
 	encode_ok(&img, &buf, &len);
 	cut = malloc(len);
 	quiet = quiet_begin();
@@ -1127,10 +1185,12 @@ static void malformed(void)
 	        REC(TAG_VMA, 3).p[VMA_FIXED + 4] |= 0x80);
 
 	/* written pages */
-	BAD_IMG("cow page in anon memory", "not in a private file mapping",
-	        im->cow[2].addr = 0x7ffffffde000);
-	BAD_REC("cow page in anon memory", "not in a private file mapping",
-	        set_le64(REC(TAG_COW, 0).p + 2 * COW_ENTRY, 0x7ffffffde000));
+	BAD_IMG("cow page in touched anon memory", "also marked touched",
+	        im->cow[3].addr = 0x7ffffffde000;
+	        im->vmas[14].touched[0] |= 1);
+	BAD_REC("cow page in touched anon memory", "also marked touched",
+	        set_le64(REC(TAG_COW, 0).p + 3 * COW_ENTRY, 0x7ffffffde000);
+	        REC(TAG_VMA, 14).p[VMA_FIXED] |= 1);
 	BAD_IMG("cow page in a shared mapping", "not in a private file mapping",
 	        im->cow[2].addr = 0x7ffff7c01000);
 	BAD_REC("cow page in a gap", "not in a private file mapping",
@@ -1185,8 +1245,28 @@ static void malformed(void)
 	BAD_IMG("vdso too big", "vdso", im->vdso_len = RDMIG_IMG_MAX_VDSO + 1);
 	BAD_REC("vdso too big", "VDSO: bad length",
 	        recs_resize(rs, recs_find(rs, TAG_VDSO, 0), RDMIG_IMG_MAX_VDSO + 1));
-	BAD_IMG("xstate without data", "xstate", free(im->thread.xstate); im->thread.xstate = NULL);
-	BAD_REC("thread reserved", "reserved", set_le32(REC(TAG_THREAD, 0).p + THREAD_RESERVED, 1));
+	BAD_IMG("xstate without data", "xstate", free(im->threads[0].xstate);
+	        im->threads[0].xstate = NULL);
+	BAD_IMG("main thread's tid", "must be the pid", im->threads[0].tid = 1);
+	BAD_REC("main thread's tid", "must be the pid",
+	        set_le32(REC(TAG_THREAD, 0).p + THREAD_TID, 4243));
+	BAD_REC("main thread not first", "must be the pid",
+	        recs_swap(rs, recs_find(rs, TAG_THREAD, 0), recs_find(rs, TAG_THREAD, 1)));
+	BAD_IMG("negative tid", "tid", im->threads[1].tid = -5);
+	BAD_IMG("repeated tid", "repeated", im->threads[2].tid = im->threads[1].tid);
+	BAD_REC("repeated tid", "repeated", set_le32(REC(TAG_THREAD, 1).p + THREAD_TID, 4242));
+	BAD_IMG("thread comm without NUL", "comm", memset(im->threads[1].comm, 'x', 16));
+	BAD_REC("thread comm without NUL", "comm",
+	        memset(REC(TAG_THREAD, 2).p + THREAD_COMM, 'x', 16));
+	BAD_IMG("tid cache unaligned", "tid cache", im->threads[2].tid_cache += 2);
+	BAD_IMG("tid cache page not sent", "tid cache", im->threads[1].tid_cache = 0x7ffff7f19000);
+	BAD_REC("tid cache unmapped", "tid cache",
+	        set_le64(REC(TAG_THREAD, 2).p + THREAD_TID_CACHE, 0x7ffff7f26000));
+	BAD_IMG(
+	    "no threads", "thread table", for (uint32_t k = 0; k < im->nthreads; k++) {
+		    free(im->threads[k].xstate);
+		    free(im->threads[k].siginfo);
+	    } im->nthreads = 0);
 	BAD_REC("thread length", "THREAD: bad length",
 	        recs_resize(rs, recs_find(rs, TAG_THREAD, 0), REC(TAG_THREAD, 0).len + 1));
 	BAD_REC("siginfo partial", "SIGINFO: bad length",
@@ -1214,17 +1294,18 @@ static void huge_and_framing(void)
 	BAD_REC("too many groups", "groups", size_t i = recs_find(rs, TAG_CREDS, 0);
 	        recs_resize(rs, i, CREDS_FIXED + 4 * (RDMIG_IMG_MAX_GROUPS + 1)));
 	BAD_IMG("too many thread siginfo", "siginfo",
-	        im->thread.nsiginfo = RDMIG_IMG_MAX_SIGINFO + 1;
-	        free(im->thread.siginfo);
-	        im->thread.siginfo = calloc(RDMIG_IMG_MAX_SIGINFO + 1, RDMIG_IMG_SIGINFO));
+	        im->threads[0].nsiginfo = RDMIG_IMG_MAX_SIGINFO + 1;
+	        free(im->threads[0].siginfo);
+	        im->threads[0].siginfo = calloc(RDMIG_IMG_MAX_SIGINFO + 1, RDMIG_IMG_SIGINFO));
 	BAD_REC("huge thread siginfo count", "over the limit",
 	        set_le32(REC(TAG_THREAD, 0).p + THREAD_NSIGINFO, UINT32_MAX));
 	BAD_REC("siginfo count vs length", "THREAD: bad length",
 	        set_le32(REC(TAG_THREAD, 0).p + THREAD_NSIGINFO, 2));
 	BAD_REC("huge xstate", "over the limit",
 	        set_le32(REC(TAG_THREAD, 0).p + THREAD_XSTATE_LEN, RDMIG_IMG_MAX_XSTATE + 1));
-	BAD_IMG("huge xstate", "xstate", im->thread.xstate_len = RDMIG_IMG_MAX_XSTATE + 1;
-	        free(im->thread.xstate); im->thread.xstate = filled(RDMIG_IMG_MAX_XSTATE + 1));
+	BAD_IMG("huge xstate", "xstate", im->threads[0].xstate_len = RDMIG_IMG_MAX_XSTATE + 1;
+	        free(im->threads[0].xstate);
+	        im->threads[0].xstate = filled(RDMIG_IMG_MAX_XSTATE + 1));
 	BAD_IMG("too many shared siginfo", "siginfo",
 	        im->nsiginfo_shared = RDMIG_IMG_MAX_SIGINFO + 1;
 	        free(im->siginfo_shared);
@@ -1262,10 +1343,15 @@ static void huge_and_framing(void)
 	BAD_REC("record flags", "flags", REC(TAG_MM, 0).flags = 1);
 	BAD_REC("missing MM", "record MM missing", recs_delete(rs, recs_find(rs, TAG_MM, 0)));
 	BAD_REC("missing THREAD", "record THREAD missing",
-	        recs_delete(rs, recs_find(rs, TAG_THREAD, 0)));
+	        for (int k = 0; k < 3; k++) recs_delete(rs, recs_find(rs, TAG_THREAD, 0)));
 	BAD_REC("missing VDSO", "record VDSO missing", recs_delete(rs, recs_find(rs, TAG_VDSO, 0)));
-	BAD_REC("two THREAD records", "repeated", size_t i = recs_find(rs, TAG_THREAD, 0);
+	BAD_REC("two identical THREAD records", "repeated", size_t i = recs_find(rs, TAG_THREAD, 0);
 	        recs_insert(rs, i, TAG_THREAD, rs->r[i].len, rs->r[i].p));
+	BAD_REC("too many threads", "more than 1024 threads",
+	        size_t at = recs_find(rs, TAG_THREAD, 2);
+	        recs_insert_n(rs, at + 1, RDMIG_IMG_MAX_THREADS, TAG_THREAD, rs->r[at].len,
+	                      rs->r[at].p));
+	BAD_IMG("too many threads", "thread table", im->nthreads = RDMIG_IMG_MAX_THREADS + 1);
 	BAD_REC("two PROC records", "repeated",
 	        recs_insert(rs, 0, TAG_PROC, 28, REC(TAG_PROC, 0).p));
 	BAD_REC("FILE after VMA", "out of order",
@@ -1310,8 +1396,10 @@ static void huge_and_framing(void)
 	buf[0] = 'X';
 	expect_decode_refused(buf, good_len, -EBADMSG, "wrong magic", "magic");
 	memcpy(buf, good, good_len);
-	set_le32(buf + 4, 2);
-	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 2", "version 2");
+	set_le32(buf + 4, 3);
+	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 3", "version 3");
+	set_le32(buf + 4, 1); /* single-threaded images from before */
+	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 1", "version 1");
 	set_le32(buf + 4, 0);
 	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 0", "version 0");
 	expect_decode_refused(buf, 15, -EBADMSG, "short header", "shorter than the header");

@@ -14,7 +14,13 @@
  *                       the original killed, the copy resumed: the output file
  *                       continues exactly, the exit status and the credentials
  *                       (/proc/PID/status Uid/Gid/Groups/Cap*) are the original's;
- *                       the second case runs as 65534 with a reduced bounding set.
+ *                       the second case runs as 65534 with a reduced bounding set;
+ *   roundtrip_threads   the same with 5 threads: two counting in their own pages,
+ *                       one blocked in pthread_cond_wait, one in nanosleep loops,
+ *                       the main one writing lines; after the restore every
+ *                       thread checks gettid() against glibc's cached tid and
+ *                       pthread_kill(self, 0), the condition wakes its waiter,
+ *                       pthread_join of all four works, the output continues.
  *
  * The husks are forked first thing in main(), as the daemon does.
  */
@@ -25,9 +31,13 @@
 #include "rdmig/restore.h"
 #include "rdmig/tracee.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <sys/syscall.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -42,7 +52,7 @@
 
 T_DEFINE_STATE;
 
-enum { NHUSK = 4 };
+enum { NHUSK = 5 };
 static struct rdmig_husk *husks[NHUSK];
 static int husk_next;
 static char tmpdir[64] = "/tmp/rdmig-restore-XXXXXX";
@@ -50,6 +60,22 @@ static char tmpdir[64] = "/tmp/rdmig-restore-XXXXXX";
 static struct rdmig_husk *take_husk(void)
 {
 	return husk_next < NHUSK ? husks[husk_next++] : NULL;
+}
+
+static int count_tasks(pid_t pid)
+{
+	char path[64];
+	struct dirent *e;
+	DIR *d;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	while (d && (e = readdir(d)))
+		n += e->d_name[0] != '.';
+	if (d)
+		closedir(d);
+	return n;
 }
 
 static bool pid_gone(pid_t pid)
@@ -122,6 +148,7 @@ struct hand_image {
 	struct rdmig_img_vma vmas[8];
 	struct rdmig_img_file files[2];
 	struct rdmig_img_fd fds[1];
+	struct rdmig_img_thread threads[1];
 	uint32_t groups[64];
 	char exe[512], cwd[8], outpath[128];
 };
@@ -249,8 +276,11 @@ static void hand_image(struct hand_image *h, const char *outpath)
 	regs.cs = 0x33;
 	regs.ss = 0x2b;
 	regs.eflags = 0x202;
-	memcpy(img->thread.regs, &regs, sizeof(regs));
-	img->thread.altstack_flags = SS_DISABLE;
+	img->threads = h->threads;
+	img->nthreads = 1;
+	img->threads[0].tid = img->pid;
+	memcpy(img->threads[0].regs, &regs, sizeof(regs));
+	img->threads[0].altstack_flags = SS_DISABLE;
 
 	h->vmas[nv++] = (struct rdmig_img_vma){
 	    HB_CODE, HB_CODE + 4096, PROT_READ | PROT_EXEC, RDMIG_VMA_ANON, 0, UINT32_MAX, 0, NULL};
@@ -431,6 +461,162 @@ static void workload(const char *path, bool nobody)
 	_exit(42);
 }
 
+/* ---- the multi-threaded workload ---- */
+
+struct mt_shared {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	volatile int stop, woken;
+	volatile int bad; /* a thread saw a wrong tid */
+	volatile int bad_tid, bad_cached;
+	volatile uint64_t *counter[4];
+};
+
+static struct mt_shared mt = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+/* glibc 2.36 x86_64: struct pthread at the thread pointer, tid at 0x2d0.
+ * The thread may be migrated between any two instructions here: the cache is
+ * read before and after gettid() until both reads agree, so the tid and the
+ * cached value come from the same side; pthread_kill gets three tries (it reads
+ * the cache and then calls tgkill). */
+static void mt_check_self(void)
+{
+	volatile int *cache = (volatile int *)((char *)pthread_self() + 0x2d0);
+	int c1, c2, tries = 0;
+	pid_t tid;
+
+	do {
+		c1 = *cache;
+		tid = (pid_t)syscall(SYS_gettid);
+		c2 = *cache;
+	} while (c1 != c2);
+	if (c2 != tid)
+		mt.bad = 1;
+	while (!mt.bad && pthread_kill(pthread_self(), 0) != 0)
+		if (++tries == 3)
+			mt.bad = 2;
+	if (mt.bad && !mt.bad_tid)
+		mt.bad_tid = tid, mt.bad_cached = c2;
+}
+
+static void *mt_counter(void *arg)
+{
+	volatile uint64_t *c = mt.counter[(uintptr_t)arg];
+
+	while (!mt.stop) {
+		for (int i = 0; i < 100000; i++)
+			(*c)++;
+		mt_check_self();
+		sched_yield();
+	}
+	return NULL;
+}
+
+static void *mt_waiter(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&mt.mu);
+	while (!mt.stop)
+		pthread_cond_wait(&mt.cv, &mt.mu);
+	mt.woken = 1;
+	pthread_mutex_unlock(&mt.mu);
+	mt_check_self();
+	return NULL;
+}
+
+static void *mt_sleeper(void *arg)
+{
+	(void)arg;
+	while (!mt.stop) {
+		struct timespec ts = {0, 30 * 1000 * 1000};
+
+		(*mt.counter[3])++;
+		nanosleep(&ts, NULL);
+		mt_check_self();
+	}
+	return NULL;
+}
+
+#define MT_STEPS 200
+
+static void workload_mt(const char *path)
+{
+	pthread_t th[4];
+	int fd, nul = open("/dev/null", O_RDONLY);
+
+	if (nul < 0)
+		_exit(100);
+	dup2(nul, 0);
+	close_range(3, ~0u, 0);
+	for (int k = 0; k < 4; k++) {
+		void *p =
+		    mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (p == MAP_FAILED)
+			_exit(100);
+		mt.counter[k] = p;
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0)
+		_exit(101);
+	if (pthread_create(&th[0], NULL, mt_counter, (void *)0) ||
+	    pthread_create(&th[1], NULL, mt_counter, (void *)1) ||
+	    pthread_create(&th[2], NULL, mt_waiter, NULL) ||
+	    pthread_create(&th[3], NULL, mt_sleeper, NULL))
+		_exit(102);
+	for (int i = 0; i < MT_STEPS; i++) {
+		char line[96];
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		int len = snprintf(line, sizeof(line), "i=%d\n", i);
+
+		mt_check_self();
+		if (write(fd, line, (size_t)len) != len)
+			_exit(103);
+		nanosleep(&ts, NULL);
+	}
+	pthread_mutex_lock(&mt.mu);
+	mt.stop = 1;
+	pthread_cond_broadcast(&mt.cv);
+	pthread_mutex_unlock(&mt.mu);
+	for (int k = 0; k < 4; k++)
+		if (pthread_join(th[k], NULL))
+			_exit(104);
+	if (mt.bad)
+		dprintf(fd, "bad %d tid %d cached %d\n", mt.bad, mt.bad_tid, mt.bad_cached);
+	/* 110 + which check failed */
+	if (mt.bad || !mt.woken || !*mt.counter[0] || !*mt.counter[1] || !*mt.counter[3])
+		_exit(110 + (mt.bad ? 1 : 0) + (!mt.woken ? 2 : 0) + (!*mt.counter[0] ? 4 : 0) +
+		      (!*mt.counter[1] ? 8 : 0) + (!*mt.counter[3] ? 16 : 0));
+	if (write(fd, "joined\n", 7) != 7)
+		_exit(103);
+	close(fd);
+	_exit(42);
+}
+
+static void check_output_mt(const char *path)
+{
+	char line[128];
+	FILE *f = fopen(path, "re");
+	int want = 0, bad = 0, joined = 0;
+
+	T_CHECK(f, "open %s", path);
+	while (f && fgets(line, sizeof(line), f)) {
+		int i;
+
+		if (want == MT_STEPS && !strcmp(line, "joined\n")) {
+			joined = 1;
+			continue;
+		}
+		if (sscanf(line, "i=%d", &i) != 1 || i != want)
+			bad++;
+		want++;
+	}
+	if (f)
+		fclose(f);
+	T_CHECK(want == MT_STEPS && !bad && joined, "%d lines, %d bad, joined %d", want, bad,
+	        joined);
+}
+
 static int count_lines(const char *path)
 {
 	FILE *f = fopen(path, "re");
@@ -532,7 +718,7 @@ static bool uffd_in_proc(pid_t pid, int fd)
 	return false;
 }
 
-static void roundtrip(bool nobody)
+static void roundtrip(bool nobody, bool threads)
 {
 	struct rdmig_husk *husk = take_husk();
 	struct rdmig_image img = {0};
@@ -544,9 +730,14 @@ static void roundtrip(bool nobody)
 	double t0;
 	int ret, st;
 
-	snprintf(out, sizeof(out), "%s/roundtrip-%s.out", tmpdir, nobody ? "nobody" : "root");
+	snprintf(out, sizeof(out), "%s/roundtrip-%s.out", tmpdir,
+	         threads  ? "threads"
+	         : nobody ? "nobody"
+	                  : "root");
 	fflush(NULL);
 	orig = fork();
+	if (orig == 0 && threads)
+		workload_mt(out);
 	if (orig == 0)
 		workload(out, nobody);
 	T_CHECK(orig > 0, "fork");
@@ -569,7 +760,7 @@ static void roundtrip(bool nobody)
 	{
 		struct user_regs_struct regs;
 
-		memcpy(&regs, img.thread.regs, sizeof(regs));
+		memcpy(&regs, img.threads[0].regs, sizeof(regs));
 		fprintf(stderr, "  image: %s\n  frozen with orig_rax %lld rax %lld\n", desc,
 		        (long long)regs.orig_rax, (long long)regs.rax);
 	}
@@ -584,8 +775,21 @@ static void roundtrip(bool nobody)
 	fprintf(stderr, "  build %.1f ms\n", (t_now_s() - tb) * 1e3);
 	ret = copy_touched(orig, &img, &r, &pages);
 	T_CHECK(ret == 0, "copying touched pages: %d", ret);
-	T_CHECK(pages * RDMIG_IMG_PAGE >= WL_BYTES, "only %llu pages touched",
+	T_CHECK(threads || pages * RDMIG_IMG_PAGE >= WL_BYTES, "only %llu pages touched",
 	        (unsigned long long)pages);
+	if (threads) {
+		T_CHECK(img.nthreads == 5, "%u threads captured", img.nthreads);
+		for (uint32_t i = 0; i < img.nthreads; i++)
+			T_CHECK(img.threads[i].tid_cache && img.threads[i].rseq_len &&
+			            img.threads[i].clear_child_tid == img.threads[i].tid_cache,
+			        "thread %d: tid cache %#llx, rseq %u, clear_child_tid %#llx",
+			        (int)img.threads[i].tid,
+			        (unsigned long long)img.threads[i].tid_cache,
+			        img.threads[i].rseq_len,
+			        (unsigned long long)img.threads[i].clear_child_tid);
+		T_CHECK(count_tasks(r.pid) == 5, "%d threads in the restored process",
+		        count_tasks(r.pid));
+	}
 	status_creds(r.pid, st_new, sizeof(st_new));
 	T_CHECK(!strcmp(st_orig, st_new), "credentials differ:\noriginal:\n%srestored:\n%s",
 	        st_orig, st_new);
@@ -617,7 +821,10 @@ static void roundtrip(bool nobody)
 	st = wait_exit(r.pid, 60);
 	T_CHECK(st == 42, "the restored process ended with %d, want 42", st);
 	close(r.uffd);
-	check_output(out);
+	if (threads)
+		check_output_mt(out);
+	else
+		check_output(out);
 out_kill:
 	if (t)
 		rdmig_tracee_kill(t);
@@ -631,12 +838,17 @@ out_kill:
 
 static void roundtrip_root(void)
 {
-	roundtrip(false);
+	roundtrip(false, false);
 }
 
 static void roundtrip_nobody(void)
 {
-	roundtrip(true);
+	roundtrip(true, false);
+}
+
+static void roundtrip_threads(void)
+{
+	roundtrip(false, true);
 }
 
 int main(int argc, char **argv)
@@ -664,6 +876,7 @@ int main(int argc, char **argv)
 	T_RUN(refuse_changed_file);
 	T_RUN(roundtrip_root);
 	T_RUN(roundtrip_nobody);
+	T_RUN(roundtrip_threads);
 	for (int i = husk_next; i < NHUSK; i++)
 		rdmig_husk_destroy(husks[i]);
 	if (!getenv("RDMIG_KEEP_TMP")) {

@@ -5,7 +5,8 @@
  *   rdmig_capture_check()  before anything is frozen: refuse clearly what this
  *                          version cannot move (the process is not touched);
  *   rdmig_capture()        with the process frozen (a seized, interrupted
- *                          tracee): registers, signals, rseq, robust list,
+ *                          tracee, every thread): per thread registers,
+ *                          signals, rseq, robust list,
  *                          clear_child_tid, memory map with file identities and
  *                          the written pages of private file mappings, mm fields,
  *                          auxv, credentials, rlimits, cwd, umask, personality,
@@ -30,7 +31,8 @@
 
 /*
  * Refusals (each with a sentence in `why` naming the thing and what to do):
- * more than one thread; a socket, pipe/FIFO (except stdin/stdout/stderr), eventfd,
+ * more than RDMIG_IMG_MAX_THREADS threads, or a multi-threaded process whose
+ * threads do not keep their tid where glibc 2.36 does (src/capture.c); a socket, pipe/FIFO (except stdin/stdout/stderr), eventfd,
  * signalfd, timerfd, epoll, inotify, io_uring or other special descriptor; a
  * directory or device descriptor other than the /dev/null-like ones; a file
  * opened for writing that was deleted; shared memory (MAP_SHARED anonymous,

@@ -14,7 +14,17 @@
  * Encoding: a header {magic "RDMI" le32, version le32, total length le64}, then
  * records {tag le16, flags le16 (0), length le32, payload}, every field
  * little-endian, encoded byte by byte. Unknown tags are refused (a newer source
- * must not be half-understood). One thread only in this version.
+ * must not be half-understood).
+ *
+ * Threads (version 2): one THREAD record per thread, 1..RDMIG_IMG_MAX_THREADS of
+ * them; threads[0] is the main thread (its tid is the source pid), the others
+ * follow in the order the source found them, each with its source tid (unique).
+ * The restore gives every thread a new tid; `tid_cache` says where the thread's
+ * runtime keeps a copy of its own tid (glibc: struct pthread's `tid`, see
+ * src/capture.c), so the restore can rewrite it. The page holding it is sent
+ * eagerly (in the COW page list, which may therefore hold pages of ANON vmas
+ * too, never marked touched), because the restore writes into it before the
+ * pager runs.
  *
  * Errors: 0 or -errno as everywhere in rdmig.
  */
@@ -27,7 +37,7 @@
 #define RDMIG_IMG_WUR __attribute__((warn_unused_result))
 
 #define RDMIG_IMG_MAGIC 0x494d4452u /* "RDMI" on the wire */
-#define RDMIG_IMG_VERSION 1u
+#define RDMIG_IMG_VERSION 2u
 
 /* Limits the decoder enforces (a well-formed image from a real process stays far
  * below them). */
@@ -37,6 +47,7 @@
 #define RDMIG_IMG_MAX_FDS 65536u
 #define RDMIG_IMG_MAX_PATH 4096u /* bytes, NUL excluded; printable, starts with '/' */
 #define RDMIG_IMG_MAX_XSTATE 16384u
+#define RDMIG_IMG_MAX_THREADS 1024u
 #define RDMIG_IMG_MAX_AUXV 1024u /* bytes */
 #define RDMIG_IMG_MAX_GROUPS 65536u
 #define RDMIG_IMG_MAX_SIGINFO 4096u /* queued signals */
@@ -140,6 +151,10 @@ struct rdmig_img_thread {
 	uint32_t rseq_sig;
 	uint64_t robust_head, robust_len; /* 0: none */
 	uint64_t clear_child_tid;
+	int32_t tid;        /* on the source; threads[0]'s is the pid */
+	char comm[16];      /* /proc/PID/task/TID/comm, NUL-terminated */
+	uint64_t tid_cache; /* where the thread keeps its own tid (a 4-byte int): 0 for
+			       none; else inside a vma, and its page is a COW page */
 };
 
 /* The mm fields prctl(PR_SET_MM_MAP) sets, from /proc/PID/stat and brk(0). */
@@ -182,7 +197,8 @@ struct rdmig_image {
 	uint32_t nsiginfo_shared;                              /* pending for the process */
 	uint8_t *siginfo_shared;
 
-	struct rdmig_img_thread thread; /* the one thread */
+	uint32_t nthreads; /* 1..RDMIG_IMG_MAX_THREADS; threads[0] is the main thread */
+	struct rdmig_img_thread *threads;
 
 	/* The source kernel's [vdso] bytes: the restore refuses a destination whose
 	 * vdso differs (glibc keeps pointers into it). <= 64 KiB. */
@@ -195,7 +211,10 @@ struct rdmig_image {
 	struct rdmig_img_file *files;
 	uint32_t nfds; /* sorted by fd, unique */
 	struct rdmig_img_fd *fds;
-	uint32_t ncow; /* sorted by addr, unique */
+	/* Pages written eagerly at restore: the written pages of private file
+	 * mappings, and the pages holding a thread's tid cache (ANON, not touched).
+	 * Sorted by addr, unique. */
+	uint32_t ncow;
 	struct rdmig_img_cow_page *cow;
 };
 

@@ -20,9 +20,13 @@
  *      so a dead daemon can only block it, never feed it zeros), takes a copy with
  *      pidfd_getfd, applies MADV_NOHUGEPAGE to the ANON ranges;
  *   6. credentials last (groups, gids, uids, capabilities, no_new_privs), so the
- *      process never runs with more privilege than it had;
- *   7. sets the registers (a syscall interrupted by the freeze is made to restart)
- *      and the signal mask, and leaves the process stopped until resume().
+ *      process never runs with more privilege than it had; then the other
+ *      threads, cloned in the main one, each given its own robust list,
+ *      clear_child_tid, alternate stack, name and pending signals, and every
+ *      thread's cached tid (glibc) rewritten to its new tid;
+ *   7. per thread: rseq, the registers (a syscall interrupted by the freeze is
+ *      made to restart) and the signal mask; leaves every thread stopped until
+ *      resume().
  *
  * Errors: 0 or -errno, with a sentence in `why` saying what failed and why (a
  * file that differs, a vdso that differs, an address already taken...).

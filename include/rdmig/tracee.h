@@ -1,6 +1,12 @@
 /*
- * A stopped thread of another process, driven with ptrace (src/tracee.c): the
+ * A stopped process, every thread of it, driven with ptrace (src/tracee.c): the
  * capture on the source and the restore on the destination both work through it.
+ *
+ * Threads: seize takes all of them (thread 0 is the main one, tid == pid).
+ * One of them is "current" (the main one unless rdmig_tracee_select() says
+ * otherwise): injected syscalls run in it, and the saved registers, xstate and
+ * signal mask calls concern it. Memory, scratch and the [vdso] syscall belong to
+ * the process. Each description below of "the thread" holds per thread.
  *
  * Attach is PTRACE_SEIZE + PTRACE_INTERRUPT (no signal is sent, the process sees
  * nothing), waiting for the interrupt stop. The registers at that stop are saved
@@ -37,12 +43,25 @@ struct rdmig_tracee;
 /* rdmig_tracee_seize flags */
 #define RDMIG_TRACEE_EXITKILL 0x1u /* the tracee dies with us (the husk; never the original) */
 
-/* Seize pid (its main thread; single-threaded processes only in this version),
- * interrupt it, wait for the stop, save its registers, find a syscall
- * instruction in its [vdso]. -EPERM / -ESRCH as ptrace says. */
+/* Seize every thread of pid, interrupt each, wait for the stops, save their
+ * registers, find a syscall instruction in its [vdso]. -EPERM / -ESRCH as
+ * ptrace says. */
 RDMIG_TRACEE_WUR int rdmig_tracee_seize(pid_t pid, unsigned flags, struct rdmig_tracee **out);
 
 pid_t rdmig_tracee_pid(const struct rdmig_tracee *t);
+
+/* The threads held: their number, the tid of thread i (-1 past the end), and
+ * which one is current (0 or -EINVAL). */
+unsigned rdmig_tracee_nthreads(const struct rdmig_tracee *t);
+pid_t rdmig_tracee_tid(const struct rdmig_tracee *t, unsigned i);
+RDMIG_TRACEE_WUR int rdmig_tracee_select(struct rdmig_tracee *t, unsigned i);
+
+/* Inject clone(flags, no stack, no tid pointers, no TLS) in the current thread
+ * and hold the new thread too (it is stopped before its first instruction, with
+ * the registers the clone gave it, its mask the current thread's): *idx is its
+ * index. The caller sets its registers before it runs. */
+RDMIG_TRACEE_WUR int rdmig_tracee_clone_thread(struct rdmig_tracee *t, unsigned long flags,
+                                               unsigned *idx);
 
 /* Run syscall nr with up to six arguments in the tracee. The function returns 0
  * when the call ran (its own result, -errno included, is in *ret) or -errno
@@ -91,13 +110,15 @@ RDMIG_TRACEE_WUR int rdmig_tracee_set_xstate(struct rdmig_tracee *t, const void 
 RDMIG_TRACEE_WUR int rdmig_tracee_get_sigmask(struct rdmig_tracee *t, uint64_t *mask);
 RDMIG_TRACEE_WUR int rdmig_tracee_set_sigmask(struct rdmig_tracee *t, uint64_t mask);
 
-/* Put the saved registers back (after unmapping scratch) and detach.
+/* Put every thread's saved registers back (after unmapping scratch) and detach
+ * them all (the main thread last).
  * resume: the thread continues. !resume: it is left stopped (SIGSTOP queued
  * before detaching), for a process that must never run again here but whose fate
  * a person decides. Accepts NULL. Returns 0 or the first error (the tracee is
  * detached or gone either way). */
 int rdmig_tracee_release(struct rdmig_tracee *t, bool resume);
-/* Kill the tracee (SIGKILL), reap it if it is our child, free t. Accepts NULL. */
+/* Kill the tracee (SIGKILL), reap its threads (and itself if it is our child),
+ * free t. Accepts NULL. */
 void rdmig_tracee_kill(struct rdmig_tracee *t);
 
 #endif /* RDMIG_TRACEE_H */

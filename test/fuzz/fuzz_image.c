@@ -78,10 +78,20 @@ static void walk(const struct rdmig_image *img)
 	      !img->auxv == !img->auxv_len);
 	check(img->creds.ngroups <= RDMIG_IMG_MAX_GROUPS &&
 	      !img->creds.groups == !img->creds.ngroups);
-	check(img->thread.xstate_len <= RDMIG_IMG_MAX_XSTATE &&
-	      !img->thread.xstate == !img->thread.xstate_len);
-	check(img->thread.nsiginfo <= RDMIG_IMG_MAX_SIGINFO &&
-	      !img->thread.siginfo == !img->thread.nsiginfo);
+	check(img->nthreads >= 1 && img->nthreads <= RDMIG_IMG_MAX_THREADS && img->threads &&
+	      img->threads[0].tid == img->pid);
+	for (uint32_t i = 0; i < img->nthreads; i++) {
+		const struct rdmig_img_thread *t = &img->threads[i];
+
+		check(t->xstate_len <= RDMIG_IMG_MAX_XSTATE && !t->xstate == !t->xstate_len);
+		check(t->nsiginfo <= RDMIG_IMG_MAX_SIGINFO && !t->siginfo == !t->nsiginfo);
+		check(memchr(t->comm, 0, sizeof(t->comm)) != NULL && t->tid > 0);
+		for (uint32_t j = 0; j < i; j++)
+			check(img->threads[j].tid != t->tid);
+		/* a tid cache is an aligned int inside a vma */
+		check(!t->tid_cache ||
+		      (t->tid_cache % 4 == 0 && rdmig_image_vma_at(img, t->tid_cache) != NULL));
+	}
 	check(img->nsiginfo_shared <= RDMIG_IMG_MAX_SIGINFO &&
 	      !img->siginfo_shared == !img->nsiginfo_shared);
 	check(img->vdso_len <= RDMIG_IMG_MAX_VDSO && !img->vdso == !img->vdso_len);

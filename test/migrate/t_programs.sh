@@ -1,7 +1,7 @@
 #!/bin/bash
 # Real programs nobody here wrote, each migrated mid-run and required to produce
 # exactly the output of an unmigrated run; and every refusal of this version.
-#   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked gzip_file refuse_threads
+#   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked gzip_file py_threads
 #                              refuse_socket refuse_shm bad_token   (default: all)
 # Prints "ok NAME" / "not ok NAME: why" per case and "N passed, N failed".
 . "$(dirname "$0")/lib.sh"
@@ -76,6 +76,17 @@ gzip_file() {
   gzip -t "$T/gz.out" 2>/dev/null || echo "  # gzip -t: the migrated output is not a valid gzip file"
 }
 
+# python3 with 4 worker threads (5 threads in all) computing hash chains, the
+# main thread printing each round in a fixed order: every thread migrates while
+# it works or waits on a lock; the output must equal an unmigrated run's.
+# (xz -T4 cannot serve here: it keeps a self-pipe, which is refused.)
+THREADS_ARGS=("${RDMIG_THREADS_ROUNDS:-300}" "${RDMIG_THREADS_CHAIN:-40000}")
+py_threads() {
+  python3 "$HERE/threads.py" "${THREADS_ARGS[@]}" >"$T/threads.ref" </dev/null || { fail py_threads "reference run failed"; return; }
+  run_migrated py_threads "$T/threads.out" 8 python3 "$HERE/threads.py" "${THREADS_ARGS[@]}"
+  check_migrated py_threads "$T/threads.ref" "$T/threads.out"
+}
+
 # refuse NAME WHAT-REGEX PYTHON-CODE: the source must refuse before touching the
 # process (exit 2, a message naming the thing), and the process must finish with
 # the same output as if nothing had happened.
@@ -103,8 +114,6 @@ print('end', flush=True)"
   ok "$name"
 }
 
-refuse_threads() { refuse refuse_threads "thread" "import threading
-t = threading.Thread(target=time.sleep, args=(5,), daemon=True); t.start()"; }
 refuse_socket() { refuse refuse_socket "socket" "import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)"; }
 refuse_shm() { refuse refuse_shm "shared" "import mmap
@@ -130,6 +139,6 @@ bad_token() {
 }
 
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked gzip_file refuse_threads refuse_socket refuse_shm bad_token)
+[ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked gzip_file py_threads refuse_socket refuse_shm bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish
