@@ -49,6 +49,7 @@
 #include "rdmig/log.h"
 #include "uffd_compat.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -322,6 +323,36 @@ static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, u
 	return 0;
 }
 
+/* A live child of any of pid's threads (/proc/PID/task/TID/children), 0 when
+ * none, -errno when it cannot be read. */
+static int first_child(pid_t pid)
+{
+	char path[96], buf[64];
+	struct dirent *de;
+	int child = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return -errno;
+	while (!child && (de = readdir(d))) {
+		FILE *f;
+
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%.20s/children", (int)pid, de->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue; /* the thread exited meanwhile */
+		if (fscanf(f, "%63s", buf) == 1)
+			child = atoi(buf);
+		fclose(f);
+	}
+	closedir(d);
+	return child;
+}
+
 /* The check; allow_self: TracerPid may be us (rdmig_capture runs it seized). */
 static int check(pid_t pid, bool allow_self, char *why, size_t whylen)
 {
@@ -360,6 +391,16 @@ static int check(pid_t pid, bool allow_self, char *why, size_t whylen)
 		ret = refuse(why, whylen,
 		             "pid %d is being traced by pid %d (a debugger?); detach it first", pid,
 		             sta.tracer);
+		goto out_free;
+	}
+	ret = first_child(pid);
+	if (ret != 0) {
+		if (ret > 0)
+			ret = refuse(why, whylen,
+			             "pid %d has a child process (pid %d); this version migrates "
+			             "a process without live children (they would be left "
+			             "behind): wait until they have exited",
+			             pid, ret);
 		goto out_free;
 	}
 	if (sta.seccomp) {

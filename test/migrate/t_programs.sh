@@ -1,7 +1,7 @@
 #!/bin/bash
 # Real programs nobody here wrote, each migrated mid-run and required to produce
 # exactly the output of an unmigrated run; and every refusal of this version.
-#   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked gzip_file py_threads
+#   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked gzip_file py_threads forks_postcopy
 #                              refuse_socket refuse_shm bad_token   (default: all)
 # Prints "ok NAME" / "not ok NAME: why" per case and "N passed, N failed".
 . "$(dirname "$0")/lib.sh"
@@ -57,6 +57,28 @@ python_heap_untracked() {
   python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/heapu.ref" </dev/null || { fail python_heap_untracked "reference run failed"; return; }
   RDMIG_TRACK=none run_migrated python_heap_untracked "$T/heapu.out" 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
   check_migrated python_heap_untracked "$T/heapu.ref" "$T/heapu.out"
+}
+
+# A parent forking workers after the switch, with the prefetcher off so the
+# workers read pages that are still remote: each child is served through the uffd
+# the kernel hands the pager at fork, and must see its parent's data. A freeze
+# that lands while a worker lives is refused (live children are not migrated), so
+# the source is simply tried again, as a user would.
+forks_postcopy() {
+  local args=("${RDMIG_FORKS_N:-300000}" 30) try
+  python3 "$HERE/forks.py" "${args[@]}" >"$T/forks.ref" </dev/null || { fail forks_postcopy "reference run failed"; return; }
+  start_dst forks_postcopy -- --wait --no-prefetch || { fail forks_postcopy "no destination"; return; }
+  (clean python3 "$HERE/forks.py" "${args[@]}") >"$T/forks.out" </dev/null 2>"$T/forks_postcopy.proc.err" &
+  local pid=$!
+  wait_for_lines "$T/forks.out" 3 60
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    migrate forks_postcopy "$pid"
+    [ "$SRC_RC" = 2 ] && grep -q "child process" "$T/forks_postcopy.src.log" || break
+    sleep 0.03
+  done
+  wait_dst 300
+  wait "$pid" 2>/dev/null
+  check_migrated forks_postcopy "$T/forks.ref" "$T/forks.out"
 }
 
 # gzip streaming into a file: its input and output are regular files at offsets
@@ -139,6 +161,6 @@ bad_token() {
 }
 
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked gzip_file py_threads refuse_socket refuse_shm bad_token)
+[ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked gzip_file py_threads forks_postcopy refuse_socket refuse_shm bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish
