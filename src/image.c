@@ -50,6 +50,7 @@
 #define LOG_SUBSYS "image"
 
 #include "rdmig/image.h"
+#include "rdmig/le.h"
 #include "rdmig/log.h"
 
 #include <errno.h>
@@ -110,49 +111,6 @@ _Static_assert((uint64_t)COW_BATCH *COW_ENTRY_LEN < (1u << 24), "COW batch size"
 
 #define PROT_ALL 0x7u /* PROT_READ | PROT_WRITE | PROT_EXEC */
 #define NSEC_PER_SEC 1000000000u
-
-/* Byte order, one byte at a time: the host's order and alignment never matter. */
-
-static void put_le16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get_le16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-	uint32_t v = 0;
-
-	for (int i = 3; i >= 0; i--)
-		v = (v << 8) | p[i];
-	return v;
-}
-
-static uint64_t get_le64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 7; i >= 0; i--)
-		v = (v << 8) | p[i];
-	return v;
-}
 
 /* ---- rules shared by the encoder and the decoder ---- */
 
