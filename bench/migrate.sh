@@ -1,7 +1,8 @@
 #!/bin/bash
 # bench/migrate.sh: whole migrations of bench/mig_workload, measured.
 #   bench/migrate.sh [BUILD_DIR]    env: SIZES (256M,1G,4G) PATTERNS (seq,random,zipf)
-#                                        MODES (postcopy) SECONDS_RUN (8) OUT (bench-out)
+#                                        MODES (postcopy,precopy,hybrid) SECONDS_RUN (8)
+#                                        DIRTY_PCT (100) OUT (bench-out)
 # For each size x pattern x mode: the workload fills its memory, runs, and is
 # migrated over libfabric's tcp provider on loopback; it measures its own longest
 # pause (CLOCK_REALTIME between two consecutive touches: the last on the source to
@@ -19,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=$(cd "${1:-build}" && pwd) || exit 2
-SIZES=${SIZES:-256M,1G,4G} PATTERNS=${PATTERNS:-seq,random,zipf} MODES=${MODES:-postcopy}
+SIZES=${SIZES:-256M,1G,4G} PATTERNS=${PATTERNS:-seq,random,zipf} MODES=${MODES:-postcopy,precopy,hybrid}
 RUN_S=${SECONDS_RUN:-8} OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
 T=$(mktemp -d /tmp/rdmig-bench.XXXXXX)
@@ -48,12 +49,13 @@ for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@
     port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$T/$tag.dst.err"); [ -n "$port" ] && break; sleep 0.05
   done
   (for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
-   exec "$build/bench/mig_workload" --mb "$mb" --pattern "$pat" --seconds "$RUN_S") \
+   exec "$build/bench/mig_workload" --mb "$mb" --pattern "$pat" --seconds "$RUN_S" \
+     --dirty-pct "${DIRTY_PCT:-100}") \
     >"$T/$tag.work" </dev/null 2>&1 &
   work=$!
   until grep -q '^t ' "$T/$tag.work" 2>/dev/null; do sleep 0.05; done
   sleep 1
-  "$build/rdma_migrate" src --pid "$work" --to "127.0.0.1:$port" --token-file "$T/token" \
+  "$build/rdma_migrate" src --pid "$work" --to "127.0.0.1:$port" --token-file "$T/token" --mode "$mode" \
     --stats-json "$T/$tag.src.json" >"$T/$tag.src.out" 2>"$T/$tag.src.err"
   src_rc=$?
   wait "$dst"; dst_rc=$?

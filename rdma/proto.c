@@ -86,6 +86,8 @@ static unsigned u64_fields(uint16_t type)
 		return 2;
 	case RDMIG_MSG_DONE:
 		return 4;
+	case RDMIG_MSG_ROUND_DONE:
+		return 1;
 	default:
 		return 0;
 	}
@@ -103,6 +105,48 @@ int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v
 	for (unsigned i = 0; i < n; i++)
 		put_le64(p + 8 * i, v[i]);
 	return (int)(RDMIG_HDR_LEN + 8 * n);
+}
+
+#define RUN_LAST_ADDR 0x800000000000ull /* user space ends here on x86_64 */
+
+static int run_ok(uint64_t addr, uint64_t pages)
+{
+	return !(addr & 4095) && pages >= 1 && pages <= (1ull << 36) &&
+	       addr < RUN_LAST_ADDR && pages <= (RUN_LAST_ADDR - addr) / 4096;
+}
+
+int rdmig_msg_encode_runs(void *buf, size_t cap, uint32_t round, uint32_t flags,
+                          const struct rdmig_run *r, uint32_t n)
+{
+	uint8_t *p;
+
+	if (n > RDMIG_RUNS_MAX ||
+	    (flags & ~(RDMIG_RUNS_LAST | RDMIG_RUNS_FINAL | RDMIG_RUNS_STOPCOPY)))
+		return -EINVAL;
+	for (uint32_t i = 0; i < n; i++)
+		if (!run_ok(r[i].addr, r[i].pages))
+			return -EINVAL;
+	p = put_hdr(buf, cap, RDMIG_MSG_RUNS, 16 + 16 * (size_t)n);
+	if (!p)
+		return -ENOSPC;
+	put_le32(p, round);
+	put_le32(p + 4, flags);
+	put_le32(p + 8, n);
+	put_le32(p + 12, 0);
+	for (uint32_t i = 0; i < n; i++) {
+		put_le64(p + 16 + 16 * (size_t)i, r[i].addr);
+		put_le64(p + 24 + 16 * (size_t)i, r[i].pages);
+	}
+	return (int)(RDMIG_HDR_LEN + 16 + 16 * n);
+}
+
+int rdmig_msg_run(const struct rdmig_msg *m, uint32_t i, struct rdmig_run *out)
+{
+	if (m->type != RDMIG_MSG_RUNS || i >= m->u.runs.n)
+		return -EINVAL;
+	out->addr = get_le64(m->u.runs.raw + 16 * (size_t)i);
+	out->pages = get_le64(m->u.runs.raw + 8 + 16 * (size_t)i);
+	return 0;
 }
 
 int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offset, const void *data,
@@ -170,9 +214,29 @@ static int decode_payload(uint16_t type, const uint8_t *p, uint32_t plen, struct
 	case RDMIG_MSG_BYE:
 	case RDMIG_MSG_READY:
 		return plen == 0 ? 0 : -EBADMSG;
+	case RDMIG_MSG_RUNS: {
+		uint32_t n;
+
+		if (plen < 16 || get_le32(p + 12) != 0 ||
+		    (get_le32(p + 4) & ~(RDMIG_RUNS_LAST | RDMIG_RUNS_FINAL | RDMIG_RUNS_STOPCOPY)))
+			return -EBADMSG;
+		n = get_le32(p + 8);
+		if (n > RDMIG_RUNS_MAX || plen != 16 + 16 * (uint64_t)n)
+			return -EBADMSG;
+		for (uint32_t i = 0; i < n; i++)
+			if (!run_ok(get_le64(p + 16 + 16 * (size_t)i),
+			            get_le64(p + 24 + 16 * (size_t)i)))
+				return -EBADMSG;
+		m->u.runs.round = get_le32(p);
+		m->u.runs.flags = get_le32(p + 4);
+		m->u.runs.n = n;
+		m->u.runs.raw = p + 16;
+		return 0;
+	}
 	case RDMIG_MSG_GO:
 	case RDMIG_MSG_RUNNING:
 	case RDMIG_MSG_DONE:
+	case RDMIG_MSG_ROUND_DONE:
 		if (plen != 8 * u64_fields(type))
 			return -EBADMSG;
 		for (unsigned i = 0; i < u64_fields(type); i++)
@@ -279,7 +343,8 @@ const char *rdmig_msg_type_name(uint16_t type)
 {
 	static const char *const names[] = {"?",     "HELLO",   "AUTH",    "AUTH_OK",
 	                                    "ERROR", "REGIONS", "BYE",     "IMAGE",
-	                                    "READY", "GO",      "RUNNING", "DONE"};
+	                                    "READY", "GO",      "RUNNING", "DONE",
+	                                    "RUNS",  "ROUND_DONE"};
 
 	return type <= RDMIG_MSG_TYPE_MAX ? names[type] : "?";
 }

@@ -45,6 +45,7 @@ static void usage(FILE *f)
 	        "src:\n"
 	        "  --pid PID                 the process to move (single-threaded, see man page)\n"
 	        "  --to ADDR:PORT            the destination\n"
+	        "  --mode postcopy|precopy|hybrid  (default postcopy; see the man page)\n"
 	        "\n"
 	        "exit: 0 migrated; 1 failed before the switch, the original runs on here;\n"
 	        "      2 bad usage or a process this version refuses, nothing touched;\n"
@@ -78,6 +79,7 @@ enum {
 	OPT_NO_PREFETCH,
 	OPT_PID,
 	OPT_TO,
+	OPT_MODE,
 };
 
 int main(int argc, char **argv)
@@ -96,6 +98,7 @@ int main(int argc, char **argv)
 	    {"no-prefetch", no_argument, NULL, OPT_NO_PREFETCH},
 	    {"pid", required_argument, NULL, OPT_PID},
 	    {"to", required_argument, NULL, OPT_TO},
+	    {"mode", required_argument, NULL, OPT_MODE},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},
@@ -171,6 +174,19 @@ int main(int argc, char **argv)
 		case OPT_NO_PREFETCH:
 			o.no_prefetch = true;
 			break;
+		case OPT_MODE:
+			if (!strcmp(optarg, "postcopy"))
+				o.mode = RDMIG_MODE_POSTCOPY;
+			else if (!strcmp(optarg, "precopy"))
+				o.mode = RDMIG_MODE_PRECOPY;
+			else if (!strcmp(optarg, "hybrid"))
+				o.mode = RDMIG_MODE_HYBRID;
+			else {
+				fprintf(stderr,
+				        "rdma_migrate: --mode is postcopy, precopy or hybrid\n");
+				return RDMIG_EXIT_USAGE;
+			}
+			break;
 		case OPT_PID:
 			if (parse_int(optarg, 1, INT_MAX, &v) < 0) {
 				fprintf(stderr, "rdma_migrate: --pid wants a process id\n");
@@ -210,6 +226,11 @@ int main(int argc, char **argv)
 	}
 	if (!is_src && !o.addr) {
 		fprintf(stderr, "rdma_migrate dst: --listen is required\n");
+		return RDMIG_EXIT_USAGE;
+	}
+	if (!is_src && o.mode != RDMIG_MODE_POSTCOPY) {
+		fprintf(stderr, "rdma_migrate dst: --mode is a source option (the destination "
+		                "follows the source)\n");
 		return RDMIG_EXIT_USAGE;
 	}
 	if (is_src && (o.wait || o.no_prefetch || o.stdio[0] || o.stdio[1] || o.stdio[2])) {

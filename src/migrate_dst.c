@@ -27,6 +27,7 @@
 #include "rdmig/restore.h"
 #include "rdmig/tpsource.h"
 
+#include "arena.h"
 #include "migrate_common.h"
 #include "uffd.h"
 
@@ -39,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -68,6 +70,10 @@ struct dst {
 	struct rdmig_conn *ctl, *data;
 	struct rdmig_region *regions;
 	uint32_t nregions;
+	/* pre-copy and hybrid: what was pulled before the switch */
+	struct rdmig_arena *arena;
+	bool stopcopy;          /* pre-copy: every page local before the process runs */
+	uint64_t pages_at_stop; /* pre-copy: pages fetched while the process was stopped */
 	struct rdmig_image img;
 	struct rdmig_restored r;
 	bool restored, resumed;
@@ -104,16 +110,16 @@ static int dst_set_state(struct dst *d, enum dst_state to)
 
 /* ---- receiving ----------------------------------------------------------- */
 
-static int recv_image(struct dst *d)
+/* The image's chunks; the first one already received in *first. */
+static int recv_image(struct dst *d, const struct rdmig_msg *first)
 {
 	uint8_t *buf = NULL;
 	uint64_t total = 0, got = 0;
-	struct rdmig_msg m;
+	struct rdmig_msg m = *first;
 	int ret, step = d->o->timeout_ms > 0 ? d->o->timeout_ms : 60000;
 
 	do {
-		ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_IMAGE, step, &m);
-		if (ret < 0)
+		if (got && (ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_IMAGE, step, &m)) < 0)
 			goto out_free;
 		if (!buf) {
 			total = m.u.image.total;
@@ -139,6 +145,175 @@ static int recv_image(struct dst *d)
 		snprintf(d->why, sizeof(d->why), "the process image from the source is malformed");
 out_free:
 	free(buf);
+	return ret;
+}
+
+/* Until the image: pre-copy rounds (pulled into the arena as they come), the
+ * final set of pages their pulls no longer stand for, then the image's first
+ * chunk. Then the mirror's final table from the data connection. */
+static int recv_process(struct dst *d)
+{
+	struct rdmig_msg m;
+	int ret, step = d->o->timeout_ms > 0 ? d->o->timeout_ms : 60000;
+
+	for (;;) {
+		int len = rdmig_tp_recv(d->ctl, d->msg, RDMIG_MSG_MAX, step);
+
+		if (len < 0)
+			return len;
+		ret = rdmig_msg_decode(d->msg, (size_t)len, &m);
+		if (ret < 0)
+			return ret;
+		if (m.type == RDMIG_MSG_ERROR) {
+			pr_err("the source gave up: %s", m.u.error.text);
+			return -m.u.error.code;
+		}
+		if (m.type == RDMIG_MSG_IMAGE)
+			break;
+		if (m.type != RDMIG_MSG_RUNS) {
+			pr_err("expected RUNS or IMAGE, got %s", rdmig_msg_type_name(m.type));
+			return -EPROTO;
+		}
+		if (m.u.runs.flags & RDMIG_RUNS_FINAL) {
+			if (d->arena)
+				rdmig_arena_stale(d->arena, &m);
+			d->stopcopy = m.u.runs.flags & RDMIG_RUNS_STOPCOPY;
+			continue;
+		}
+		if (!d->arena) {
+			struct rdmig_region *pre;
+			uint32_t npre;
+
+			ret = rdmig_mirror_recv_table(d->data, step, &pre, &npre);
+			if (ret == 0)
+				ret = rdmig_arena_create(d->data, pre, npre, &d->arena);
+			free(pre);
+			if (ret < 0)
+				return ret;
+		}
+		ret = rdmig_arena_pull(d->arena, &m, step);
+		if (ret == 0 && (m.u.runs.flags & RDMIG_RUNS_LAST)) {
+			uint64_t v = m.u.runs.round;
+			int n = rdmig_msg_encode_u64(d->msg, RDMIG_MSG_MAX, RDMIG_MSG_ROUND_DONE,
+			                             &v, 1);
+
+			ret = n < 0 ? n : rdmig_tp_send(d->ctl, d->msg, (size_t)n);
+		}
+		if (ret < 0)
+			return ret;
+	}
+	/* the arena's pulls are over; the pager makes its own source */
+	rdmig_arena_drop_source(d->arena);
+	ret = rdmig_mirror_recv_table(d->data, step, &d->regions, &d->nregions);
+	return ret < 0 ? ret : recv_image(d, &m);
+}
+
+/* ---- pre-copy: every page in place before the process runs ------------------ */
+
+static int write_run(struct dst *d, uint64_t addr, const void *data, size_t len)
+{
+	struct iovec l = {(void *)(uintptr_t)data, len}, r = {(void *)(uintptr_t)addr, len};
+
+	if (process_vm_writev(d->r.pid, &l, 1, &r, 1, 0) != (ssize_t)len)
+		return errno ? -errno : -EIO;
+	return 0;
+}
+
+static bool touched(const struct rdmig_img_vma *v, uint64_t i);
+
+static int write_page(void *arg, uint64_t addr, const void *data)
+{
+	return write_run(arg, addr, data, PG);
+}
+
+/* Stop and copy the rest: current arena pages are written into the stopped
+ * process, the others fetched from the mirror now. No uffd range is registered. */
+static int install_all(struct dst *d)
+{
+	struct rdmig_run *runs = NULL;
+	uint32_t n = 0, cap = 0;
+	int ret;
+
+	ret = rdmig_tpsource_create(&(struct rdmig_tpsource_opts){.conn = d->data,
+	                                                          .regions = d->regions,
+	                                                          .nregions = d->nregions},
+	                            &d->src);
+	for (uint32_t i = 0; ret == 0 && i < d->img.nvmas; i++) {
+		const struct rdmig_img_vma *v = &d->img.vmas[i];
+
+		if (v->kind != RDMIG_VMA_ANON || !v->touched)
+			continue;
+		for (uint64_t p = 0; ret == 0 && p < (v->end - v->start) / PG; p++) {
+			uint64_t addr = v->start + p * PG;
+			const uint8_t *page;
+
+			if (!touched(v, p))
+				continue;
+			page = rdmig_arena_page(d->arena, addr);
+			if (page) {
+				/* a run of current pages, contiguous in the arena too: one write */
+				uint64_t k = 1;
+
+				while (p + k < (v->end - v->start) / PG && touched(v, p + k) &&
+				       rdmig_arena_page(d->arena, addr + k * PG) == page + k * PG)
+					k++;
+				ret = write_run(d, addr, page, k * PG);
+				p += k - 1;
+				continue;
+			}
+			if (n && runs[n - 1].addr + runs[n - 1].pages * PG == addr) {
+				runs[n - 1].pages++;
+				continue;
+			}
+			if (n == cap) {
+				struct rdmig_run *nr =
+				    realloc(runs, (cap ? 2 * cap : 64) * sizeof(*nr));
+
+				if (!nr) {
+					ret = -ENOMEM;
+					break;
+				}
+				runs = nr;
+				cap = cap ? 2 * cap : 64;
+			}
+			runs[n++] = (struct rdmig_run){addr, 1};
+		}
+	}
+	for (uint32_t i = 0; i < n; i++)
+		d->pages_at_stop += runs[i].pages;
+	if (ret == 0)
+		ret = rdmig_fetch_runs(d->src, runs, n, write_page, d,
+		                       d->o->timeout_ms > 0 ? d->o->timeout_ms : 60000);
+	free(runs);
+	return ret;
+}
+
+/* Hybrid: pages with a current copy in the arena are installed from there. */
+static int use_arena(struct dst *d)
+{
+	uint64_t start, len;
+	const void *base;
+	int ret = 0;
+
+	for (uint32_t i = 0; ret == 0 && !rdmig_arena_region(d->arena, i, &start, &len, &base); i++)
+		ret = rdmig_faultloop_add_arena(d->loop, start, len, base);
+	for (uint32_t i = 0; ret == 0 && i < d->img.nvmas; i++) {
+		const struct rdmig_img_vma *v = &d->img.vmas[i];
+
+		if (v->kind != RDMIG_VMA_ANON || !v->touched)
+			continue;
+		for (uint64_t p = 0; ret == 0 && p < (v->end - v->start) / PG;) {
+			uint64_t k = 0;
+
+			while (p + k < (v->end - v->start) / PG && touched(v, p + k) &&
+			       rdmig_arena_page(d->arena, v->start + (p + k) * PG))
+				k++;
+			if (k)
+				ret = rdmig_faultloop_set_state(d->loop, v->start + p * PG, k * PG,
+				                                RDMIG_PAGE_ARENA);
+			p += k ? k : 1;
+		}
+	}
 	return ret;
 }
 
@@ -176,7 +351,10 @@ static bool pf_is_remote(void *arg, uint64_t addr)
 {
 	const struct dst *d = arg;
 
-	return d->ps && rdmig_pagestate_get(d->ps, addr) == RDMIG_PAGE_REMOTE;
+	enum rdmig_page_state st = d->ps ? rdmig_pagestate_get(d->ps, addr) : RDMIG_PAGE_UNTRACKED;
+
+	/* an arena page still has to be installed: the loop copies it, no fetch */
+	return st == RDMIG_PAGE_REMOTE || st == RDMIG_PAGE_ARENA;
 }
 
 static void pf_on_fault(void *arg, uint64_t addr)
@@ -273,6 +451,8 @@ static int start_pager(struct dst *d)
 	if (ret < 0)
 		return ret;
 	ret = add_ranges(d, &ranges, &nranges);
+	if (ret == 0 && d->arena)
+		ret = use_arena(d);
 	if (ret == 0 && nranges && !d->o->no_prefetch)
 		ret = rdmig_prefetch_create(&(struct rdmig_prefetch_cfg){.page_size = PG,
 		                                                         .ranges = ranges,
@@ -371,7 +551,7 @@ static int release_uffd(struct dst *d)
 	int ret = 0;
 
 	rdmig_faultloop_stop(d->loop);
-	for (uint32_t i = 0; i < d->img.nvmas; i++) {
+	for (uint32_t i = 0; d->loop && i < d->img.nvmas; i++) {
 		const struct rdmig_img_vma *v = &d->img.vmas[i];
 
 		if (v->kind == RDMIG_VMA_ANON && v->touched &&
@@ -448,7 +628,8 @@ static int finish(struct dst *d)
 	struct rdmig_msg m;
 	int ret, n;
 
-	ret = wait_all_local(d);
+	/* pre-copy: everything was in place before the process ran */
+	ret = d->stopcopy ? 0 : wait_all_local(d);
 	if (ret < 0) {
 		(void)dst_set_state(d, DST_FAILED);
 		fprintf(stderr,
@@ -459,8 +640,14 @@ static int finish(struct dst *d)
 		return RDMIG_EXIT_FAILED;
 	}
 	d->t_local = rdmig_now_ns();
-	rdmig_faultloop_stats(d->loop, &s);
-	rdmig_tpsource_stats(d->src, &fetches, &bytes);
+	memset(&s, 0, sizeof(s));
+	if (d->loop)
+		rdmig_faultloop_stats(d->loop, &s);
+	if (d->src)
+		rdmig_tpsource_stats(d->src, &fetches, &bytes);
+	if (d->stopcopy)
+		s.faults_fetched = d->pages_at_stop; /* fetched, on no fault: before the run */
+	bytes += rdmig_arena_pulled(d->arena) * PG;
 	ret = release_uffd(d);
 	if (ret < 0)
 		pr_warn("could not close the process's userfaultfd: %s", strerror(-ret));
@@ -526,9 +713,7 @@ static int run(struct dst *d)
 	d->lis = NULL;
 	ret = dst_set_state(d, DST_RECEIVING);
 	if (ret == 0)
-		ret = rdmig_mirror_recv_table(d->data, step, &d->regions, &d->nregions);
-	if (ret == 0)
-		ret = recv_image(d);
+		ret = recv_process(d);
 	if (ret < 0)
 		return abort_restore(d, "receiving the process failed", ret);
 
@@ -542,7 +727,7 @@ static int run(struct dst *d)
 	d->restored = true;
 	ret = rdmig_inject("dst.pager");
 	if (ret == 0)
-		ret = start_pager(d);
+		ret = d->stopcopy ? install_all(d) : start_pager(d);
 	if (ret < 0)
 		return abort_restore(d, "cannot start serving the process's memory", ret);
 	ret = dst_set_state(d, DST_READY);
@@ -638,6 +823,7 @@ int rdmig_dst_run(const struct rdmig_migrate_opts *o)
 		close(d.r.uffd);
 	rdmig_prefetch_destroy(d.pf);
 	rdmig_source_destroy(d.src);
+	rdmig_arena_destroy(d.arena);
 	free(d.regions);
 	rdmig_image_free(&d.img);
 	rdmig_husk_destroy(d.husk);

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 enum src_state {
 	SRC_INIT,
@@ -68,7 +69,9 @@ struct src {
 	uint8_t *msg;
 	uint64_t t_start, t_freeze, t_resume, t_done; /* realtime ns */
 	uint64_t image_bytes;
-	uint64_t done[4]; /* DONE: faults, fetched, prefetched, bytes */
+	uint32_t rounds;       /* pre-copy rounds the destination pulled */
+	uint64_t precopy_sent; /* pages it pulled in them */
+	uint64_t done[4];      /* DONE: faults, fetched, prefetched, bytes */
 	char why[512];
 };
 
@@ -93,6 +96,96 @@ static void log_precopy(struct src *s, const char *when)
 	        ", recopied %" PRIu64 ", late %" PRIu64 ", with data %" PRIu64,
 	        when, ps.ranges_tracked, ps.ranges_untracked, ps.pages_copied, ps.pages_recopied,
 	        ps.pages_late, ps.pages_touched);
+}
+
+/* The runs copied since the last call, to the destination: several RUNS messages
+ * for one round, the last flagged. */
+static int send_runs(struct src *s, uint32_t round, uint32_t flags, uint64_t *pages)
+{
+	struct rdmig_run *runs;
+	uint32_t n, at = 0;
+	int ret = rdmig_precopy_take_runs(s->pc, &runs, &n);
+
+	if (ret < 0)
+		return ret;
+	*pages = 0;
+	for (uint32_t i = 0; i < n; i++)
+		*pages += runs[i].pages;
+	do {
+		uint32_t k = n - at > RDMIG_RUNS_MAX ? RDMIG_RUNS_MAX : n - at;
+		int len = rdmig_msg_encode_runs(s->msg, RDMIG_MSG_MAX, round,
+		                                flags | (at + k == n ? RDMIG_RUNS_LAST : 0u),
+		                                runs + at, k);
+
+		ret = len < 0 ? len : rdmig_tp_send(s->conn, s->msg, (size_t)len);
+		at += k;
+	} while (ret == 0 && at < n);
+	free(runs);
+	return ret;
+}
+
+/*
+ * Pre-copy rounds (precopy and hybrid modes), after the first copy: each round's
+ * copies go to the destination as RUNS and it pulls them into its arena; the next
+ * round starts once it has (ROUND_DONE), so a pull never reads a page being
+ * rewritten. When to stop:
+ *   precopy  the dirty set is small (<= 1% of the pages with data, or 256 pages),
+ *            or stopped shrinking (a round copied >= 90% of the one before), or
+ *            one more round would take the data sent past 1.4x the memory, or 30
+ *            rounds: then the freeze copies the rest;
+ *   hybrid   as soon as a round fails to halve the one before (pre-copy stops
+ *            paying off: the pages still being written are the hot ones, better
+ *            fetched on demand after the switch), or the set is small, or 5 rounds.
+ */
+static int precopy_rounds(struct src *s)
+{
+	const struct rdmig_migrate_opts *o = s->o;
+	struct rdmig_mirror_view *views;
+	uint64_t prev = 0, cur = 0, sent = 0, total = 1;
+	uint32_t nviews, round = 1;
+	struct rdmig_msg m;
+	int ret, step = o->timeout_ms > 0 ? o->timeout_ms : 60000;
+
+	ret = rdmig_precopy_views(s->pc, &views, &nviews);
+	if (ret < 0)
+		return ret;
+	ret = nviews ? rdmig_mirror_send(s->mirror, views, nviews) : -ENODATA;
+	free(views);
+	for (; ret == 0; round++) {
+		ret = send_runs(s, round, 0, &cur);
+		if (ret == 0)
+			ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_ROUND_DONE, step, &m);
+		if (ret == 0 && m.u.u64[0] != round)
+			ret = -EPROTO;
+		if (ret < 0)
+			break;
+		if (round == 1)
+			total = cur ? cur : 1;
+		sent += cur;
+		pr_info("pre-copy round %u: %" PRIu64 " pages (%" PRIu64 " sent, %" PRIu64
+		        " pages with data)",
+		        round, cur, sent, total);
+		if (isatty(STDERR_FILENO))
+			fprintf(stderr,
+			        "\rpre-copy round %u: %" PRIu64 " pages dirty, %.1f MiB sent   ",
+			        round, cur, (double)sent * 4096 / 1048576);
+		if (round > 1 && (cur <= 256 || cur * 100 <= total)) {
+			break; /* converged */
+		} else if (o->mode == RDMIG_MODE_HYBRID) {
+			if (round > 1 && (cur * 2 > prev || round >= 5))
+				break;
+		} else if (round > 1 && (cur * 10 >= prev * 9 || round >= 30 ||
+		                         (sent + cur) * 10 > total * 14)) {
+			break;
+		}
+		prev = cur;
+		ret = rdmig_precopy_round(s->pc);
+	}
+	if (isatty(STDERR_FILENO))
+		fputc('\n', stderr);
+	s->rounds = round;
+	s->precopy_sent = sent;
+	return ret;
 }
 
 static int send_image(struct src *s)
@@ -159,6 +252,10 @@ static void summary(struct src *s)
 
 	if (s->pc)
 		rdmig_precopy_stats(s->pc, &ps);
+	if (s->rounds)
+		printf("rdma_migrate src: pre-copy: %u rounds pulled by the destination, %" PRIu64
+		       " pages (%.1f MiB)\n",
+		       s->rounds, s->precopy_sent, (double)s->precopy_sent * 4096 / 1048576);
 	printf("rdma_migrate src: pid %d migrated: downtime %.3f ms, total %.3f s; "
 	       "image %" PRIu64 " B; pages with data %" PRIu64 " (%.1f MiB), copied while "
 	       "running %" PRIu64 ", again at the freeze %" PRIu64 " (+%" PRIu64
@@ -182,10 +279,12 @@ static void summary(struct src *s)
 		        ",\"pages_touched\":%" PRIu64 ",\"pages_copied\":%" PRIu64
 		        ",\"pages_recopied\":%" PRIu64 ",\"pages_late\":%" PRIu64
 		        ",\"faults\":%" PRIu64 ",\"fetched\":%" PRIu64 ",\"prefetched\":%" PRIu64
-		        ",\"bytes_read\":%" PRIu64 "}\n",
+		        ",\"bytes_read\":%" PRIu64 ",\"rounds\":%u,\"precopy_pages\":%" PRIu64
+		        "}\n",
 		        (int)s->o->pid, s->t_resume - s->t_freeze, s->t_done - s->t_start,
 		        s->image_bytes, ps.pages_touched, ps.pages_copied, ps.pages_recopied,
-		        ps.pages_late, s->done[0], s->done[1], s->done[2], s->done[3]);
+		        ps.pages_late, s->done[0], s->done[1], s->done[2], s->done[3], s->rounds,
+		        s->precopy_sent);
 		fclose(f);
 	}
 }
@@ -312,6 +411,11 @@ static int run(struct src *s)
 	if (ret < 0)
 		return rollback(s, "copying the process's memory failed", ret);
 	log_precopy(s, "copied while running");
+	if (o->mode != RDMIG_MODE_POSTCOPY) {
+		ret = precopy_rounds(s);
+		if (ret < 0)
+			return rollback(s, "the pre-copy rounds failed", ret);
+	}
 
 	/* The freeze: downtime runs from here to the destination's resume. */
 	s->t_freeze = rdmig_now_ns();
@@ -331,6 +435,18 @@ static int run(struct src *s)
 	if (ret < 0)
 		return rollback(s, "copying the last changed pages failed", ret);
 	log_precopy(s, "at the freeze");
+	if (o->mode != RDMIG_MODE_POSTCOPY) {
+		uint64_t fpages;
+
+		ret = send_runs(s, s->rounds + 1,
+		                RDMIG_RUNS_FINAL |
+		                    (o->mode == RDMIG_MODE_PRECOPY ? RDMIG_RUNS_STOPCOPY : 0u),
+		                &fpages);
+		if (ret < 0) {
+			free(views);
+			return rollback(s, "cannot send the process to the destination", ret);
+		}
+	}
 	ret = nviews ? rdmig_mirror_send(s->mirror, views, nviews) : 0;
 	free(views);
 	if (ret == 0)

@@ -68,6 +68,9 @@ struct rdmig_precopy {
 	struct rdmig_mirror *mirror;
 	struct range *r;
 	uint32_t n, cap;
+	struct rdmig_run *log; /* runs copied since the last take_runs */
+	uint32_t nlog, caplog;
+	bool log_oom; /* a run could not be logged: take_runs fails */
 	struct rdmig_precopy_stats st;
 };
 
@@ -178,6 +181,22 @@ static int copy_run(struct rdmig_precopy *p, struct range *r, uint64_t addr, uin
 		done += (uint64_t)k;
 	}
 	set_copied(r, addr, len);
+	if (p->nlog && p->log[p->nlog - 1].addr + p->log[p->nlog - 1].pages * PG == addr) {
+		p->log[p->nlog - 1].pages += len / PG;
+		return 0;
+	}
+	if (p->nlog == p->caplog) {
+		uint32_t cap = p->caplog ? 2 * p->caplog : 256;
+		struct rdmig_run *n = realloc(p->log, cap * sizeof(*n));
+
+		if (!n) {
+			p->log_oom = true;
+			return 0;
+		}
+		p->log = n;
+		p->caplog = cap;
+	}
+	p->log[p->nlog++] = (struct rdmig_run){addr, len / PG};
 	return 0;
 }
 
@@ -631,6 +650,33 @@ int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
 	return 0;
 }
 
+int rdmig_precopy_take_runs(struct rdmig_precopy *p, struct rdmig_run **runs, uint32_t *n)
+{
+	if (p->log_oom)
+		return -ENOMEM; /* a copy we cannot name must not look clean to the peer */
+	*runs = p->log;
+	*n = p->nlog;
+	p->log = NULL;
+	p->nlog = p->caplog = 0;
+	return 0;
+}
+
+int rdmig_precopy_views(struct rdmig_precopy *p, struct rdmig_mirror_view **v, uint32_t *n)
+{
+	struct rdmig_mirror_view *out = calloc(p->n ? p->n : 1, sizeof(*out));
+
+	if (!out)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < p->n; i++)
+		out[i] = (struct rdmig_mirror_view){.id = p->r[i].start,
+		                                    .reg = p->r[i].reg,
+		                                    .off = 0,
+		                                    .len = p->r[i].end - p->r[i].start};
+	*v = out;
+	*n = p->n;
+	return 0;
+}
+
 void rdmig_precopy_stats(const struct rdmig_precopy *p, struct rdmig_precopy_stats *out)
 {
 	*out = p->st;
@@ -665,5 +711,6 @@ void rdmig_precopy_free(struct rdmig_precopy *p)
 		free(p->r[i].copied);
 	}
 	free(p->r);
+	free(p->log);
 	free(p);
 }

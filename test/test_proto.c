@@ -166,6 +166,24 @@ static void migration_messages(void)
 	n = rdmig_msg_encode_empty(buf, sizeof(buf), RDMIG_MSG_READY);
 	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
 	T_CHECK(m.type == RDMIG_MSG_READY, "READY");
+
+	struct rdmig_run runs[2] = {{0x7f0000001000, 3}, {0x1000, 1}}, got;
+
+	n = rdmig_msg_encode_runs(buf, sizeof(buf), 7, RDMIG_RUNS_LAST, runs, 2);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_RUNS && m.u.runs.round == 7 && m.u.runs.n == 2 &&
+	            m.u.runs.flags == RDMIG_RUNS_LAST,
+	        "RUNS header");
+	T_OK(rdmig_msg_run(&m, 1, &got));
+	T_CHECK(got.addr == 0x1000 && got.pages == 1, "RUNS entry");
+	T_CHECK(rdmig_msg_run(&m, 2, &got) == -EINVAL, "RUNS index past n");
+	buf[RDMIG_HDR_LEN + 16] = 0x01; /* first run no longer page aligned */
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "unaligned run");
+	runs[0].pages = 0;
+	T_CHECK(rdmig_msg_encode_runs(buf, sizeof(buf), 1, 0, runs, 2) == -EINVAL, "empty run");
+	runs[0] = (struct rdmig_run){0x7ffffffff000, 2};
+	T_CHECK(rdmig_msg_encode_runs(buf, sizeof(buf), 1, 0, runs, 2) == -EINVAL,
+	        "run past user space");
 }
 
 static void hostport(void)

@@ -26,10 +26,20 @@ enum rdmig_exit {
 				    * on its missing pages (never wrong data) */
 };
 
+/* src --mode */
+enum rdmig_mode {
+	RDMIG_MODE_POSTCOPY = 0, /* freeze after one copy; the destination pages on demand */
+	RDMIG_MODE_PRECOPY,      /* rounds until the dirty set converges, then every page
+				  * reaches the destination before the process runs */
+	RDMIG_MODE_HYBRID,       /* pre-copy rounds into the destination's arena while
+				  * they pay off, then post-copy for what is left */
+};
+
 struct rdmig_migrate_opts {
 	struct rdmig_tp_opts tp;
 	const char *addr;       /* src: --to; dst: --listen */
 	pid_t pid;              /* src */
+	enum rdmig_mode mode;   /* src */
 	const char *stdio[3];   /* dst: --stdin/--stdout/--stderr (NULL: the daemon's own) */
 	const char *stats_json; /* both: write the summary here as JSON (NULL: none) */
 	bool wait;              /* dst: after the migration, wait for the process to exit and

@@ -24,6 +24,7 @@
 
 #include "rdmig/image.h"
 #include "rdmig/mirror.h"
+#include "rdmig/proto.h"
 #include "rdmig/tracee.h"
 
 #include <stdint.h>
@@ -58,6 +59,17 @@ RDMIG_PRECOPY_WUR int rdmig_precopy_final(struct rdmig_precopy *p, const struct 
                                           struct rdmig_mirror_view **views, uint32_t *n);
 
 void rdmig_precopy_stats(const struct rdmig_precopy *p, struct rdmig_precopy_stats *out);
+
+/* The runs of pages copied into the mirror since the last call (by rounds or the
+ * freeze), in copy order, neighbours merged: malloc'd *runs (free it), *n. What a
+ * pre-copy destination pulls after each round, and what it must not trust from
+ * earlier rounds after the freeze. */
+RDMIG_PRECOPY_WUR int rdmig_precopy_take_runs(struct rdmig_precopy *p, struct rdmig_run **runs,
+                                              uint32_t *n);
+/* Views of every tracked range's buffer (id = the range's start), for a peer that
+ * pulls rounds before the freeze: malloc'd *v, *n. */
+RDMIG_PRECOPY_WUR int rdmig_precopy_views(struct rdmig_precopy *p, struct rdmig_mirror_view **v,
+                                          uint32_t *n);
 
 /* Stop tracking: unregister every range from the target (which keeps running, or
  * is gone) and close the uffd. Call before releasing the mirror's memory. */

@@ -34,6 +34,14 @@
  *   dst: DONE      {faults, fetched, prefetched, bytes: le64 each}  every page is
  *                  local; the source kills the original and frees the mirror
  *   src: BYE
+ * Pre-copy and hybrid modes add, before the IMAGE: the tracked ranges' REGIONS on
+ * the data connection, then per round on control
+ *   src: RUNS      {round le32, flags le32, n le32, 0, n x {addr le64, pages le64}}
+ *                  the runs copied into the mirror that round (several messages,
+ *                  RDMIG_RUNS_LAST on the last; RDMIG_RUNS_FINAL: pages copied at
+ *                  the freeze, whose earlier copies are stale)
+ *   dst: ROUND_DONE {round}  pulled into its arena; the source copies again only
+ *                  after it, so a pull never reads a page being rewritten
  * Timestamps are CLOCK_REALTIME nanoseconds (downtime across hosts).
  */
 #ifndef RDMIG_PROTO_H
@@ -54,7 +62,12 @@
 #define RDMIG_IMAGE_TOTAL_MAX (256ull << 20)
 /* Payload bytes of one IMAGE chunk at most. */
 #define RDMIG_IMAGE_CHUNK_MAX (RDMIG_MSG_MAX - RDMIG_HDR_LEN - 16u)
-/* Fixed u64 fields of GO, RUNNING, DONE. */
+/* RUNS flags and size */
+#define RDMIG_RUNS_LAST 1u
+#define RDMIG_RUNS_FINAL 2u
+#define RDMIG_RUNS_STOPCOPY 4u /* on FINAL: every page local before the process runs */
+#define RDMIG_RUNS_MAX ((RDMIG_MSG_MAX - RDMIG_HDR_LEN - 16u) / 16u)
+/* Fixed u64 fields of GO, RUNNING, DONE, ROUND_DONE. */
 #define RDMIG_MSG_U64_MAX 4u
 
 /* A region table fits one message: 16 + 8 + n*32 <= RDMIG_MSG_MAX. */
@@ -65,14 +78,16 @@ enum rdmig_msg_type {
 	RDMIG_MSG_AUTH = 2,
 	RDMIG_MSG_AUTH_OK = 3,
 	RDMIG_MSG_ERROR = 4,
-	RDMIG_MSG_REGIONS = 5,  /* a table of registered regions the peer may read */
-	RDMIG_MSG_BYE = 6,      /* orderly end of a session */
-	RDMIG_MSG_IMAGE = 7,    /* a chunk of the process image */
-	RDMIG_MSG_READY = 8,    /* dst: restored, waiting for GO */
-	RDMIG_MSG_GO = 9,       /* src: committed */
-	RDMIG_MSG_RUNNING = 10, /* dst: the process runs */
-	RDMIG_MSG_DONE = 11,    /* dst: every page is local */
-	RDMIG_MSG_TYPE_MAX = 11,
+	RDMIG_MSG_REGIONS = 5,     /* a table of registered regions the peer may read */
+	RDMIG_MSG_BYE = 6,         /* orderly end of a session */
+	RDMIG_MSG_IMAGE = 7,       /* a chunk of the process image */
+	RDMIG_MSG_READY = 8,       /* dst: restored, waiting for GO */
+	RDMIG_MSG_GO = 9,          /* src: committed */
+	RDMIG_MSG_RUNNING = 10,    /* dst: the process runs */
+	RDMIG_MSG_DONE = 11,       /* dst: every page is local */
+	RDMIG_MSG_RUNS = 12,       /* src: runs of pages copied into the mirror (pre-copy) */
+	RDMIG_MSG_ROUND_DONE = 13, /* dst: it has pulled round {n} into its arena */
+	RDMIG_MSG_TYPE_MAX = 13,
 };
 
 enum rdmig_role {
@@ -110,8 +125,12 @@ struct rdmig_msg {
 			uint32_t len;           /* 1..RDMIG_IMAGE_CHUNK_MAX, offset+len <= total */
 			const uint8_t *data;
 		} image;
+		struct {
+			uint32_t round, flags, n;
+			const uint8_t *raw; /* n runs, decode with rdmig_msg_run() */
+		} runs;
 		/* GO {freeze_ns}, RUNNING {pid, resume_ns}, DONE {faults, fetched,
-		 * prefetched, bytes}: their fixed number of u64 fields. */
+		 * prefetched, bytes}, ROUND_DONE {round}: their fixed number of u64 fields. */
 		uint64_t u64[RDMIG_MSG_U64_MAX];
 	} u;
 };
@@ -126,6 +145,14 @@ int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offse
                            uint32_t len);
 /* GO, RUNNING, DONE: n must be the type's field count (1, 2, 4). */
 int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v, unsigned n);
+struct rdmig_run {
+	uint64_t addr, pages;
+};
+/* RUNS: n <= RDMIG_RUNS_MAX runs, each page aligned, 1..2^36 pages, no wrap. */
+int rdmig_msg_encode_runs(void *buf, size_t cap, uint32_t round, uint32_t flags,
+                          const struct rdmig_run *r, uint32_t n);
+/* Run i (< n, checked) of a decoded RUNS message. */
+int rdmig_msg_run(const struct rdmig_msg *m, uint32_t i, struct rdmig_run *out);
 int rdmig_msg_encode_regions(void *buf, size_t cap, const struct rdmig_region *r, uint32_t n);
 
 /* Check and decode one received message. 0, -EBADMSG or -EPROTONOSUPPORT. */

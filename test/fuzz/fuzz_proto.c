@@ -25,6 +25,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				__builtin_trap();
 		}
 	}
+	if (m.type == RDMIG_MSG_RUNS) {
+		struct rdmig_run run;
+
+		for (uint32_t i = 0; i < m.u.runs.n; i++) {
+			if (rdmig_msg_run(&m, i, &run) < 0 || (run.addr & 4095) || !run.pages ||
+			    run.addr + run.pages * 4096 < run.addr)
+				__builtin_trap();
+		}
+	}
 	if (m.type == RDMIG_MSG_ERROR && strlen(m.u.error.text) > RDMIG_ERRTEXT_MAX)
 		__builtin_trap();
 	return 0;

@@ -53,12 +53,12 @@ start_dst() {
   return 1
 }
 
-# migrate NAME PID [NETNS_PREFIX...]: runs the source side; sets SRC_RC. Output in
-# $T/NAME.src.log.
+# migrate NAME PID [NETNS_PREFIX...]: runs the source side (with $SRC_OPTS, e.g.
+# "--mode hybrid"); sets SRC_RC. Output in $T/NAME.src.log.
 migrate() {
   local name=$1 pid=$2; shift 2
   "$@" "$MIG" src --pid "$pid" --to "$ADDR:$DST_PORT" --transport "$TRANSPORT" \
-    --provider "$PROVIDER" --token-file "$T/token" >"$T/$name.src.log" 2>&1
+    --provider "$PROVIDER" --token-file "$T/token" ${SRC_OPTS:-} >"$T/$name.src.log" 2>&1
   SRC_RC=$?
 }
 

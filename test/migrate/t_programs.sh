@@ -1,7 +1,8 @@
 #!/bin/bash
 # Real programs nobody here wrote, each migrated mid-run and required to produce
 # exactly the output of an unmigrated run; and every refusal of this version.
-#   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked gzip_file py_threads forks_postcopy
+#   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked python_heap_precopy
+#                              python_heap_hybrid gzip_file py_threads py_threads_hybrid forks_postcopy
 #                              refuse_socket refuse_shm bad_token   (default: all)
 # Prints "ok NAME" / "not ok NAME: why" per case and "N passed, N failed".
 . "$(dirname "$0")/lib.sh"
@@ -79,6 +80,23 @@ forks_postcopy() {
   wait_dst 300
   wait "$pid" 2>/dev/null
   check_migrated forks_postcopy "$T/forks.ref" "$T/forks.out"
+}
+
+# The other modes: pre-copy rounds pulled into the destination's arena, then
+# every page in place before the process runs (precopy) or the rest on demand
+# (hybrid).
+python_heap_mode() { # MODE
+  local mode=$1 name=python_heap_$1
+  python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
+  SRC_OPTS="--mode $mode" run_migrated "$name" "$T/$name.out" 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
+  check_migrated "$name" "$T/$name.ref" "$T/$name.out"
+}
+python_heap_precopy() { python_heap_mode precopy; }
+python_heap_hybrid() { python_heap_mode hybrid; }
+py_threads_hybrid() {
+  python3 "$HERE/threads.py" "${THREADS_ARGS[@]}" >"$T/threadsh.ref" </dev/null || { fail py_threads_hybrid "reference run failed"; return; }
+  SRC_OPTS="--mode hybrid" run_migrated py_threads_hybrid "$T/threadsh.out" 8 python3 "$HERE/threads.py" "${THREADS_ARGS[@]}"
+  check_migrated py_threads_hybrid "$T/threadsh.ref" "$T/threadsh.out"
 }
 
 # gzip streaming into a file: its input and output are regular files at offsets
@@ -161,6 +179,7 @@ bad_token() {
 }
 
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked gzip_file py_threads forks_postcopy refuse_socket refuse_shm bad_token)
+[ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked python_heap_precopy python_heap_hybrid
+  gzip_file py_threads py_threads_hybrid forks_postcopy refuse_socket refuse_shm bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish
