@@ -35,6 +35,8 @@ static void usage(FILE *f)
 	        "                            on both hosts\n"
 	        "  --timeout-ms N            connect and per-step waits (default 10000/60000)\n"
 	        "  --stats-json FILE         write the summary as JSON\n"
+	        "  --retry-s N               after the switch, wait N s for a lost link to come\n"
+	        "                            back before declaring failure (default 30; 0: never)\n"
 	        "  -v, --verbose             log every state change\n"
 	        "dst:\n"
 	        "  --listen ADDR:PORT        where the source connects\n"
@@ -80,6 +82,7 @@ enum {
 	OPT_PID,
 	OPT_TO,
 	OPT_MODE,
+	OPT_RETRY,
 };
 
 int main(int argc, char **argv)
@@ -99,12 +102,14 @@ int main(int argc, char **argv)
 	    {"pid", required_argument, NULL, OPT_PID},
 	    {"to", required_argument, NULL, OPT_TO},
 	    {"mode", required_argument, NULL, OPT_MODE},
+	    {"retry-s", required_argument, NULL, OPT_RETRY},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},
 	    {NULL, 0, NULL, 0},
 	};
-	struct rdmig_migrate_opts o = {.tp = {.transport = "fabric", .provider = "tcp"}};
+	struct rdmig_migrate_opts o = {.tp = {.transport = "fabric", .provider = "tcp"},
+	                               .retry_ms = 30000};
 	const char *side;
 	bool is_src;
 	long v;
@@ -173,6 +178,14 @@ int main(int argc, char **argv)
 			break;
 		case OPT_NO_PREFETCH:
 			o.no_prefetch = true;
+			break;
+		case OPT_RETRY:
+			if (parse_int(optarg, 0, 86400, &v) < 0) {
+				fprintf(stderr,
+				        "rdma_migrate: --retry-s wants seconds (0..86400)\n");
+				return RDMIG_EXIT_USAGE;
+			}
+			o.retry_ms = (int)v * 1000;
 			break;
 		case OPT_MODE:
 			if (!strcmp(optarg, "postcopy"))

@@ -29,6 +29,7 @@
 
 #include "arena.h"
 #include "migrate_common.h"
+#include "switchsrc.h"
 #include "uffd.h"
 
 #include <errno.h>
@@ -68,6 +69,7 @@ struct dst {
 	struct rdmig_husk *husk;
 	struct rdmig_listener *lis;
 	struct rdmig_conn *ctl, *data;
+	struct rdmig_conn *next_data; /* a reconnection's, until the switch takes it */
 	struct rdmig_region *regions;
 	uint32_t nregions;
 	/* pre-copy and hybrid: what was pulled before the switch */
@@ -77,7 +79,10 @@ struct dst {
 	struct rdmig_image img;
 	struct rdmig_restored r;
 	bool restored, resumed;
-	struct rdmig_page_source *src;
+	struct rdmig_page_source *src;       /* the current transport source */
+	struct rdmig_page_source *pager_src; /* what the loop uses: src behind a switch */
+	uint64_t bytes_before;               /* read through sources replaced since */
+	int reconnects;
 	struct rdmig_prefetch *pf;
 	const struct rdmig_pagestate *ps; /* for the prefetcher's is_remote */
 	struct rdmig_faultloop *loop;
@@ -440,7 +445,11 @@ static int start_pager(struct dst *d)
 	if (ret < 0)
 		return ret;
 	lo.uffd = d->r.uffd;
-	lo.source = d->src;
+	/* behind a switch, so a lost link can be replaced while the loop runs */
+	ret = rdmig_switchsrc_create(d->src, &d->pager_src);
+	if (ret < 0)
+		return ret;
+	lo.source = d->pager_src;
 	lo.own_mm = false; /* the restore applied MADV_NOHUGEPAGE inside the process */
 	lo.on_event = on_event;
 	lo.event_arg = d;
@@ -506,13 +515,87 @@ static void sample(struct dst *d, bool last)
 	}
 }
 
+static void close_old_data(void *arg)
+{
+	struct dst *d = arg;
+
+	rdmig_tp_close(d->data);
+	d->data = d->next_data;
+	d->next_data = NULL;
+}
+
+/* The link to the source broke after the switch: wait up to --retry-s for it to
+ * connect again (both connections), take its new mirror table, put a source on
+ * the new data connection behind the loop's switch, and post the failed fetches
+ * again. Meanwhile the process's faults wait. */
+static int reconnect(struct dst *d, int why)
+{
+	int left = d->o->retry_ms, ret;
+	uint64_t t0 = rdmig_now_ns(), fetches = 0, bytes = 0;
+	struct rdmig_page_source *inner = NULL;
+	struct rdmig_region *regions = NULL;
+	struct rdmig_conn *ctl = NULL;
+	uint32_t n = 0;
+
+	if (!d->lis || left <= 0)
+		return why;
+	fprintf(stderr,
+	        "rdma_migrate dst: lost the source (%s); waiting up to %d s for it to come "
+	        "back, pid %d's faults wait meanwhile\n",
+	        strerror(-why), left / 1000, (int)d->r.pid);
+	/* the source sees its control connection go and reconnects */
+	rdmig_tp_close(d->ctl);
+	d->ctl = NULL;
+	do {
+		ret = rdmig_tp_accept(d->lis, left, &ctl);
+		left = d->o->retry_ms - (int)((rdmig_now_ns() - t0) / 1000000);
+	} while (ret == -EACCES && left > 0);
+	if (ret == 0)
+		ret = rdmig_tp_accept(d->lis, left > 1000 ? left : 1000, &d->next_data);
+	if (ret == 0)
+		ret =
+		    rdmig_mirror_recv_table(d->next_data, left > 1000 ? left : 1000, &regions, &n);
+	if (ret == 0)
+		ret = rdmig_tpsource_create(&(struct rdmig_tpsource_opts){.conn = d->next_data,
+		                                                          .regions = regions,
+		                                                          .nregions = n},
+		                            &inner);
+	if (ret == 0) {
+		rdmig_tpsource_stats(d->src, &fetches, &bytes);
+		ret = rdmig_switchsrc_swap(d->pager_src, inner, close_old_data, d);
+	}
+	if (ret < 0) {
+		fprintf(stderr, "rdma_migrate dst: the source did not come back within %d s: %s\n",
+		        d->o->retry_ms / 1000, strerror(-ret));
+		rdmig_source_destroy(inner);
+		rdmig_tp_close(d->next_data);
+		d->next_data = NULL;
+		rdmig_tp_close(ctl);
+		free(regions);
+		return why;
+	}
+	d->bytes_before += bytes;
+	d->src = inner;
+	free(d->regions);
+	d->regions = regions;
+	d->nregions = n;
+	d->ctl = ctl;
+	d->reconnects++;
+	pthread_mutex_lock(&d->mu);
+	d->last_ev = 0;
+	pthread_mutex_unlock(&d->mu);
+	fprintf(stderr, "rdma_migrate dst: the source is back after %.1f s; fetching again\n",
+	        (double)(rdmig_now_ns() - t0) / 1e9);
+	return rdmig_faultloop_retry(d->loop);
+}
+
 static int wait_all_local(struct dst *d)
 {
 	for (;;) {
 		struct pollfd pfd = {.fd = d->evfd, .events = POLLIN};
 		enum rdmig_pager_event_type ev;
 		uint64_t v;
-		int st, k = poll(&pfd, 1, SAMPLE_MS);
+		int st, ret, k = poll(&pfd, 1, SAMPLE_MS);
 
 		if (k < 0) {
 			if (errno == EINTR)
@@ -536,8 +619,12 @@ static int wait_all_local(struct dst *d)
 		case RDMIG_PAGER_FATAL:
 			return st ? st : -EIO;
 		case RDMIG_PAGER_SOURCE_FAILED:
-			/* the pages it still needs cannot come: faults wait (never zeros) */
-			return st ? st : -ECONNRESET;
+			/* the pages it still needs cannot come now: faults wait (never
+			 * zeros) while the source gets the time to come back */
+			ret = reconnect(d, st ? st : -ECONNRESET);
+			if (ret < 0)
+				return ret;
+			break;
 		default:
 			break; /* stalled: keep waiting, it may recover */
 		}
@@ -621,6 +708,34 @@ static int abort_restore(struct dst *d, const char *what, int err)
 	return RDMIG_EXIT_ROLLED_BACK;
 }
 
+static int done_again(struct dst *d, const uint64_t *v, int len)
+{
+	struct rdmig_conn *ctl = NULL, *data = NULL;
+	struct rdmig_region *regions = NULL;
+	struct rdmig_msg m;
+	uint32_t nr;
+	int ret, wait = d->o->retry_ms > 1000 ? d->o->retry_ms : 1000;
+
+	do
+		ret = rdmig_tp_accept(d->lis, wait, &ctl);
+	while (ret == -EACCES);
+	if (ret == 0)
+		ret = rdmig_tp_accept(d->lis, wait, &data);
+	if (ret == 0)
+		ret = rdmig_mirror_recv_table(data, wait, &regions, &nr); /* not needed now */
+	if (ret == 0) {
+		/* d->msg was reused by the receive that failed: encode DONE again */
+		len = rdmig_msg_encode_u64(d->msg, RDMIG_MSG_MAX, RDMIG_MSG_DONE, v, 4);
+		ret = len < 0 ? len : rdmig_tp_send(ctl, d->msg, (size_t)len);
+	}
+	if (ret == 0)
+		ret = rdmig_expect(ctl, d->msg, RDMIG_MSG_BYE, 10000, &m);
+	free(regions);
+	rdmig_tp_close(data);
+	rdmig_tp_close(ctl);
+	return ret;
+}
+
 static int finish(struct dst *d)
 {
 	struct rdmig_faultloop_stats s;
@@ -645,6 +760,7 @@ static int finish(struct dst *d)
 		rdmig_faultloop_stats(d->loop, &s);
 	if (d->src)
 		rdmig_tpsource_stats(d->src, &fetches, &bytes);
+	bytes += d->bytes_before;
 	if (d->stopcopy)
 		s.faults_fetched = d->pages_at_stop; /* fetched, on no fault: before the run */
 	bytes += rdmig_arena_pulled(d->arena) * PG;
@@ -657,10 +773,17 @@ static int finish(struct dst *d)
 	v[3] = bytes;
 	n = rdmig_msg_encode_u64(d->msg, RDMIG_MSG_MAX, RDMIG_MSG_DONE, v, 4);
 	ret = n < 0 ? n : rdmig_tp_send(d->ctl, d->msg, (size_t)n);
+	if (ret == 0)
+		ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_BYE, 10000, &m);
+	if (ret < 0 && ret != -ETIMEDOUT && d->lis) {
+		/* The link broke around our DONE: a source that reconnects gets it again,
+		 * so it does not take a finished migration for a failed one. */
+		ret = done_again(d, v, n);
+	}
 	if (ret < 0)
-		pr_warn("the source left before our DONE: it holds its original stopped");
-	else if (rdmig_expect(d->ctl, d->msg, RDMIG_MSG_BYE, 10000, &m) < 0)
-		pr_warn("no BYE from the source");
+		pr_warn("the source did not acknowledge DONE (%s): it may hold its original "
+		        "stopped; the process here has every page",
+		        strerror(-ret));
 	(void)dst_set_state(d, DST_DONE);
 	summary(d, &s, bytes);
 	return RDMIG_EXIT_OK;
@@ -709,8 +832,11 @@ static int run(struct dst *d)
 		        strerror(-ret));
 		return RDMIG_EXIT_ROLLED_BACK;
 	}
-	rdmig_tp_close_listener(d->lis);
-	d->lis = NULL;
+	/* kept open after the switch, for a source that has to reconnect */
+	if (o->retry_ms <= 0) {
+		rdmig_tp_close_listener(d->lis);
+		d->lis = NULL;
+	}
 	ret = dst_set_state(d, DST_RECEIVING);
 	if (ret == 0)
 		ret = recv_process(d);
@@ -822,7 +948,10 @@ int rdmig_dst_run(const struct rdmig_migrate_opts *o)
 	if (d.r.uffd >= 0 && d.restored)
 		close(d.r.uffd);
 	rdmig_prefetch_destroy(d.pf);
-	rdmig_source_destroy(d.src);
+	if (d.pager_src)
+		rdmig_source_destroy(d.pager_src); /* owns src and those it replaced */
+	else
+		rdmig_source_destroy(d.src);
 	rdmig_arena_destroy(d.arena);
 	free(d.regions);
 	rdmig_image_free(&d.img);

@@ -69,6 +69,9 @@ struct src {
 	uint8_t *msg;
 	uint64_t t_start, t_freeze, t_resume, t_done; /* realtime ns */
 	uint64_t image_bytes;
+	struct rdmig_mirror_view *views; /* the mirror's final table */
+	uint32_t nviews;
+	int reconnects;
 	uint32_t rounds;       /* pre-copy rounds the destination pulled */
 	uint64_t precopy_sent; /* pages it pulled in them */
 	uint64_t done[4];      /* DONE: faults, fetched, prefetched, bytes */
@@ -289,6 +292,56 @@ static void summary(struct src *s)
 	}
 }
 
+/* The link broke while serving: the mirror's memory is kept, its registrations
+ * (they belong to the old connection) go, and the destination is connected again
+ * until --retry-s runs out; the same buffers are registered on the new data
+ * connection in the same order, so the same views describe them. */
+static int reconnect(struct src *s, int why)
+{
+	const struct rdmig_migrate_opts *o = s->o;
+	uint64_t t0 = rdmig_now_ns();
+	int ret = why;
+
+	if (o->retry_ms <= 0)
+		return why;
+	fprintf(stderr,
+	        "rdma_migrate src: lost the destination (%s); trying to reconnect for up to "
+	        "%d s (pid %d stays stopped)\n",
+	        strerror(-why), o->retry_ms / 1000, (int)o->pid);
+	rdmig_mirror_release(s->mirror);
+	s->mirror = NULL;
+	rdmig_tp_close(s->data);
+	rdmig_tp_close(s->conn);
+	s->data = s->conn = NULL;
+	while ((rdmig_now_ns() - t0) / 1000000 < (uint64_t)o->retry_ms) {
+		ret = rdmig_tp_connect(&o->tp, o->addr, 1000, &s->conn);
+		if (ret == 0)
+			ret = rdmig_tp_connect(&o->tp, o->addr, 1000, &s->data);
+		if (ret == 0)
+			ret = rdmig_mirror_create(s->data, &s->mirror);
+		if (ret == 0)
+			ret = rdmig_precopy_reregister(s->pc, s->mirror);
+		if (ret == 0)
+			ret = rdmig_mirror_send(s->mirror, s->views, s->nviews);
+		if (ret == 0) {
+			s->reconnects++;
+			fprintf(stderr,
+			        "rdma_migrate src: reconnected after %.1f s; serving again\n",
+			        (double)(rdmig_now_ns() - t0) / 1e9);
+			return 0;
+		}
+		rdmig_mirror_release(s->mirror);
+		s->mirror = NULL;
+		rdmig_tp_close(s->data);
+		rdmig_tp_close(s->conn);
+		s->data = s->conn = NULL;
+		usleep(200000);
+	}
+	fprintf(stderr, "rdma_migrate src: the destination did not come back within %d s\n",
+	        o->retry_ms / 1000);
+	return ret < 0 ? ret : -ETIMEDOUT;
+}
+
 /* From SENT to the end. */
 static int switch_over(struct src *s)
 {
@@ -332,7 +385,12 @@ static int switch_over(struct src *s)
 		return park(s, "serving the process's memory failed", ret);
 	/* Serving is one-sided: the destination READs the mirror, the transport's
 	 * own progress serves it; this thread only waits for the end. */
-	ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_DONE, -1, &m);
+	for (;;) {
+		ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_DONE, -1, &m);
+		/* a link lost (not an explicit ERROR) is given --retry-s to come back */
+		if (ret == 0 || m.type == RDMIG_MSG_ERROR || reconnect(s, ret) < 0)
+			break;
+	}
 	if (ret < 0)
 		return park(s, "lost the destination while it still needed pages", ret);
 	memcpy(s->done, m.u.u64, sizeof(s->done));
@@ -448,7 +506,9 @@ static int run(struct src *s)
 		}
 	}
 	ret = nviews ? rdmig_mirror_send(s->mirror, views, nviews) : 0;
-	free(views);
+	/* kept: a destination that reconnects after the switch gets them again */
+	s->views = views;
+	s->nviews = nviews;
 	if (ret == 0)
 		ret = send_image(s);
 	if (ret < 0)
@@ -477,6 +537,7 @@ int rdmig_src_run(const struct rdmig_migrate_opts *o)
 	rdmig_precopy_stop(s.pc);
 	rdmig_precopy_free(s.pc);
 	rdmig_image_free(&s.img);
+	free(s.views);
 	if (s.t)
 		(void)rdmig_tracee_release(s.t, s.state < SRC_COMMITTED);
 	rdmig_tp_close(s.data);

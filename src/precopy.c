@@ -661,6 +661,23 @@ int rdmig_precopy_take_runs(struct rdmig_precopy *p, struct rdmig_run **runs, ui
 	return 0;
 }
 
+int rdmig_precopy_reregister(struct rdmig_precopy *p, struct rdmig_mirror *m)
+{
+	for (uint32_t i = 0; i < p->n; i++) {
+		uint32_t reg;
+		int ret = rdmig_mirror_add(m, p->r[i].base, p->r[i].end - p->r[i].start, &reg);
+
+		if (ret < 0)
+			return ret;
+		if (reg != p->r[i].reg) {
+			pr_err("mirror registration %u came back as %u", p->r[i].reg, reg);
+			return -EIO;
+		}
+	}
+	p->mirror = m;
+	return 0;
+}
+
 int rdmig_precopy_views(struct rdmig_precopy *p, struct rdmig_mirror_view **v, uint32_t *n)
 {
 	struct rdmig_mirror_view *out = calloc(p->n ? p->n : 1, sizeof(*out));

@@ -62,6 +62,7 @@ struct tpsource {
 	uint32_t *emit; /* DONE slots with fetches not yet handed out (FIFO) */
 	uint32_t emit_head, emit_n;
 	uint64_t fetches, bytes;
+	bool retired; /* its connection is gone: nothing more is posted or polled */
 };
 
 #define NONE UINT32_MAX
@@ -134,6 +135,8 @@ static int tps_fetch(struct rdmig_page_source *s, uint64_t addr, size_t len, uin
 
 	if (len == 0 || len > t->slot_size)
 		return -EINVAL;
+	if (t->retired)
+		return -ENOTCONN;
 	r = find_region(t, addr, len);
 	if (!r) {
 		/* The loop only asks for what it was told is remote: a miss here means
@@ -204,6 +207,8 @@ static int tps_poll(struct rdmig_page_source *s, struct rdmig_fetch_done *out, i
 	struct rdmig_completion comp[64];
 	int ret;
 
+	if (t->retired)
+		return 0;
 	/* what fetch() gathered goes out now: the loop polls right after posting */
 	(void)post_open(t);
 	for (;;) {
@@ -369,6 +374,25 @@ int rdmig_tpsource_create(const struct rdmig_tpsource_opts *o, struct rdmig_page
 out_free:
 	tps_destroy(&t->base);
 	return ret;
+}
+
+bool rdmig_tpsource_owns(struct rdmig_page_source *s, const void *p)
+{
+	struct tpsource *t = to_tps(s);
+	const uint8_t *b = p;
+
+	return t->staging && b >= t->staging && b < t->staging + t->staging_len;
+}
+
+void rdmig_tpsource_retire(struct rdmig_page_source *s)
+{
+	struct tpsource *t = to_tps(s);
+
+	if (t->mr && rdmig_tp_mr_dereg(t->mr) < 0)
+		pr_warn("deregistering the staging buffer failed");
+	t->mr = NULL;
+	t->retired = true;
+	t->open = NONE;
 }
 
 void rdmig_tpsource_stats(struct rdmig_page_source *s, uint64_t *fetches, uint64_t *bytes)

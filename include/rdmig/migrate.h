@@ -46,6 +46,8 @@ struct rdmig_migrate_opts {
 			     * report its status */
 	bool no_prefetch;       /* dst: demand faults only */
 	int timeout_ms;         /* connect/accept and each step's wait; 0: defaults */
+	int retry_ms;           /* after the switch, how long a lost link is waited for (the
+				 * source reconnects, the destination's faults wait); 0: never */
 };
 
 /* Run one side; returns an enum rdmig_exit. */

@@ -66,6 +66,9 @@ void rdmig_precopy_stats(const struct rdmig_precopy *p, struct rdmig_precopy_sta
  * earlier rounds after the freeze. */
 RDMIG_PRECOPY_WUR int rdmig_precopy_take_runs(struct rdmig_precopy *p, struct rdmig_run **runs,
                                               uint32_t *n);
+/* Register every buffer again, in the order they were first registered, on a new
+ * connection's mirror (a reconnection after the switch): the same views hold. */
+RDMIG_PRECOPY_WUR int rdmig_precopy_reregister(struct rdmig_precopy *p, struct rdmig_mirror *m);
 /* Views of every tracked range's buffer (id = the range's start), for a peer that
  * pulls rounds before the freeze: malloc'd *v, *n. */
 RDMIG_PRECOPY_WUR int rdmig_precopy_views(struct rdmig_precopy *p, struct rdmig_mirror_view **v,

@@ -11,6 +11,8 @@
 #include "rdmig/proto.h"
 #include "rdmig/transport.h"
 
+#include <stdbool.h>
+
 struct rdmig_tpsource_opts {
 	struct rdmig_conn *conn;            /* authenticated, not owned: outlives the source */
 	const struct rdmig_region *regions; /* the peer's table: id = target address */
@@ -23,6 +25,13 @@ struct rdmig_tpsource_opts {
  * registers the staging buffer on the connection. */
 RDMIG_WUR int rdmig_tpsource_create(const struct rdmig_tpsource_opts *o,
                                     struct rdmig_page_source **out);
+/* Is p inside this source's staging? (Which source a completion's data came from,
+ * when a connection was replaced.) */
+bool rdmig_tpsource_owns(struct rdmig_page_source *s, const void *p);
+/* Its connection is going: deregister the staging now (before the connection is
+ * closed); fetches fail with -ENOTCONN from now on, polls find nothing; releases
+ * still work. */
+void rdmig_tpsource_retire(struct rdmig_page_source *s);
 /* Fetches completed successfully (neighbours share one READ) and their bytes. */
 void rdmig_tpsource_stats(struct rdmig_page_source *s, uint64_t *fetches, uint64_t *bytes);
 

@@ -4,6 +4,8 @@
 # (rdmig/inject.h). What must hold, as a user would check it:
 #   before the switch  src exits 1, dst exits 1, and the original finishes here
 #                      with exactly the output of an unmigrated run;
+#   a link lost after the switch, and back within --retry-s: the migration
+#                      completes (both exit 0, output exactly the unmigrated one);
 #   after the switch   the side that failed exits 3 with a message, the original
 #                      is left stopped (never two copies running), and the output
 #                      so far is a prefix of the right one: never a wrong line.
@@ -16,11 +18,28 @@ python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/ref" </dev/null
 # one NAME SRC_ENV DST_ENV EXPECT: EXPECT is "rollback" or "after"
 one() {
   local name=$1 senv=$2 denv=$3 expect=$4
-  start_dst "$name" env $denv -- --wait --timeout-ms 20000 || { fail "$name" "no destination"; return; }
+  start_dst "$name" env $denv -- --wait --timeout-ms 20000 --retry-s 3 || { fail "$name" "no destination"; return; }
   (clean python3 "$HERE/heap.py" "${HEAP_ARGS[@]}") >"$T/$name.out" </dev/null 2>"$T/$name.proc.err" &
   local pid=$!
   wait_for_lines "$T/$name.out" 3 60
-  migrate "$name" "$pid" env $senv
+  SRC_OPTS="--retry-s 3" migrate "$name" "$pid" env $senv
+  if [ "$expect" = recovered ]; then
+    wait "$pid" 2>/dev/null
+    wait_dst 120
+    local dpid
+    if [ "$SRC_RC" != 0 ] || [ "$DST_RC" != 0 ] || ! grep -q "exited with status 0" "$T/$name.dst.log"; then
+      fail "$name" "src exit $SRC_RC, dst exit $DST_RC (0 and 0 expected after the reconnection)"; show_logs "$name"; return
+    fi
+    if ! cmp -s "$T/ref" "$T/$name.out"; then
+      fail "$name" "output differs from an unmigrated run"; show_logs "$name"; return
+    fi
+    if ! grep -q "reconnected" "$T/$name.src.log" || ! grep -q "is back" "$T/$name.dst.log"; then
+      fail "$name" "the link did not break and come back"; show_logs "$name"; return
+    fi
+    grep -h "is back\|reconnected" "$T/$name".*.log | head -2 | sed 's/^/  # /'
+    ok "$name"
+    return
+  fi
   if [ "$expect" = rollback ]; then
     wait "$pid"; local prc=$?
     wait_dst 60
@@ -74,11 +93,12 @@ declare -A CASES=(
   [src.committed]="RDMIG_INJECT=src.committed||after"
   [src.serving]="RDMIG_INJECT=src.serving||after"
   [dst.running]="|RDMIG_INJECT=dst.running|after"
-  [tp.dst.post_read]="|RDMIG_INJECT_TP=post_read:40|after"
+  [tp.dst.post_read]="|RDMIG_INJECT_TP=post_read:40|recovered"
+  [tp.src.recv]="RDMIG_INJECT_TP=recv:3||recovered"
 )
 ORDER=(src.connected src.tracking src.frozen src.capture src.final_copy src.sent dst.receiving
        dst.restoring dst.pager dst.ready dst.resume tp.src.mr_reg tp.src.send tp.dst.recv
-       src.committed src.serving dst.running tp.dst.post_read)
+       src.committed src.serving dst.running tp.dst.post_read tp.src.recv)
 sel=("$@")
 [ ${#sel[@]} -gt 0 ] || sel=("${ORDER[@]}")
 for c in "${sel[@]}"; do
