@@ -111,8 +111,8 @@ int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v
 
 static int run_ok(uint64_t addr, uint64_t pages)
 {
-	return !(addr & 4095) && pages >= 1 && pages <= (1ull << 36) &&
-	       addr < RUN_LAST_ADDR && pages <= (RUN_LAST_ADDR - addr) / 4096;
+	return !(addr & 4095) && pages >= 1 && pages <= (1ull << 36) && addr < RUN_LAST_ADDR &&
+	       pages <= (RUN_LAST_ADDR - addr) / 4096;
 }
 
 int rdmig_msg_encode_runs(void *buf, size_t cap, uint32_t round, uint32_t flags,
@@ -341,10 +341,9 @@ int rdmig_msg_region(const struct rdmig_msg *m, uint32_t i, struct rdmig_region 
 
 const char *rdmig_msg_type_name(uint16_t type)
 {
-	static const char *const names[] = {"?",     "HELLO",   "AUTH",    "AUTH_OK",
-	                                    "ERROR", "REGIONS", "BYE",     "IMAGE",
-	                                    "READY", "GO",      "RUNNING", "DONE",
-	                                    "RUNS",  "ROUND_DONE"};
+	static const char *const names[] = {"?",       "HELLO", "AUTH",  "AUTH_OK",   "ERROR",
+	                                    "REGIONS", "BYE",   "IMAGE", "READY",     "GO",
+	                                    "RUNNING", "DONE",  "RUNS",  "ROUND_DONE"};
 
 	return type <= RDMIG_MSG_TYPE_MAX ? names[type] : "?";
 }
