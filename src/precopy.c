@@ -42,6 +42,7 @@
 
 #define PG 4096ull
 #define SCAN_VEC 512
+#define COPY_CHUNK (1ull << 20)
 
 struct range {
 	uint64_t start, end; /* in the target */
@@ -164,9 +165,20 @@ static bool is_copied(const struct range *r, uint64_t addr)
 static int copy_run(struct rdmig_precopy *p, struct range *r, uint64_t addr, uint64_t len)
 {
 	uint8_t *dst = r->base + (addr - r->start);
-	struct iovec l = {dst, len}, rem = {(void *)(uintptr_t)addr, len};
-	ssize_t got = process_vm_readv(p->pid, &l, 1, &rem, 1, 0);
-	uint64_t done = got > 0 ? (uint64_t)got : 0;
+	uint64_t done = 0;
+
+	/* In pieces: one call over a whole range holds the target's page-table
+	 * locks against its own (write-protect) faults for the whole copy, which
+	 * measured 136 MB/s for 1 GiB under a random writer. */
+	while (done < len) {
+		uint64_t k = len - done > COPY_CHUNK ? COPY_CHUNK : len - done;
+		struct iovec l = {dst + done, k}, rem = {(void *)(uintptr_t)(addr + done), k};
+		ssize_t got = process_vm_readv(p->pid, &l, 1, &rem, 1, 0);
+
+		if (got <= 0)
+			break;
+		done += (uint64_t)got;
+	}
 
 	while (done < len) {
 		ssize_t k = pread(p->mem, dst + done, len - done, (off_t)(addr + done));
@@ -247,12 +259,19 @@ static int scan_slow(struct rdmig_precopy *p, uint64_t start, uint64_t end, uint
 	return 0;
 }
 
+static int flush_run(struct rdmig_precopy *p, struct range *r, run_fn fn, uint64_t start,
+                     uint64_t len)
+{
+	return len && fn ? fn(p, r, start, len) : 0;
+}
+
 /* PAGEMAP_SCAN over [start, end): calls fn for each run of matching pages.
  * Returns 0 or -errno (-EPERM with CHECK_WPASYNC: a page not tracked). */
 static int scan(struct rdmig_precopy *p, uint64_t start, uint64_t end, uint64_t flags,
                 uint64_t mask, uint64_t anyof, run_fn fn, struct range *r, uint64_t *pages)
 {
 	struct page_region vec[SCAN_VEC];
+	uint64_t run_start = 0, run_len = 0;
 
 	if (!p->has_scan)
 		return scan_slow(p, start, end, mask, fn, r, pages);
@@ -284,18 +303,27 @@ static int scan(struct rdmig_precopy *p, uint64_t start, uint64_t end, uint64_t 
 			}
 			if (pages)
 				*pages += (vec[i].end - vec[i].start) / PG;
-			if (fn) {
-				int ret = fn(p, r, vec[i].start, vec[i].end - vec[i].start);
+			/* neighbours the kernel reports apart (other categories, page
+			 * table boundaries) are copied as one run: one process_vm_readv
+			 * per 4 pages made a 1 GiB copy take seconds */
+			if (run_len && run_start + run_len == vec[i].start) {
+				run_len += vec[i].end - vec[i].start;
+				continue;
+			}
+			if (run_len && fn) {
+				int ret = fn(p, r, run_start, run_len);
 
 				if (ret < 0)
 					return ret;
 			}
+			run_start = vec[i].start;
+			run_len = vec[i].end - vec[i].start;
 		}
 		if (a.walk_end <= start || a.walk_end > end)
-			return a.walk_end == end ? 0 : -EIO;
+			return a.walk_end == end ? flush_run(p, r, fn, run_start, run_len) : -EIO;
 		start = a.walk_end;
 	}
-	return 0;
+	return flush_run(p, r, fn, run_start, run_len);
 }
 
 /* ---- tracking ------------------------------------------------------------ */
