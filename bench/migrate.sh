@@ -1,44 +1,43 @@
-#!/ bin / bash
-#bench / migrate.sh : whole migrations of bench / mig_workload, measured.
-#bench / migrate.sh[BUILD_DIR] env : SIZES(256M, 1G, 4G) PATTERNS(seq, random, zipf)
-#MODES(postcopy, precopy, hybrid) SECONDS_RUN(8)
-#DIRTY_PCT(100) OUT(bench - out)
-#For each size x pattern x mode : the workload fills its memory, runs, and is
-#migrated over libfabric's tcp provider on loopback; it measures its own longest
-#pause(CLOCK_REALTIME between two consecutive touches : the last on the source to
-#the first on the destination) and its throughput every 10 ms.Printed per run:
-#downtime freeze on the source->resume on the destination(the daemons)
-#pause the longest gap the workload itself saw
-#total rdma_migrate src from start to the destination's DONE
-#local resume->every page local on the destination
-#faults demand faults(fetched), prefetch coverage(prefetched / pages fetched)
-#slowdown the workload's throughput from resume to all-local against before
-#vs raw bw total against bytes / raw READ bandwidth measured in this run
-#(bench / read_lat, 64 KiB at 16 in flight) : the ratio, target <= 1.3
-#and a plot(PNG, gnuplot) of faults and throughput over time for each run.
-#Timings never fail it; wrong data(the workload's page check) does.
-set - uo pipefail cd "$(dirname " $0 ")/.." build = $(cd "${1:-build}" && pwd) || exit 2 SIZES =
-${SIZES : -256M, 1G, 4G} PATTERNS = ${PATTERNS : -seq, random, zipf} MODES =
-${MODES : -postcopy, precopy, hybrid} RUN_S = ${SECONDS_RUN : -8} OUT =
-${OUT : -bench - out} mkdir - p "$OUT" T =
-    $(mktemp - d / tmp / rdmig - bench.XXXXXX) trap 'rm -rf "$T"' EXIT head - c 32 / dev / urandom |
-    base64 > "$T/token";
-chmod 600 "$T/token" rc = 0
+#!/bin/bash
+# bench/migrate.sh: whole migrations of bench/mig_workload, measured.
+#   bench/migrate.sh [BUILD_DIR]    env: SIZES (256M,1G,4G) PATTERNS (seq,random,zipf)
+#                                        MODES (postcopy,precopy,hybrid) SECONDS_RUN (8)
+#                                        DIRTY_PCT (100) OUT (bench-out)
+# For each size x pattern x mode: the workload fills its memory, runs, and is
+# migrated over libfabric's tcp provider on loopback; it measures its own longest
+# pause (CLOCK_REALTIME between two consecutive touches: the last on the source to
+# the first on the destination) and its throughput every 10 ms. Printed per run:
+#   downtime     freeze on the source -> resume on the destination (the daemons)
+#   pause        the longest gap the workload itself saw
+#   total        rdma_migrate src from start to the destination's DONE
+#   local        resume -> every page local on the destination
+#   faults       demand faults (fetched), prefetch coverage (prefetched / pages fetched)
+#   slowdown     the workload's throughput from resume to all-local against before
+#   vs raw bw    total against bytes / raw READ bandwidth measured in this run
+#                (bench/read_lat, 64 KiB at 16 in flight): the ratio, target <= 1.3
+# and a plot (PNG, gnuplot) of faults and throughput over time for each run.
+# Timings never fail it; wrong data (the workload's page check) does.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=$(cd "${1:-build}" && pwd) || exit 2
+SIZES=${SIZES:-256M,1G,4G} PATTERNS=${PATTERNS:-seq,random,zipf} MODES=${MODES:-postcopy,precopy,hybrid}
+RUN_S=${SECONDS_RUN:-8} OUT=${OUT:-bench-out}
+mkdir -p "$OUT"
+T=$(mktemp -d /tmp/rdmig-bench.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+head -c 32 /dev/urandom | base64 >"$T/token"; chmod 600 "$T/token"
+rc=0
 
-    echo "## load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores; $(uname -r)" echo
-         "## raw one-sided READ bandwidth (bench/read_lat, fabric/tcp, 64 KiB, 16 in flight)" bw =
-             $("$build/bench/read_lat" --transport fabric-- provider tcp-- addr 127.0.0.1 2 >
-                   / dev / null |
-               awk '$1 == 65536 { print $2 }')[-n "$bw"] ||
-{
-	echo "read_lat failed";
-	exit 1;
-}
+echo "## load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores; $(uname -r)"
+echo "## raw one-sided READ bandwidth (bench/read_lat, fabric/tcp, 64 KiB, 16 in flight)"
+bw=$("$build/bench/read_lat" --transport fabric --provider tcp --addr 127.0.0.1 2>/dev/null |
+  awk '$1 == 65536 { print $2 }')
+[ -n "$bw" ] || { echo "read_lat failed"; exit 1; }
+echo "raw bandwidth: $bw MB/s"
 echo
-    "raw bandwidth: $bw MB/s" echo printf '%-6s %-7s %-9s %10s %10s %9s %9s %9s %9s %9s %10s\n' size
-        pattern mode downtime_ms pause_ms total_s local_s faults prefetch %
-    slowdown total / raw mb_of()
-{ case $1 in *G) echo $((${1%G} * 1024)) ;; *M) echo "${1%M}" ;; *) echo "$1" ;; esac; }
+printf '%-6s %-7s %-9s %10s %10s %9s %9s %9s %9s %9s %10s\n' size pattern mode downtime_ms \
+  pause_ms total_s local_s faults prefetch% slowdown total/raw
+mb_of() { case $1 in *G) echo $((${1%G} * 1024)) ;; *M) echo "${1%M}" ;; *) echo "$1" ;; esac; }
 IFS=, read -ra sizes <<<"$SIZES"; IFS=, read -ra pats <<<"$PATTERNS"; IFS=, read -ra modes <<<"$MODES"
 for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@]}"; do
   mb=$(mb_of "$size") tag=$size-$pat-$mode
@@ -46,56 +45,39 @@ for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@
     --stats-json "$T/$tag.dst.json" >"$T/$tag.dst.out" 2>"$T/$tag.dst.err" &
   dst=$!
   port=
-  for _ in $(seq 1 100);
-	do
-		port = $(sed - n 's/.*(port \([0-9]*\)).*/\1/p' "$T/$tag.dst.err");
-	[-n "$port"] && break; sleep 0.05
+  for _ in $(seq 1 100); do
+    port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$T/$tag.dst.err"); [ -n "$port" ] && break; sleep 0.05
   done
-  (for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/
-};
-["$fd" - gt 2] && eval "exec $fd>&-" 2 > / dev / null; done
+  (for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
    exec "$build/bench/mig_workload" --mb "$mb" --pattern "$pat" --seconds "$RUN_S" \
      --dirty-pct "${DIRTY_PCT:-100}") \
     >"$T/$tag.work" </dev/null 2>&1 &
   work=$!
-  until grep -q '^t ' "$T/$tag.work" 2>/dev/null;
-do
-	sleep 0.05;
-done sleep 1 "$build/rdma_migrate" src-- pid "$work" --to "127.0.0.1:$port" --token -
-        file "$T/token" --mode "$mode" --stats - json "$T/$tag.src.json" >
-    "$T/$tag.src.out" 2 > "$T/$tag.src.err" src_rc =
-    $      ? wait "$dst";
-dst_rc = $ ? wait "$work" 2 > / dev / null if[$src_rc != 0] || [$dst_rc != 0] ||
-                 !grep - q "exited with status 0"
-                           "$T/$tag.dst.out";
-then echo "$tag: FAILED (src $src_rc, dst $dst_rc)";
-tail - n 5 "$T/$tag".*.err "$T/$tag.work";
-rc = 1;
-continue fi grep - q '^check ok' "$T/$tag.work" ||
-{
-	echo "$tag: WRONG DATA";
-	grep check "$T/$tag.work";
-	rc = 1;
-}
-python3 - "$T/$tag"
-          "$bw"
-          "$size"
-          "$pat"
-          "$mode"
-          "$mb"
-          "$OUT"
-    << 'PY' import json,
-    sys base, bw, size, pat, mode, mb, out = sys.argv [1:] s = json.load(open(base + ".src.json")); d = json.load(open(base + ".dst.json"))
+  until grep -q '^t ' "$T/$tag.work" 2>/dev/null; do sleep 0.05; done
+  sleep 1
+  "$build/rdma_migrate" src --pid "$work" --to "127.0.0.1:$port" --token-file "$T/token" --mode "$mode" \
+    --stats-json "$T/$tag.src.json" >"$T/$tag.src.out" 2>"$T/$tag.src.err"
+  src_rc=$?
+  wait "$dst"; dst_rc=$?
+  wait "$work" 2>/dev/null
+  if [ $src_rc != 0 ] || [ $dst_rc != 0 ] || ! grep -q "exited with status 0" "$T/$tag.dst.out"; then
+    echo "$tag: FAILED (src $src_rc, dst $dst_rc)"; tail -n 5 "$T/$tag".*.err "$T/$tag.work"; rc=1; continue
+  fi
+  grep -q '^check ok' "$T/$tag.work" || { echo "$tag: WRONG DATA"; grep check "$T/$tag.work"; rc=1; }
+  python3 - "$T/$tag" "$bw" "$size" "$pat" "$mode" "$mb" "$OUT" <<'PY'
+import json, sys
+base, bw, size, pat, mode, mb, out = sys.argv[1:]
+s = json.load(open(base + ".src.json")); d = json.load(open(base + ".dst.json"))
 work = open(base + ".work").read().split("\n")
 ts = [(int(l.split()[1]), int(l.split()[3])) for l in work if l.startswith("t ")]
 gap = next(int(l.split()[1]) for l in work if l.startswith("gap "))
-resume_ns = s["downtime_ns"]  # relative;
-absolute resume below fetched = d["fetched"]; pre = d["prefetched"]
+resume_ns = s["downtime_ns"]  # relative; absolute resume below
+fetched = d["fetched"]; pre = d["prefetched"]
 cover = 100.0 * pre / (pre + fetched) if pre + fetched else 100.0
-#throughput before the migration and between resume and all - local
+# throughput before the migration and between resume and all-local
 tl = d["timeline"]
 all_local_ms = d["all_local_ns"] / 1e6
-#the workload's 10 ms samples: find the big gap (the switch), then rates
+# the workload's 10 ms samples: find the big gap (the switch), then rates
 i_gap = max(range(1, len(ts)), key=lambda i: ts[i][0] - ts[i-1][0])
 def rate(a, b):
     if b <= a: return 0.0
@@ -123,13 +105,22 @@ with open("%s/%s-%s-%s.dat" % (out, size, pat, mode), "w") as f:
     for k2 in range(i_gap, len(ts)):
         pass
 PY
-  if command -v gnuplot >/dev/null;
-then gnuplot << GP 2 > / dev / null set terminal pngcairo size 900,
-    500 set output "$OUT/$tag.png" set title "$size $pat $mode: after resume" set xlabel
-                   "ms after resume" set ylabel "pages" set y2label
-                   "workload ops/s" set y2tics set key left top plot
-                   "$OUT/$tag.dat" using 1 : 2 with lines title "demand faults",
-    "$OUT/$tag.dat" using 1 : 3 with lines title "prefetched",
-    "$OUT/$tag.dat" using 1 : 4 axes x1y2 with lines title "throughput" GP fi done;
-done;
-done echo echo "plots and data: $OUT/*.png $OUT/*.dat" exit $rc
+  if command -v gnuplot >/dev/null; then
+    gnuplot <<GP 2>/dev/null
+set terminal pngcairo size 900,500
+set output "$OUT/$tag.png"
+set title "$size $pat $mode: after resume"
+set xlabel "ms after resume"
+set ylabel "pages"
+set y2label "workload ops/s"
+set y2tics
+set key left top
+plot "$OUT/$tag.dat" using 1:2 with lines title "demand faults", \
+     "$OUT/$tag.dat" using 1:3 with lines title "prefetched", \
+     "$OUT/$tag.dat" using 1:4 axes x1y2 with lines title "throughput"
+GP
+  fi
+done; done; done
+echo
+echo "plots and data: $OUT/*.png $OUT/*.dat"
+exit $rc
