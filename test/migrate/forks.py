@@ -19,5 +19,5 @@ for step in range(steps):
     os.close(r)
     _, st = os.waitpid(pid, 0)
     print(step, res, st, flush=True)
-    time.sleep(0.1)
+    time.sleep(0.25)
 print("done", sum(data) % 1000000007)

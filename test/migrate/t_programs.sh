@@ -68,14 +68,20 @@ python_heap_untracked() {
 forks_postcopy() {
   local args=("${RDMIG_FORKS_N:-300000}" 30) try
   python3 "$HERE/forks.py" "${args[@]}" >"$T/forks.ref" </dev/null || { fail forks_postcopy "reference run failed"; return; }
-  start_dst forks_postcopy -- --wait --no-prefetch || { fail forks_postcopy "no destination"; return; }
   (clean python3 "$HERE/forks.py" "${args[@]}") >"$T/forks.out" </dev/null 2>"$T/forks_postcopy.proc.err" &
   local pid=$!
   wait_for_lines "$T/forks.out" 3 60
-  for try in 1 2 3 4 5 6 7 8 9 10; do
+  start_dst forks_postcopy -- --wait --no-prefetch || { fail forks_postcopy "no destination"; return; }
+  for try in $(seq 1 20); do
     migrate forks_postcopy "$pid"
-    [ "$SRC_RC" = 2 ] && grep -q "child process" "$T/forks_postcopy.src.log" || break
-    sleep 0.03
+    # a worker lived: refused before the freeze (exit 2, the destination never
+    # heard of it) or rolled back at the freeze (exit 1, the destination aborted)
+    grep -q "child process" "$T/forks_postcopy.src.log" || break
+    if [ "$SRC_RC" = 1 ]; then
+      wait_dst 30
+      start_dst forks_postcopy -- --wait --no-prefetch || { fail forks_postcopy "no destination"; return; }
+    fi
+    sleep 0.05
   done
   wait_dst 300
   wait "$pid" 2>/dev/null
