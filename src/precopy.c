@@ -72,6 +72,7 @@ struct rdmig_precopy {
 	struct rdmig_run *log; /* runs copied since the last take_runs */
 	uint32_t nlog, caplog;
 	bool log_oom; /* a run could not be logged: take_runs fails */
+	bool final;   /* in rdmig_precopy_final: every page must be read */
 	struct rdmig_precopy_stats st;
 };
 
@@ -162,36 +163,60 @@ static bool is_copied(const struct range *r, uint64_t addr)
 /* Copy [addr, addr+len) of the target into r's buffer. process_vm_readv first;
  * what it cannot read (PROT_NONE, a page it raced with) through /proc/PID/mem,
  * which reads any mapping the process may read. */
+static int log_run(struct rdmig_precopy *p, struct range *r, uint64_t addr, uint64_t len);
+
+/* Copy [addr, addr+len) of the target into r's buffer, in 1 MiB pieces (one call
+ * over a whole range holds the target's page-table locks against its own faults
+ * for the whole copy). What process_vm_readv cannot read goes page by page, through
+ * /proc/PID/mem when needed (PROT_NONE). While the target runs, a page neither can
+ * read (seen here on transparent huge pages being write-protected) is left
+ * uncopied: the freeze copies every page with data that was never copied. At the
+ * freeze (p->final) such a page is an error. */
 static int copy_run(struct rdmig_precopy *p, struct range *r, uint64_t addr, uint64_t len)
 {
 	uint8_t *dst = r->base + (addr - r->start);
-	uint64_t done = 0;
+	uint64_t done = 0, ok_from = 0;
+	int ret;
 
-	/* In pieces: one call over a whole range holds the target's page-table
-	 * locks against its own (write-protect) faults for the whole copy, which
-	 * measured 136 MB/s for 1 GiB under a random writer. */
 	while (done < len) {
 		uint64_t k = len - done > COPY_CHUNK ? COPY_CHUNK : len - done;
 		struct iovec l = {dst + done, k}, rem = {(void *)(uintptr_t)(addr + done), k};
 		ssize_t got = process_vm_readv(p->pid, &l, 1, &rem, 1, 0);
 
-		if (got <= 0)
-			break;
-		done += (uint64_t)got;
-	}
-
-	while (done < len) {
-		ssize_t k = pread(p->mem, dst + done, len - done, (off_t)(addr + done));
-
-		if (k <= 0) {
-			int err = k < 0 ? -errno : -EFAULT;
-
-			pr_err("cannot read %#" PRIx64 "+%" PRIu64 " of pid %d: %s", addr + done,
-			       len - done, (int)p->pid, strerror(-err));
-			return err;
+		if (got == (ssize_t)k) {
+			done += k;
+			continue;
 		}
-		done += (uint64_t)k;
+		/* this piece page by page */
+		for (uint64_t q = 0; q < k; q += PG) {
+			uint64_t a = addr + done + q;
+			struct iovec l1 = {dst + done + q, PG}, r1 = {(void *)(uintptr_t)a, PG};
+
+			if (process_vm_readv(p->pid, &l1, 1, &r1, 1, 0) == (ssize_t)PG ||
+			    pread(p->mem, dst + done + q, PG, (off_t)a) == (ssize_t)PG)
+				continue;
+			ret = -errno;
+			if (p->final) {
+				pr_err("cannot read the page at %#" PRIx64 " of pid %d: %s", a,
+				       (int)p->pid, strerror(-ret));
+				return ret ? ret : -EFAULT;
+			}
+			/* log what was copied before it; the freeze takes this page */
+			if (a > addr + ok_from) {
+				ret = log_run(p, r, addr + ok_from, a - (addr + ok_from));
+				if (ret < 0)
+					return ret;
+			}
+			ok_from = a + PG - addr;
+			p->st.pages_skipped++;
+		}
+		done += k;
 	}
+	return ok_from < len ? log_run(p, r, addr + ok_from, len - ok_from) : 0;
+}
+
+static int log_run(struct rdmig_precopy *p, struct range *r, uint64_t addr, uint64_t len)
+{
 	set_copied(r, addr, len);
 	if (p->nlog && p->log[p->nlog - 1].addr + p->log[p->nlog - 1].pages * PG == addr) {
 		p->log[p->nlog - 1].pages += len / PG;
@@ -629,6 +654,7 @@ int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
 
 	*views = NULL;
 	*n = 0;
+	p->final = true;
 	v = calloc(img->nvmas ? img->nvmas : 1, sizeof(*v));
 	if (!v)
 		return -ENOMEM;

@@ -40,6 +40,7 @@ struct rdmig_precopy_stats {
 	uint64_t pages_recopied;   /* at the freeze: written since their copy */
 	uint64_t pages_late;       /* at the freeze: never copied before (new memory) */
 	uint64_t pages_touched;    /* pages with data at the freeze (what the peer fetches) */
+	uint64_t pages_skipped;    /* unreadable while the target ran: copied at the freeze */
 	uint64_t rounds;
 };
 
