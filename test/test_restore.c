@@ -481,7 +481,8 @@ static struct mt_shared mt = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_CON
  * the cache and then calls tgkill). */
 static void mt_check_self(void)
 {
-	volatile int *cache = (volatile int *)((char *)pthread_self() + 0x2d0);
+	/* glibc's struct pthread is aligned; the cast goes through uintptr_t for clang */
+	volatile int *cache = (volatile int *)(uintptr_t)((uintptr_t)pthread_self() + 0x2d0);
 	int c1, c2, tries = 0;
 	pid_t tid;
 

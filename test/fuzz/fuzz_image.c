@@ -115,7 +115,15 @@ static void walk(const struct rdmig_image *img)
 
 		check(img->cow[i].addr % RDMIG_IMG_PAGE == 0);
 		check(i == 0 || img->cow[i].addr > img->cow[i - 1].addr);
-		check(v && v->kind == RDMIG_VMA_FILE_PRIVATE);
+		/* written eagerly: a private file mapping's copy-on-write page, or an
+		 * anonymous page the restore writes before the pager runs (a thread's
+		 * tid cache), which is then never also fetched */
+		check(v && (v->kind == RDMIG_VMA_FILE_PRIVATE || v->kind == RDMIG_VMA_ANON));
+		if (v->kind == RDMIG_VMA_ANON && v->touched) {
+			uint64_t b = (img->cow[i].addr - v->start) / RDMIG_IMG_PAGE;
+
+			check(!(v->touched[b / 8] & (1u << (b % 8))));
+		}
 	}
 }
 
