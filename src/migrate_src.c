@@ -217,6 +217,20 @@ static int send_image(struct src *s)
 /* Undo everything before the commit: the original runs as if nothing happened. */
 static int rollback(struct src *s, const char *what, int err)
 {
+	if (kill(s->o->pid, 0) < 0 && errno == ESRCH) {
+		/* whatever failed, the real cause is this: say it in those words */
+		fprintf(stderr,
+		        "rdma_migrate src: pid %d exited during the migration (%s: %s); "
+		        "nothing to roll back\n",
+		        (int)s->o->pid, what, strerror(-err));
+		if (s->conn)
+			rdmig_send_error(s->conn, ESRCH, "the process exited on the source");
+		rdmig_precopy_stop(s->pc);
+		rdmig_tracee_kill(s->t);
+		s->t = NULL;
+		(void)src_set_state(s, SRC_ROLLED_BACK);
+		return RDMIG_EXIT_ROLLED_BACK;
+	}
 	if (s->state >= SRC_COMMITTED)
 		pr_info("rolling back after the commit: the destination confirmed nothing ran");
 	fprintf(stderr, "rdma_migrate src: %s: %s\n", what, s->why[0] ? s->why : strerror(-err));
