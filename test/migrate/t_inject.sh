@@ -57,7 +57,9 @@ one() {
   wait_dst 60
   local st dpid
   st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)
-  dpid=$(sed -n 's/.*dst: pid \([0-9]*\) (pid [0-9]* on the source) runs here$/\1/p' "$T/$name.dst.log" | head -1)
+  # the destination's process, blocked on its missing pages: killed by the test
+  dpid=$(sed -n -e 's/.*dst: pid \([0-9]*\) (pid [0-9]* on the source) runs here$/\1/p' \
+    -e 's/.* pid \([0-9]*\) waits on the pages.*/\1/p' "$T/$name.dst.log" | head -1)
   sleep 0.5
   local lines_a; lines_a=$(wc -l <"$T/$name.out")
   kill -9 "$pid" ${dpid:+"$dpid"} 2>/dev/null
