@@ -41,7 +41,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -215,13 +214,17 @@ static int recv_process(struct dst *d)
 
 /* ---- pre-copy: every page in place before the process runs ------------------ */
 
+/* Through /proc/PID/mem, not process_vm_writev(): the latter honours the
+ * mapping's protection, and a process has read-only and PROT_NONE pages with data
+ * (a thread's stack guard an allocator had used, memory it mprotect()ed). */
 static int write_run(struct dst *d, uint64_t addr, const void *data, size_t len)
 {
-	struct iovec l = {(void *)(uintptr_t)data, len}, r = {(void *)(uintptr_t)addr, len};
+	int ret = rdmig_restore_write(&d->r, addr, data, len);
 
-	if (process_vm_writev(d->r.pid, &l, 1, &r, 1, 0) != (ssize_t)len)
-		return errno ? -errno : -EIO;
-	return 0;
+	if (ret < 0)
+		pr_err("writing %zu bytes at %#llx into the process failed: %s", len,
+		       (unsigned long long)addr, strerror(-ret));
+	return ret;
 }
 
 static bool touched(const struct rdmig_img_vma *v, uint64_t i);
