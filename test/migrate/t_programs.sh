@@ -2,8 +2,9 @@
 # Real programs nobody here wrote, each migrated mid-run and required to produce
 # exactly the output of an unmigrated run; and every refusal of this version.
 #   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked python_heap_precopy
-#                              python_heap_hybrid gzip_file py_threads py_threads_hybrid forks_postcopy
-#                              refuse_socket refuse_shm bad_token   (default: all)
+#                              python_heap_hybrid gzip_file py_threads_{postcopy,precopy,hybrid}
+#                              forks_{postcopy,precopy,hybrid} refuse_socket refuse_shm bad_token
+#                              (default: all)
 # Prints "ok NAME" / "not ok NAME: why" per case and "N passed, N failed".
 . "$(dirname "$0")/lib.sh"
 
@@ -60,33 +61,37 @@ python_heap_untracked() {
   check_migrated python_heap_untracked "$T/heapu.ref" "$T/heapu.out"
 }
 
-# A parent forking workers after the switch, with the prefetcher off so the
-# workers read pages that are still remote: each child is served through the uffd
-# the kernel hands the pager at fork, and must see its parent's data. A freeze
-# that lands while a worker lives is refused (live children are not migrated), so
-# the source is simply tried again, as a user would.
-forks_postcopy() {
-  local args=("${RDMIG_FORKS_N:-300000}" 30) try
-  python3 "$HERE/forks.py" "${args[@]}" >"$T/forks.ref" </dev/null || { fail forks_postcopy "reference run failed"; return; }
-  (clean python3 "$HERE/forks.py" "${args[@]}") >"$T/forks.out" </dev/null 2>"$T/forks_postcopy.proc.err" &
+# A parent forking workers, in each mode: after the switch in post-copy (with the
+# prefetcher off, so the workers read pages that are still remote: each child is
+# served through the uffd the kernel hands the pager at fork, and must see its
+# parent's data), and in the arena's modes. A freeze that lands while a worker
+# lives is refused (live children are not migrated), so the source is simply
+# tried again, as a user would.
+forks_mode() { # MODE
+  local mode=$1 name=forks_$1 args=("${RDMIG_FORKS_N:-300000}" 30) try
+  python3 "$HERE/forks.py" "${args[@]}" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
+  (clean python3 "$HERE/forks.py" "${args[@]}") >"$T/$name.out" </dev/null 2>"$T/$name.proc.err" &
   local pid=$!
-  wait_for_lines "$T/forks.out" 3 60
-  start_dst forks_postcopy -- --wait --no-prefetch || { fail forks_postcopy "no destination"; return; }
+  wait_for_lines "$T/$name.out" 3 60
+  start_dst "$name" -- --wait --no-prefetch || { fail "$name" "no destination"; return; }
   for try in $(seq 1 20); do
-    migrate forks_postcopy "$pid"
+    SRC_OPTS="--mode $mode" migrate "$name" "$pid"
     # a worker lived: refused before the freeze (exit 2, the destination never
     # heard of it) or rolled back at the freeze (exit 1, the destination aborted)
-    grep -q "child process" "$T/forks_postcopy.src.log" || break
+    grep -q "child process" "$T/$name.src.log" || break
     if [ "$SRC_RC" = 1 ]; then
       wait_dst 30
-      start_dst forks_postcopy -- --wait --no-prefetch || { fail forks_postcopy "no destination"; return; }
+      start_dst "$name" -- --wait --no-prefetch || { fail "$name" "no destination"; return; }
     fi
     sleep 0.05
   done
   wait_dst 300
   wait "$pid" 2>/dev/null
-  check_migrated forks_postcopy "$T/forks.ref" "$T/forks.out"
+  check_migrated "$name" "$T/$name.ref" "$T/$name.out"
 }
+forks_postcopy() { forks_mode postcopy; }
+forks_precopy() { forks_mode precopy; }
+forks_hybrid() { forks_mode hybrid; }
 
 # The other modes: pre-copy rounds pulled into the destination's arena, then
 # every page in place before the process runs (precopy) or the rest on demand
@@ -99,12 +104,6 @@ python_heap_mode() { # MODE
 }
 python_heap_precopy() { python_heap_mode precopy; }
 python_heap_hybrid() { python_heap_mode hybrid; }
-py_threads_hybrid() {
-  python3 "$HERE/threads.py" "${THREADS_ARGS[@]}" >"$T/threadsh.ref" </dev/null || { fail py_threads_hybrid "reference run failed"; return; }
-  SRC_OPTS="--mode hybrid" run_migrated py_threads_hybrid "$T/threadsh.out" 8 python3 "$HERE/threads.py" "${THREADS_ARGS[@]}"
-  check_migrated py_threads_hybrid "$T/threadsh.ref" "$T/threadsh.out"
-}
-
 # gzip streaming into a file: its input and output are regular files at offsets
 # that move while it runs.
 gzip_file() {
@@ -127,11 +126,15 @@ gzip_file() {
 # it works or waits on a lock; the output must equal an unmigrated run's.
 # (xz -T4 cannot serve here: it keeps a self-pipe, which is refused.)
 THREADS_ARGS=("${RDMIG_THREADS_ROUNDS:-300}" "${RDMIG_THREADS_CHAIN:-40000}")
-py_threads() {
-  python3 "$HERE/threads.py" "${THREADS_ARGS[@]}" >"$T/threads.ref" </dev/null || { fail py_threads "reference run failed"; return; }
-  run_migrated py_threads "$T/threads.out" 8 python3 "$HERE/threads.py" "${THREADS_ARGS[@]}"
-  check_migrated py_threads "$T/threads.ref" "$T/threads.out"
+py_threads_mode() { # MODE
+  local mode=$1 name=py_threads_$1
+  python3 "$HERE/threads.py" "${THREADS_ARGS[@]}" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
+  SRC_OPTS="--mode $mode" run_migrated "$name" "$T/$name.out" 8 python3 "$HERE/threads.py" "${THREADS_ARGS[@]}"
+  check_migrated "$name" "$T/$name.ref" "$T/$name.out"
 }
+py_threads_postcopy() { py_threads_mode postcopy; }
+py_threads_precopy() { py_threads_mode precopy; }
+py_threads_hybrid() { py_threads_mode hybrid; }
 
 # refuse NAME WHAT-REGEX PYTHON-CODE: the source must refuse before touching the
 # process (exit 2, a message naming the thing), and the process must finish with
@@ -186,6 +189,7 @@ bad_token() {
 
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked python_heap_precopy python_heap_hybrid
-  gzip_file py_threads py_threads_hybrid forks_postcopy refuse_socket refuse_shm bad_token)
+  gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid
+  forks_postcopy forks_precopy forks_hybrid refuse_socket refuse_shm bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish
