@@ -58,8 +58,10 @@ for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@
   "$build/rdma_migrate" src --pid "$work" --to "127.0.0.1:$port" --token-file "$T/token" --mode "$mode" \
     --stats-json "$T/$tag.src.json" >"$T/$tag.src.out" 2>"$T/$tag.src.err"
   src_rc=$?
-  wait "$dst"; dst_rc=$?
+  # the original first (killed by the source at the end): reaped here, quietly,
+  # before waiting on the destination would make bash report its death
   wait "$work" 2>/dev/null
+  wait "$dst"; dst_rc=$?
   if [ $src_rc != 0 ] || [ $dst_rc != 0 ] || ! grep -q "exited with status 0" "$T/$tag.dst.out"; then
     echo "$tag: FAILED (src $src_rc, dst $dst_rc)"; tail -n 5 "$T/$tag".*.err "$T/$tag.work"; rc=1; continue
   fi
