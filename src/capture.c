@@ -1220,8 +1220,10 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 {
 	pid_t pid = rdmig_tracee_pid(t);
 	uint32_t files_cap = 0;
+	struct rdmig_laps laps;
 	int ret;
 
+	rdmig_laps_start(&laps);
 	memset(img, 0, sizeof(*img));
 	ret = check(pid, true, why, whylen);
 	if (ret)
@@ -1243,30 +1245,37 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	}
 	for (unsigned i = 0; i < img->nthreads; i++)
 		img->threads[i].tid = rdmig_tracee_tid(t, i);
+	rdmig_laps_mark(&laps, "check");
 	ret = capture_injected(t, img);
 	if (ret)
 		goto out_free_image;
+	rdmig_laps_mark(&laps, "injected");
 	ret = capture_ptrace(t, img, why, whylen);
 	if (ret)
 		goto out_free_image;
+	rdmig_laps_mark(&laps, "ptrace");
 	ret = capture_proc(pid, img);
 	if (!ret)
 		ret = capture_thread_names(pid, img);
 	if (ret)
 		goto out_free_image;
+	rdmig_laps_mark(&laps, "proc");
 	ret = capture_maps(t, img, &files_cap, why, whylen);
 	if (!ret)
 		ret = capture_tid_pages(t, img);
 	if (ret)
 		goto out_free_image;
+	rdmig_laps_mark(&laps, "maps");
 	ret = capture_fds(pid, img, &files_cap, why, whylen);
 	if (ret)
 		goto out_free_image;
+	rdmig_laps_mark(&laps, "fds");
 	if (rdmig_log_get_level() >= RDMIG_LOG_INFO) {
 		char line[512];
 
 		rdmig_image_describe(img, line, sizeof(line));
 		pr_info("%s", line);
+		pr_info("pid %d: capture steps (ms): %s", pid, laps.line);
 	}
 	return 0;
 out_free_image:

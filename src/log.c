@@ -74,3 +74,32 @@ void rdmig_log_emit(enum rdmig_log_level level, const char *subsys, const char *
 	(void)w;
 	errno = saved;
 }
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void rdmig_laps_start(struct rdmig_laps *l)
+{
+	l->t0 = mono_ns();
+	l->at = 0;
+	l->line[0] = '\0';
+}
+
+void rdmig_laps_mark(struct rdmig_laps *l, const char *step)
+{
+	uint64_t t = mono_ns();
+	int n;
+
+	if (l->at < sizeof(l->line)) {
+		n = snprintf(l->line + l->at, sizeof(l->line) - l->at, "%s%s %.2f",
+		             l->at ? ", " : "", step, (double)(t - l->t0) / 1e6);
+		if (n > 0)
+			l->at += (size_t)n;
+	}
+	l->t0 = t;
+}

@@ -92,6 +92,9 @@ struct dst {
 	int last_status;
 	uint8_t *msg;
 	uint64_t t_go, t_resume, t_local;
+	/* this side's part of the downtime, on its own clock: image received,
+	 * process built, pager started (READY sent), GO received */
+	uint64_t t_received, t_built, t_readied, t_gone;
 	/* Post-copy over time, every SAMPLE_MS: for --stats-json and the progress line. */
 	struct sample {
 		uint64_t t_ns, faults, fetched, prefetched, installed, total;
@@ -665,6 +668,11 @@ static void summary(struct dst *d, const struct rdmig_faultloop_stats *s, uint64
 	       (int)d->r.pid, (int)d->img.pid, (double)(d->t_resume - d->t_go) / 1e6,
 	       (double)(d->t_local - d->t_resume) / 1e9, s->faults, demand, s->faults_zero,
 	       s->faults_coalesced, pre, cover, (double)bytes / 1048576.0);
+	printf("rdma_migrate dst: downtime here: restore %.2f, start paging %.2f, wait for GO "
+	       "%.2f, resume %.2f ms\n",
+	       (double)(d->t_built - d->t_received) / 1e6,
+	       (double)(d->t_readied - d->t_built) / 1e6, (double)(d->t_gone - d->t_readied) / 1e6,
+	       (double)(d->t_resume - d->t_gone) / 1e6);
 	fflush(stdout);
 	if (d->o->stats_json) {
 		FILE *f = fopen(d->o->stats_json, "we");
@@ -678,9 +686,12 @@ static void summary(struct dst *d, const struct rdmig_faultloop_stats *s, uint64
 		    "{\"side\":\"dst\",\"pid\":%d,\"source_pid\":%d,\"resume_after_go_ns\":%" PRIu64
 		    ",\"all_local_ns\":%" PRIu64 ",\"faults\":%" PRIu64 ",\"fetched\":%" PRIu64
 		    ",\"zero\":%" PRIu64 ",\"coalesced\":%" PRIu64 ",\"prefetched\":%" PRIu64
-		    ",\"bytes_read\":%" PRIu64,
+		    ",\"bytes_read\":%" PRIu64 ",\"downtime_phases_ns\":{\"restore\":%" PRIu64
+		    ",\"start_paging\":%" PRIu64 ",\"wait_go\":%" PRIu64 ",\"resume\":%" PRIu64 "}",
 		    (int)d->r.pid, (int)d->img.pid, d->t_resume - d->t_go, d->t_local - d->t_resume,
-		    s->faults, demand, s->faults_zero, s->faults_coalesced, pre, bytes);
+		    s->faults, demand, s->faults_zero, s->faults_coalesced, pre, bytes,
+		    d->t_built - d->t_received, d->t_readied - d->t_built, d->t_gone - d->t_readied,
+		    d->t_resume - d->t_gone);
 		/* the timeline: [ms after resume, faults, fetched, prefetched, local, total] */
 		fprintf(f, ",\"timeline\":[");
 		for (size_t i = 0; i < d->ntl; i++)
@@ -802,6 +813,9 @@ static int run(struct dst *d)
 	/* The husk is forked before any transport exists: it must carry nothing of
 	 * ours (no registrations, no threads). */
 	ret = rdmig_husk_spawn(&d->husk);
+	/* emptied now, not inside the downtime */
+	if (ret == 0)
+		ret = rdmig_husk_prepare(d->husk);
 	if (ret < 0) {
 		fprintf(stderr, "rdma_migrate dst: cannot start the husk process: %s\n",
 		        strerror(-ret));
@@ -845,6 +859,7 @@ static int run(struct dst *d)
 		ret = recv_process(d);
 	if (ret < 0)
 		return abort_restore(d, "receiving the process failed", ret);
+	d->t_received = rdmig_now_ns();
 
 	ret = dst_set_state(d, DST_RESTORING);
 	if (ret < 0)
@@ -853,6 +868,7 @@ static int run(struct dst *d)
 	d->husk = NULL; /* consumed */
 	if (ret < 0)
 		return abort_restore(d, "cannot restore the process", ret);
+	d->t_built = rdmig_now_ns();
 	d->restored = true;
 	ret = rdmig_inject("dst.pager");
 	if (ret == 0)
@@ -867,10 +883,12 @@ static int run(struct dst *d)
 	}
 	if (ret < 0)
 		return abort_restore(d, "cannot tell the source the process is ready", ret);
+	d->t_readied = rdmig_now_ns();
 	ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_GO, step, &m);
 	if (ret < 0)
 		return abort_restore(d, "the source did not commit", ret);
 	d->t_go = m.u.u64[0];
+	d->t_gone = rdmig_now_ns();
 	ret = rdmig_inject("dst.resume");
 	if (ret == 0)
 		ret = rdmig_restore_resume(&d->r);

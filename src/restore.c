@@ -64,6 +64,7 @@ _Static_assert(sizeof(struct user_regs_struct) == RDMIG_IMG_NREGS * sizeof(uint6
 
 struct rdmig_husk {
 	pid_t pid;
+	struct rdmig_tracee *t; /* seized and emptied by rdmig_husk_prepare, or NULL */
 };
 
 int rst_fail(struct rst *r, int err, const char *fmt, ...)
@@ -170,11 +171,37 @@ pid_t rdmig_husk_pid(const struct rdmig_husk *h)
 	return h ? h->pid : -1;
 }
 
+int rdmig_husk_prepare(struct rdmig_husk *h)
+{
+	char why[512];
+	struct rst r = {.why = why, .whylen = sizeof(why), .uffd_in_proc = -1, .uffd = -1};
+	int err;
+
+	if (!h || h->pid <= 0 || h->t)
+		return -EINVAL;
+	r.pid = h->pid;
+	err = rdmig_tracee_seize(r.pid, RDMIG_TRACEE_EXITKILL, &r.t);
+	if (err) {
+		pr_err("could not seize the husk (pid %d): %s", (int)r.pid, strerror(-err));
+		return err;
+	}
+	err = rst_clean_husk(&r);
+	if (err) {
+		rdmig_tracee_kill(r.t); /* and reaped: nothing left to destroy but h */
+		h->pid = -1;
+		return err;
+	}
+	h->t = r.t;
+	return 0;
+}
+
 void rdmig_husk_destroy(struct rdmig_husk *h)
 {
 	if (!h)
 		return;
-	if (h->pid > 0) {
+	if (h->t) {
+		rdmig_tracee_kill(h->t);
+	} else if (h->pid > 0) {
 		kill(h->pid, SIGKILL);
 		while (waitpid(h->pid, NULL, 0) < 0 && errno == EINTR)
 			;
@@ -231,18 +258,36 @@ static int set_thread_state(struct rst *r, unsigned i)
 	return 0;
 }
 
-static int build_steps(struct rst *r)
+/* The steps in their order (see the top of this file), each timed: the restore
+ * is inside the downtime, and -v shows where it goes. */
+static const struct rst_step {
+	const char *name;
+	int (*fn)(struct rst *r);
+} rst_steps[] = {
+    {"clean husk", rst_clean_husk}, {"vdso/vvar", rst_move_specials},
+    {"layout", rst_avoid_layout},   {"mm", rst_set_mm},
+    {"vmas", rst_map_vmas},         {"rlimits", rst_rlimits},
+    {"task", rst_task_misc},        {"fds", rst_fds},
+    {"sigactions", rst_sigactions}, {"uffd", rst_uffd},
+    {"nohugepage", rst_nohugepage}, {"pending signals", rst_pending_signals},
+    {"creds", rst_creds},           {"threads", rst_threads},
+};
+
+/* From step `first` on: 1 for a husk rdmig_husk_prepare() emptied already. */
+static int build_steps(struct rst *r, size_t first)
 {
+	struct rdmig_laps laps;
 	int err;
 
 	/* Signals stay blocked while seized (tracee.c), so nothing is delivered
 	 * between injected calls; the image's mask is set last. */
-	if ((err = rst_clean_husk(r)) || (err = rst_move_specials(r)) ||
-	    (err = rst_avoid_layout(r)) || (err = rst_set_mm(r)) || (err = rst_map_vmas(r)) ||
-	    (err = rst_rlimits(r)) || (err = rst_task_misc(r)) || (err = rst_fds(r)) ||
-	    (err = rst_sigactions(r)) || (err = rst_uffd(r)) || (err = rst_nohugepage(r)) ||
-	    (err = rst_pending_signals(r)) || (err = rst_creds(r)) || (err = rst_threads(r)))
-		return err;
+	rdmig_laps_start(&laps);
+	for (size_t i = first; i < sizeof(rst_steps) / sizeof(rst_steps[0]); i++) {
+		err = rst_steps[i].fn(r);
+		if (err)
+			return err;
+		rdmig_laps_mark(&laps, rst_steps[i].name);
+	}
 	err = rdmig_tracee_scratch_unmap(r->t);
 	if (err)
 		return rst_fail(r, err, "could not unmap the scratch area: %s", strerror(-err));
@@ -250,6 +295,8 @@ static int build_steps(struct rst *r)
 		if ((err = rst_rseq(r, i)) || (err = set_thread_state(r, i)))
 			return err;
 	}
+	rdmig_laps_mark(&laps, "registers");
+	pr_info("pid %d: restore steps (ms): %s", (int)r->pid, laps.line);
 	return rdmig_tracee_select(r->t, 0);
 }
 
@@ -267,6 +314,7 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	    .uffd_in_proc = -1,
 	    .uffd = -1,
 	};
+	bool prepared;
 	int err;
 
 	r.why[0] = '\0';
@@ -277,10 +325,12 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	if (!h)
 		return rst_fail(&r, -EINVAL, "no husk to restore into");
 	r.pid = h->pid;
+	r.t = h->t;
+	prepared = h->t != NULL;
 	h->pid = -1; /* consumed: from here on the husk is r's (or out's) */
 	free(h);
 
-	err = rdmig_tracee_seize(r.pid, RDMIG_TRACEE_EXITKILL, &r.t);
+	err = prepared ? 0 : rdmig_tracee_seize(r.pid, RDMIG_TRACEE_EXITKILL, &r.t);
 	if (err) {
 		rst_fail(&r, err, "could not seize the husk (pid %d): %s", (int)r.pid,
 		         strerror(-err));
@@ -289,7 +339,7 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 			;
 		return err;
 	}
-	err = build_steps(&r);
+	err = build_steps(&r, prepared ? 1 : 0);
 	if (err) {
 		if (r.uffd >= 0)
 			close(r.uffd);

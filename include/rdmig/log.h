@@ -16,6 +16,8 @@
 #define RDMIG_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 
 enum rdmig_log_level {
 	RDMIG_LOG_ERR = 0,
@@ -33,6 +35,16 @@ void rdmig_log_set_tag(const char *tag);
 
 void rdmig_log_emit(enum rdmig_log_level level, const char *subsys, const char *func, int line,
                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Laps: how long each step of a sequence took, gathered into one line
+ * ("name 0.12, name 3.40" in ms) for a log message. Cheap enough to run always. */
+struct rdmig_laps {
+	uint64_t t0; /* CLOCK_MONOTONIC ns at the last mark */
+	size_t at;
+	char line[512];
+};
+void rdmig_laps_start(struct rdmig_laps *l);
+void rdmig_laps_mark(struct rdmig_laps *l, const char *step);
 
 #ifndef LOG_SUBSYS
 #define LOG_SUBSYS "rdmig"

@@ -50,8 +50,11 @@ struct rdmig_tracee;
  * The husk dies with the daemon (PR_SET_PDEATHSIG). */
 RDMIG_RESTORE_WUR int rdmig_husk_spawn(struct rdmig_husk **out);
 pid_t rdmig_husk_pid(const struct rdmig_husk *h);
-/* Kill and reap a husk that was never used (accepts NULL). */
-void rdmig_husk_destroy(struct rdmig_husk *h);
+/* Optional, from the thread that will build: seize the husk and empty it now
+ * (its mappings, descriptors and rseq registration are the daemon's and depend on
+ * no image), so rdmig_restore_build() starts from an empty husk and that work
+ * stays out of the downtime. On failure the husk is unusable: destroy it. */
+RDMIG_RESTORE_WUR int rdmig_husk_prepare(struct rdmig_husk *h);
 /* Kill and reap a husk that will not be used (no build). Accepts NULL. */
 void rdmig_husk_destroy(struct rdmig_husk *h);
 
