@@ -3,7 +3,8 @@
 # exactly the output of an unmigrated run; and every refusal of this version.
 #   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked python_heap_precopy
 #                              python_heap_hybrid gzip_file py_threads_{postcopy,precopy,hybrid}
-#                              forks_{postcopy,precopy,hybrid} refuse_socket refuse_shm bad_token
+#                              forks_{postcopy,precopy,hybrid} postcopy_ops refuse_socket
+#                              refuse_shm bad_token
 #                              (default: all)
 # Prints "ok NAME" / "not ok NAME: why" per case and "N passed, N failed".
 . "$(dirname "$0")/lib.sh"
@@ -92,6 +93,56 @@ forks_mode() { # MODE
 forks_postcopy() { forks_mode postcopy; }
 forks_precopy() { forks_mode precopy; }
 forks_hybrid() { forks_mode hybrid; }
+
+# What a process does to memory post-copy still owes it (postcopy_ops.py): a
+# signal whose handler reads the heap, madvise(DONTNEED), mremap, munmap and a new
+# mapping, a fork whose child reads pages never fetched. The destination runs
+# without prefetching, so those operations meet remote pages. The test holds the
+# process until it runs on the destination (a go file), then sends SIGUSR1 until
+# it is handled; the reference run gets the same.
+send_usr1_until() { # PID OUTFILE
+  local i
+  for i in $(seq 1 600); do
+    grep -q '^signal' "$2" 2>/dev/null && return 0
+    kill -USR1 "$1" 2>/dev/null
+    sleep 0.05
+  done
+  return 1
+}
+postcopy_ops() {
+  local name=postcopy_ops mb=${RDMIG_OPS_MB:-64} rpid pid mig dpid= i
+  (clean python3 "$HERE/postcopy_ops.py" "$T/ops.go.ref" "$mb") >"$T/ops.ref" </dev/null 2>"$T/ops.ref.err" &
+  rpid=$!
+  if ! wait_for_lines "$T/ops.ref" 1 60; then kill -9 "$rpid"; fail "$name" "reference run did not start"; return; fi
+  touch "$T/ops.go.ref"
+  send_usr1_until "$rpid" "$T/ops.ref"
+  wait "$rpid" || { fail "$name" "reference run failed"; cat "$T/ops.ref.err"; return; }
+  start_dst "$name" -- --wait --no-prefetch || { fail "$name" "no destination"; return; }
+  (clean python3 "$HERE/postcopy_ops.py" "$T/ops.go" "$mb") >"$T/ops.out" </dev/null 2>"$T/$name.proc.err" &
+  pid=$!
+  if ! wait_for_lines "$T/ops.out" 1 60; then kill -9 "$pid"; fail "$name" "workload did not start"; return; fi
+  # the source returns once every page moved: in the background, while the
+  # process is driven here
+  (migrate "$name" "$pid"; echo "$SRC_RC" >"$T/$name.src.rc") &
+  mig=$!
+  for i in $(seq 1 1200); do
+    dpid=$(sed -n 's/.*pid \([0-9]*\) (pid [0-9]* on the source) runs here.*/\1/p' "$T/$name.dst.log" | head -1)
+    [ -n "$dpid" ] && break
+    kill -0 "$mig" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$dpid" ]; then
+    wait "$mig"; kill -9 "$pid" 2>/dev/null
+    fail "$name" "the process never ran on the destination"; show_logs "$name"; return
+  fi
+  touch "$T/ops.go"
+  send_usr1_until "$dpid" "$T/ops.out" || echo "  # SIGUSR1 never handled on the destination"
+  wait_dst 300
+  wait "$mig"
+  SRC_RC=$(cat "$T/$name.src.rc" 2>/dev/null || echo 99)
+  wait "$pid" 2>/dev/null
+  check_migrated "$name" "$T/ops.ref" "$T/ops.out"
+}
 
 # The other modes: pre-copy rounds pulled into the destination's arena, then
 # every page in place before the process runs (precopy) or the rest on demand
@@ -190,6 +241,6 @@ bad_token() {
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked python_heap_precopy python_heap_hybrid
   gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid
-  forks_postcopy forks_precopy forks_hybrid refuse_socket refuse_shm bad_token)
+  forks_postcopy forks_precopy forks_hybrid postcopy_ops refuse_socket refuse_shm bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish

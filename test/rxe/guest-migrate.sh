@@ -12,7 +12,8 @@ export RDMIG_BUILD=$build RDMIG_MIG_ADDR=$RDMIG_RXE_ADDR
 export RDMIG_HEAP_N=${RDMIG_HEAP_N:-200000} RDMIG_HEAP_STEPS=${RDMIG_HEAP_STEPS:-20}
 export RDMIG_GZ_LINES=${RDMIG_GZ_LINES:-2000000}
 export RDMIG_THREADS_ROUNDS=${RDMIG_THREADS_ROUNDS:-100} RDMIG_THREADS_CHAIN=${RDMIG_THREADS_CHAIN:-5000}
-export RDMIG_FORKS_N=${RDMIG_FORKS_N:-100000}
+export RDMIG_FORKS_N=${RDMIG_FORKS_N:-100000} RDMIG_OPS_MB=${RDMIG_OPS_MB:-16}
 echo "== migration: verbs on rxe0 ($RDMIG_RXE_ADDR)"
 RDMIG_MIG_TRANSPORT=verbs "$here/migrate/t_programs.sh" python_heap python_heap_precopy python_heap_hybrid \
-  gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid forks_postcopy forks_precopy forks_hybrid
+  gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid forks_postcopy forks_precopy forks_hybrid \
+  postcopy_ops

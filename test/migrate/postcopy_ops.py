@@ -1,0 +1,89 @@
+# What a process does to its memory while post-copy still owes it pages: a signal
+# whose handler reads the heap (its frame is pushed onto a stack page that may be
+# remote), madvise(DONTNEED), mremap, munmap followed by a new mapping, and a fork
+# whose child reads pages its parent never fetched. Every result is printed, so a
+# migrated run must print exactly what an unmigrated one does.
+#   postcopy_ops.py GO_FILE [MiB]
+# Prints "ready", then waits (silently) for GO_FILE to exist: the test creates it
+# once the process runs on the destination. Then it waits for SIGUSR1, which the
+# test sends until "signal" is printed.
+import hashlib, mmap, os, signal, sys, time
+
+go, mb = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 64
+PG = 4096
+PRIV = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+
+
+def page(seed, i):
+    return (b"%06d%010d" % (seed, i)) * (PG // 16)
+
+
+def region(pages, seed):
+    m = mmap.mmap(-1, pages * PG, flags=PRIV)
+    for i in range(pages):
+        m[i * PG:(i + 1) * PG] = page(seed, i)
+    return m
+
+
+def wrong_pages(m, seed, lo, hi):
+    return sum(m[i * PG:(i + 1) * PG] != page(seed, i) for i in range(lo, hi))
+
+
+def zero_pages_wrong(m, lo, hi):
+    z = bytes(PG)
+    return sum(m[i * PG:(i + 1) * PG] != z for i in range(lo, hi))
+
+
+n = mb * 256  # pages in A
+a = region(n, 1)
+b = region(n // 4, 2)
+c = region(n // 4, 3)
+data = [(i * 2654435761) % 1000003 for i in range(mb * 4096)]
+got = []
+
+
+def on_usr1(sig, frame):
+    got.append(sum(data[7::97]) % 1000000007)
+
+
+signal.signal(signal.SIGUSR1, on_usr1)
+print("ready", flush=True)
+while not os.path.exists(go):
+    time.sleep(0.02)
+
+# 1. a signal, handled while the heap is remote
+while not got:
+    time.sleep(0.01)
+print("signal", got[0], flush=True)
+
+# 2. madvise(DONTNEED): the first quarter of A reads zero, the rest its data
+a.madvise(mmap.MADV_DONTNEED, 0, n // 4 * PG)
+print("A dontneed: zero-part wrong", zero_pages_wrong(a, 0, n // 4),
+      "kept-part wrong", wrong_pages(a, 1, n // 4, n // 2), flush=True)
+
+# 3. mremap: B doubled (it may move); its pages keep their data, the new half is zero
+nb = n // 4
+b.resize(2 * nb * PG)
+print("B mremap: old wrong", wrong_pages(b, 2, 0, nb), "new wrong",
+      zero_pages_wrong(b, nb, 2 * nb), flush=True)
+
+# 4. munmap C unread, map D of the same size (often at the same address): zero
+c.close()
+d = mmap.mmap(-1, nb * PG, flags=PRIV)
+print("D after munmap: wrong", zero_pages_wrong(d, 0, nb), flush=True)
+
+# 5. fork: the child reads the second half of A, never touched by its parent
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    os.write(w, b"%d %s" % (wrong_pages(a, 1, n // 2, n),
+                            hashlib.sha256(a[n // 2 * PG:]).hexdigest()[:16].encode()))
+    os._exit(0)
+os.close(w)
+res = os.read(r, 200).decode()
+os.close(r)
+_, st = os.waitpid(pid, 0)
+print("child: wrong, digest", res, "status", st, flush=True)
+print("data", sum(data) % 1000000007, flush=True)
+print("done", flush=True)
