@@ -53,6 +53,7 @@
 
 #define MSG_BATCH 64
 #define DONE_BATCH 64
+#define RUN_MAX 16 /* pages installed by one UFFDIO_COPY (64 KiB of 4 KiB pages) */
 #define PREFETCH_CALLS_PER_TURN 256
 #define ARENA_INSTALLS_PER_TURN 64
 #define PROBE_INTERVAL_NS 1000000000ull
@@ -763,9 +764,70 @@ drop:
 	slot_free(l, i);
 }
 
+/* Can slot i's landed page go in with the run ending at slot prev: the next page
+ * of the same process, its data right after prev's in the source's staging? */
+static bool run_extends(const struct rdmig_faultloop *l, uint32_t prev, uint32_t i)
+{
+	const struct slot *p = &l->slots[prev], *s = &l->slots[i];
+
+	return s->client == p->client && s->addr == p->addr + l->page_size &&
+	       s->done.len == l->page_size &&
+	       (const uint8_t *)s->done.data == (const uint8_t *)p->done.data + l->page_size;
+}
+
+/*
+ * Install a run of landed pages, neighbours in the process and in the staging
+ * memory (the source gathers neighbouring fetches into one READ), with one
+ * UFFDIO_COPY: page by page it copied ~1 GB/s here against 3.1-3.7 GB/s in 64 KiB
+ * (256 MiB, side by side), and that capped how fast pages came home. Every page
+ * must still be IN_FLIGHT; whatever the one copy did not install (a page that
+ * left IN_FLIGHT, -EEXIST, -EAGAIN, ...) goes through the per-page path, which
+ * owns the error policy.
+ */
+static void install_run(struct rdmig_faultloop *l, const uint32_t *run, unsigned n)
+{
+	const struct slot *first = &l->slots[run[0]];
+	struct client *c = l->clients[first->client];
+	struct rdmig_page_ref ref;
+	uint64_t done = 0;
+	unsigned k = 0;
+
+	if (n > 1 && !l->inject_eagain && c && c->uffd >= 0) {
+		bool all_waiting = true;
+
+		for (unsigned j = 0; j < n && all_waiting; j++)
+			all_waiting = rdmig_pagestate_lookup(c->ps, l->slots[run[j]].addr, &ref) &&
+			              *ref.st == RDMIG_PAGE_IN_FLIGHT;
+		if (all_waiting) {
+			if (rdmig_uffd_copy(c->uffd, first->addr, first->done.data,
+			                    (uint64_t)n * l->page_size, 0, &done) < 0)
+				pr_debug("run of %u pages at %#llx: %llu bytes went in, the rest "
+				         "page by page",
+				         n, (unsigned long long)first->addr,
+				         (unsigned long long)done);
+			k = (unsigned)(done / l->page_size);
+		}
+	}
+	for (unsigned j = 0; j < k; j++) {
+		struct slot *s = &l->slots[run[j]];
+
+		if (rdmig_pagestate_lookup(c->ps, s->addr, &ref))
+			rdmig_pagestate_update(c->ps, &ref, RDMIG_PAGE_INSTALLED);
+		INC(installed);
+		if (s->background)
+			INC(prefetched);
+		rdmig_source_release(l->o.source, &s->done);
+		slot_free(l, run[j]);
+	}
+	for (unsigned j = k; j < n; j++)
+		install_landed(l, run[j]);
+}
+
 static void take_completions(struct rdmig_faultloop *l)
 {
 	struct rdmig_fetch_done d[DONE_BATCH];
+	uint32_t run[RUN_MAX];
+	unsigned nrun = 0;
 	int n;
 
 	do {
@@ -809,8 +871,16 @@ static void take_completions(struct rdmig_faultloop *l)
 				continue;
 			}
 			s->done = d[k];
-			install_landed(l, i);
+			if (nrun && (nrun == RUN_MAX || !run_extends(l, run[nrun - 1], i))) {
+				install_run(l, run, nrun);
+				nrun = 0;
+			}
+			run[nrun++] = i;
 		}
+		/* before the next poll: a run never waits on the source */
+		if (nrun)
+			install_run(l, run, nrun);
+		nrun = 0;
 	} while (n == DONE_BATCH);
 }
 
