@@ -96,5 +96,6 @@ clean() {
 
 show_logs() {
   local f
-  for f in "$T/$1".*.log; do echo "--- $f"; tail -n 30 "$f"; done
+  for f in "$T/$1".*.log "$T/$1".proc.err; do [ -s "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done
+  return 0
 }

@@ -73,7 +73,9 @@ forks_mode() { # MODE
   python3 "$HERE/forks.py" "${args[@]}" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
   (clean python3 "$HERE/forks.py" "${args[@]}") >"$T/$name.out" </dev/null 2>"$T/$name.proc.err" &
   local pid=$!
-  wait_for_lines "$T/$name.out" 3 60
+  if ! wait_for_lines "$T/$name.out" 3 60; then
+    kill -9 "$pid" 2>/dev/null; fail "$name" "workload did not get going"; show_logs "$name"; return
+  fi
   start_dst "$name" -- --wait --no-prefetch || { fail "$name" "no destination"; return; }
   for try in $(seq 1 20); do
     SRC_OPTS="--mode $mode" migrate "$name" "$pid"
