@@ -11,10 +11,12 @@
 #   pause        the longest gap the workload itself saw
 #   total        rdma_migrate src from start to the destination's DONE
 #   local        resume -> every page local on the destination
-#   faults       demand faults (fetched), prefetch coverage (prefetched / pages fetched)
+#   demand       demand faults (fetched), prefetch coverage (prefetched / pages fetched)
 #   slowdown     the workload's throughput from resume to all-local against before
-#   vs raw bw    total against bytes / raw READ bandwidth measured in this run
+#   total/raw    total against bytes / raw READ bandwidth measured in this run
 #                (bench/read_lat, 64 KiB at 16 in flight): the ratio, target <= 1.3
+#   sent/mem     bytes that crossed the wire (pre-copy pulls and fetches) against the
+#                memory with data: target <= 1.5 for pre-copy at DIRTY_PCT=1
 # and a plot (PNG, gnuplot) of faults and throughput over time for each run.
 # Timings never fail it; wrong data (the workload's page check) does.
 set -uo pipefail
@@ -35,8 +37,8 @@ bw=$("$build/bench/read_lat" --transport fabric --provider tcp --addr 127.0.0.1 
 [ -n "$bw" ] || { echo "read_lat failed"; exit 1; }
 echo "raw bandwidth: $bw MB/s"
 echo
-printf '%-6s %-7s %-9s %10s %10s %9s %9s %9s %9s %9s %10s\n' size pattern mode downtime_ms \
-  pause_ms total_s local_s faults prefetch% slowdown total/raw
+printf '%-6s %-7s %-9s %10s %10s %9s %9s %9s %9s %9s %10s %9s\n' size pattern mode downtime_ms \
+  pause_ms total_s local_s demand prefetch% slowdown total/raw sent/mem
 mb_of() { case $1 in *G) echo $((${1%G} * 1024)) ;; *M) echo "${1%M}" ;; *) echo "$1" ;; esac; }
 IFS=, read -ra sizes <<<"$SIZES"; IFS=, read -ra pats <<<"$PATTERNS"; IFS=, read -ra modes <<<"$MODES"
 for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@]}"; do
@@ -93,9 +95,12 @@ slow = before / during if during > 0 else float("inf")
 data_mb = d["bytes_read"] / 1e6
 ideal = data_mb / float(bw)
 total = s["total_ns"] / 1e9
-print("%-6s %-7s %-9s %10.2f %10.2f %9.3f %9.3f %9d %8.1f%% %8.2fx %9.2fx" % (
+# what crossed the wire (rounds pulled into the arena, then fetches) per byte of
+# memory with data at the freeze
+sent = d["bytes_read"] / (s["pages_touched"] * 4096.0) if s["pages_touched"] else 0
+print("%-6s %-7s %-9s %10.2f %10.2f %9.3f %9.3f %9d %8.1f%% %8.2fx %9.2fx %8.2fx" % (
     size, pat, mode, s["downtime_ns"] / 1e6, gap / 1e6, total, all_local_ms / 1e3,
-    fetched, cover, slow, total / ideal if ideal > 0 else 0))
+    fetched, cover, slow, total / ideal if ideal > 0 else 0, sent))
 with open("%s/%s-%s-%s.dat" % (out, size, pat, mode), "w") as f:
     f.write("# ms_after_resume faults prefetched ops_per_s\n")
     k = i_gap
@@ -104,8 +109,6 @@ with open("%s/%s-%s-%s.dat" % (out, size, pat, mode), "w") as f:
         while k < len(ts) - 1 and (ts[k][0] - t_res) / 1e6 < t_ms: k += 1
         r = rate(max(i_gap, k - 5), k) if k > i_gap else 0
         f.write("%.1f %d %d %.0f\n" % (t_ms, row[1], row[3], r))
-    for k2 in range(i_gap, len(ts)):
-        pass
 PY
   if command -v gnuplot >/dev/null; then
     gnuplot <<GP 2>/dev/null
