@@ -42,24 +42,27 @@ check_migrated() { # NAME REF OUT
   ok "$name"
 }
 
+# in_mode NAME MODE SETTLE_LINES CMD...: an unmigrated run of CMD, then one
+# migrated with --mode MODE once it printed SETTLE_LINES lines; outputs compared.
+in_mode() {
+  local name=$1 mode=$2 settle=$3; shift 3
+  "$@" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
+  SRC_OPTS="--mode $mode" run_migrated "$name" "$T/$name.out" "$settle" "$@"
+  check_migrated "$name" "$T/$name.ref" "$T/$name.out"
+}
+
 # Sizes: RDMIG_HEAP_N objects, RDMIG_HEAP_STEPS steps (the soft-RoCE guest runs
 # under emulation and uses smaller ones), RDMIG_GZ_LINES lines for gzip.
 HEAP_ARGS=("${RDMIG_HEAP_N:-1500000}" "${RDMIG_HEAP_STEPS:-40}")
 GZ_LINES=${RDMIG_GZ_LINES:-10000000}
 
-python_heap() {
-  python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/heap.ref" </dev/null || { fail python_heap "reference run failed"; return; }
-  run_migrated python_heap "$T/heap.out" 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
-  check_migrated python_heap "$T/heap.ref" "$T/heap.out"
-}
+python_heap() { in_mode python_heap postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"; }
 
 # The fallback of kernels without asynchronous write tracking (before 6.7, or
 # without soft-dirty): nothing is copied while the process runs, everything with
 # data at the freeze, and no PAGEMAP_SCAN (pagemap entries are read instead).
 python_heap_untracked() {
-  python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/heapu.ref" </dev/null || { fail python_heap_untracked "reference run failed"; return; }
-  RDMIG_TRACK=none run_migrated python_heap_untracked "$T/heapu.out" 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
-  check_migrated python_heap_untracked "$T/heapu.ref" "$T/heapu.out"
+  RDMIG_TRACK=none in_mode python_heap_untracked postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
 }
 
 # A parent forking workers, in each mode: after the switch in post-copy (with the
@@ -149,14 +152,8 @@ postcopy_ops() {
 # The other modes: pre-copy rounds pulled into the destination's arena, then
 # every page in place before the process runs (precopy) or the rest on demand
 # (hybrid).
-python_heap_mode() { # MODE
-  local mode=$1 name=python_heap_$1
-  python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
-  SRC_OPTS="--mode $mode" run_migrated "$name" "$T/$name.out" 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
-  check_migrated "$name" "$T/$name.ref" "$T/$name.out"
-}
-python_heap_precopy() { python_heap_mode precopy; }
-python_heap_hybrid() { python_heap_mode hybrid; }
+python_heap_precopy() { in_mode python_heap_precopy precopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"; }
+python_heap_hybrid() { in_mode python_heap_hybrid hybrid 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"; }
 # gzip streaming into a file: its input and output are regular files at offsets
 # that move while it runs.
 gzip_file() {
@@ -179,12 +176,7 @@ gzip_file() {
 # it works or waits on a lock; the output must equal an unmigrated run's.
 # (xz -T4 cannot serve here: it keeps a self-pipe, which is refused.)
 THREADS_ARGS=("${RDMIG_THREADS_ROUNDS:-300}" "${RDMIG_THREADS_CHAIN:-40000}")
-py_threads_mode() { # MODE
-  local mode=$1 name=py_threads_$1
-  python3 "$HERE/threads.py" "${THREADS_ARGS[@]}" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
-  SRC_OPTS="--mode $mode" run_migrated "$name" "$T/$name.out" 8 python3 "$HERE/threads.py" "${THREADS_ARGS[@]}"
-  check_migrated "$name" "$T/$name.ref" "$T/$name.out"
-}
+py_threads_mode() { in_mode "py_threads_$1" "$1" 8 python3 "$HERE/threads.py" "${THREADS_ARGS[@]}"; }
 py_threads_postcopy() { py_threads_mode postcopy; }
 py_threads_precopy() { py_threads_mode precopy; }
 py_threads_hybrid() { py_threads_mode hybrid; }
