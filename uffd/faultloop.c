@@ -712,6 +712,25 @@ static void post_demand(struct rdmig_faultloop *l)
 	}
 }
 
+/* A landed slot whose page went in (or was dropped): count it, give the staging
+ * back, free the slot. */
+static void landed_done(struct rdmig_faultloop *l, uint32_t i, bool installed)
+{
+	struct slot *s = &l->slots[i];
+
+	if (installed) {
+		INC(installed);
+		if (s->background)
+			INC(prefetched);
+	} else {
+		INC(dropped);
+	}
+	if (s->state == SLOT_LANDED)
+		l->n_retry--;
+	rdmig_source_release(l->o.source, &s->done);
+	slot_free(l, i);
+}
+
 static void install_landed(struct rdmig_faultloop *l, uint32_t i)
 {
 	struct slot *s = &l->slots[i];
@@ -741,27 +760,14 @@ static void install_landed(struct rdmig_faultloop *l, uint32_t i)
 		INC(retries);
 		return;
 	}
-	if (a == RDMIG_UFFD_DONE) {
-		INC(installed);
-		if (s->background)
-			INC(prefetched);
-	} else {
-		/* the range went away: nothing waits on it any more */
+	/* not DONE: the range went away, nothing waits on it any more */
+	if (a != RDMIG_UFFD_DONE)
 		rdmig_pagestate_update(c->ps, &ref, RDMIG_PAGE_REMOTE);
-		INC(dropped);
-	}
-	if (s->state == SLOT_LANDED)
-		l->n_retry--;
-	rdmig_source_release(l->o.source, &s->done);
-	slot_free(l, i);
+	landed_done(l, i, a == RDMIG_UFFD_DONE);
 	return;
 
 drop:
-	if (s->state == SLOT_LANDED)
-		l->n_retry--;
-	rdmig_source_release(l->o.source, &s->done);
-	INC(dropped);
-	slot_free(l, i);
+	landed_done(l, i, false);
 }
 
 /* Can slot i's landed page go in with the run ending at slot prev: the next page
@@ -788,7 +794,7 @@ static void install_run(struct rdmig_faultloop *l, const uint32_t *run, unsigned
 {
 	const struct slot *first = &l->slots[run[0]];
 	struct client *c = l->clients[first->client];
-	struct rdmig_page_ref ref;
+	struct rdmig_page_ref ref[RUN_MAX];
 	uint64_t done = 0;
 	unsigned k = 0;
 
@@ -796,8 +802,9 @@ static void install_run(struct rdmig_faultloop *l, const uint32_t *run, unsigned
 		bool all_waiting = true;
 
 		for (unsigned j = 0; j < n && all_waiting; j++)
-			all_waiting = rdmig_pagestate_lookup(c->ps, l->slots[run[j]].addr, &ref) &&
-			              *ref.st == RDMIG_PAGE_IN_FLIGHT;
+			all_waiting =
+			    rdmig_pagestate_lookup(c->ps, l->slots[run[j]].addr, &ref[j]) &&
+			    *ref[j].st == RDMIG_PAGE_IN_FLIGHT;
 		if (all_waiting) {
 			if (rdmig_uffd_copy(c->uffd, first->addr, first->done.data,
 			                    (uint64_t)n * l->page_size, 0, &done) < 0)
@@ -809,15 +816,8 @@ static void install_run(struct rdmig_faultloop *l, const uint32_t *run, unsigned
 		}
 	}
 	for (unsigned j = 0; j < k; j++) {
-		struct slot *s = &l->slots[run[j]];
-
-		if (rdmig_pagestate_lookup(c->ps, s->addr, &ref))
-			rdmig_pagestate_update(c->ps, &ref, RDMIG_PAGE_INSTALLED);
-		INC(installed);
-		if (s->background)
-			INC(prefetched);
-		rdmig_source_release(l->o.source, &s->done);
-		slot_free(l, run[j]);
+		rdmig_pagestate_update(c->ps, &ref[j], RDMIG_PAGE_INSTALLED);
+		landed_done(l, run[j], true);
 	}
 	for (unsigned j = k; j < n; j++)
 		install_landed(l, run[j]);
