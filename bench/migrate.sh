@@ -57,11 +57,11 @@ for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@
   work=$!
   until grep -q '^t ' "$T/$tag.work" 2>/dev/null; do sleep 0.05; done
   sleep 1
-  "$build/rdma_migrate" src --pid "$work" --to "127.0.0.1:$port" --token-file "$T/token" --mode "$mode" \
-    --stats-json "$T/$tag.src.json" >"$T/$tag.src.out" 2>"$T/$tag.src.err"
-  src_rc=$?
-  # the original first (killed by the source at the end): reaped here, quietly,
-  # before waiting on the destination would make bash report its death
+  # bash reports the original's death (the source kills it at the end) as soon as
+  # this foreground command returns, on the shell's stderr: silenced here only
+  { "$build/rdma_migrate" src --pid "$work" --to "127.0.0.1:$port" --token-file "$T/token" \
+    --mode "$mode" --stats-json "$T/$tag.src.json" >"$T/$tag.src.out" 2>"$T/$tag.src.err"
+    src_rc=$?; } 2>/dev/null
   wait "$work" 2>/dev/null
   wait "$dst"; dst_rc=$?
   if [ $src_rc != 0 ] || [ $dst_rc != 0 ] || ! grep -q "exited with status 0" "$T/$tag.dst.out"; then

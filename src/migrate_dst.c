@@ -817,7 +817,9 @@ static int run(struct dst *d)
 	if (ret == 0)
 		ret = rdmig_husk_prepare(d->husk);
 	if (ret < 0) {
-		fprintf(stderr, "rdma_migrate dst: cannot start the husk process: %s\n",
+		fprintf(stderr,
+		        "rdma_migrate dst: cannot start or empty the husk process the migrated "
+		        "one is built in: %s\n",
 		        strerror(-ret));
 		return RDMIG_EXIT_ROLLED_BACK;
 	}
