@@ -726,54 +726,70 @@ static int cow_cmp(const void *a, const void *b)
 	return x->addr < y->addr ? -1 : x->addr > y->addr;
 }
 
-/* The pages holding tid caches go eagerly (COW list), and an ANON one is no
- * longer marked touched: the restore writes it whole, the pager never fetches
- * it. */
-static int capture_tid_pages(struct rdmig_tracee *t, struct rdmig_image *img)
+/* Pages the restore or the kernel writes before the pager runs go eagerly (COW
+ * list): the tid caches (rewritten with the new tids) and the rseq areas (the
+ * kernel writes cpu_id there as soon as rseq is registered). A page made present
+ * any other way would hide the real one from the pager forever. An ANON one is
+ * no longer marked touched: the restore writes it whole, the pager never
+ * fetches it. */
+static int add_eager_page(struct rdmig_tracee *t, struct rdmig_image *img, uint64_t addr,
+                          const char *what, int tid, uint32_t *added)
+{
+	uint64_t pg = addr & ~(uint64_t)(RDMIG_IMG_PAGE - 1);
+	const struct rdmig_img_vma *cv;
+	struct rdmig_img_vma *v;
+	struct rdmig_img_cow_page *n;
+	int ret;
+
+	for (uint32_t k = 0; k < img->ncow; k++)
+		if (img->cow[k].addr == pg)
+			return 0;
+	cv = rdmig_image_vma_at(img, pg);
+	if (!cv || (cv->kind != RDMIG_VMA_ANON && cv->kind != RDMIG_VMA_FILE_PRIVATE)) {
+		pr_err("pid %d: thread %d keeps its %s at %#" PRIx64 " outside private memory",
+		       img->pid, tid, what, addr);
+		return -EOPNOTSUPP;
+	}
+	v = &img->vmas[cv - img->vmas];
+	n = realloc(img->cow, (img->ncow + 1) * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	img->cow = n;
+	n[img->ncow].addr = pg;
+	ret = rdmig_tracee_read(t, pg, n[img->ncow].data, RDMIG_IMG_PAGE);
+	if (ret)
+		return ret;
+	img->ncow++;
+	(*added)++;
+	if (v->kind == RDMIG_VMA_ANON && v->touched) {
+		uint64_t p = (pg - v->start) / RDMIG_IMG_PAGE;
+
+		v->touched[p / 8] &= (uint8_t) ~(1u << (p % 8));
+	}
+	return 0;
+}
+
+static int capture_eager_pages(struct rdmig_tracee *t, struct rdmig_image *img)
 {
 	uint32_t added = 0;
+	int ret = 0;
 
-	for (uint32_t i = 0; i < img->nthreads; i++) {
-		uint64_t pg = img->threads[i].tid_cache & ~(uint64_t)(RDMIG_IMG_PAGE - 1);
-		const struct rdmig_img_vma *cv;
-		struct rdmig_img_vma *v;
-		bool have = false;
-		int ret;
+	for (uint32_t i = 0; i < img->nthreads && !ret; i++) {
+		const struct rdmig_img_thread *th = &img->threads[i];
 
-		if (!img->threads[i].tid_cache)
-			continue;
-		for (uint32_t k = 0; k < img->ncow && !have; k++)
-			have = img->cow[k].addr == pg;
-		if (have)
-			continue;
-		cv = rdmig_image_vma_at(img, pg);
-		if (!cv || (cv->kind != RDMIG_VMA_ANON && cv->kind != RDMIG_VMA_FILE_PRIVATE)) {
-			pr_err("pid %d: thread %d keeps its tid at %#" PRIx64
-			       " outside private memory",
-			       img->pid, img->threads[i].tid, img->threads[i].tid_cache);
-			return -EOPNOTSUPP;
-		}
-		v = &img->vmas[cv - img->vmas];
-		struct rdmig_img_cow_page *n = realloc(img->cow, (img->ncow + 1) * sizeof(*n));
-
-		if (!n)
-			return -ENOMEM;
-		img->cow = n;
-		n[img->ncow].addr = pg;
-		ret = rdmig_tracee_read(t, pg, n[img->ncow].data, RDMIG_IMG_PAGE);
-		if (ret)
-			return ret;
-		img->ncow++;
-		added++;
-		if (v->kind == RDMIG_VMA_ANON && v->touched) {
-			uint64_t p = (pg - v->start) / RDMIG_IMG_PAGE;
-
-			v->touched[p / 8] &= (uint8_t) ~(1u << (p % 8));
-		}
+		if (th->tid_cache)
+			ret = add_eager_page(t, img, th->tid_cache, "tid", th->tid, &added);
+		/* both ends: an area is 32-byte aligned, but its length is the
+		 * runtime's to choose */
+		if (!ret && th->rseq_len)
+			ret = add_eager_page(t, img, th->rseq_addr, "rseq area", th->tid, &added);
+		if (!ret && th->rseq_len)
+			ret = add_eager_page(t, img, th->rseq_addr + th->rseq_len - 1, "rseq area",
+			                     th->tid, &added);
 	}
 	if (added)
 		qsort(img->cow, img->ncow, sizeof(*img->cow), cow_cmp);
-	return 0;
+	return ret;
 }
 
 /* ---- capture: /proc ---- */
@@ -1262,7 +1278,7 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	rdmig_laps_mark(&laps, "proc");
 	ret = capture_maps(t, img, &files_cap, why, whylen);
 	if (!ret)
-		ret = capture_tid_pages(t, img);
+		ret = capture_eager_pages(t, img);
 	if (ret)
 		goto out_free_image;
 	rdmig_laps_mark(&laps, "maps");

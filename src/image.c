@@ -276,19 +276,29 @@ static bool cow_page_at(const struct rdmig_image *img, uint64_t page)
 	return false;
 }
 
-/* After vmas and COW pages are checked: a tid cache is an aligned int whose page
- * travels eagerly. */
-static int check_tid_cache(const struct rdmig_image *img, uint32_t i)
+/* After vmas and COW pages are checked: a tid cache is an aligned int, an rseq
+ * area an aligned block of at most a page (the kernel's own rules are checked
+ * at registration); the pages of both travel eagerly. */
+static int check_eager(const struct rdmig_image *img, uint32_t i)
 {
-	uint64_t a = img->threads[i].tid_cache;
+	const uint64_t pmask = ~(uint64_t)(RDMIG_IMG_PAGE - 1);
+	const struct rdmig_img_thread *th = &img->threads[i];
+	uint64_t a = th->tid_cache, r = th->rseq_addr, rlen = th->rseq_len;
 
-	if (!a)
-		return 0;
-	if (a % 4 || !rdmig_image_vma_at(img, a) ||
-	    !cow_page_at(img, a & ~(uint64_t)(RDMIG_IMG_PAGE - 1))) {
+	if (a && (a % 4 || !rdmig_image_vma_at(img, a) || !cow_page_at(img, a & pmask))) {
 		pr_err("thread %u: tid cache at %#" PRIx64
 		       " unaligned, unmapped or its page not sent",
 		       i, a);
+		return -1;
+	}
+	if (!rlen)
+		return 0;
+	if (r % 32 || rlen > RDMIG_IMG_PAGE || r > UINT64_MAX - rlen ||
+	    !rdmig_image_vma_at(img, r) || !cow_page_at(img, r & pmask) ||
+	    !cow_page_at(img, (r + rlen - 1) & pmask)) {
+		pr_err("thread %u: rseq area at %#" PRIx64 "+%" PRIu64
+		       " unaligned, too long, unmapped or its page not sent",
+		       i, r, rlen);
 		return -1;
 	}
 	return 0;
@@ -500,7 +510,7 @@ static int check_image(const struct rdmig_image *img)
 			return -1;
 	}
 	for (uint32_t i = 0; i < img->nthreads; i++) {
-		if (check_tid_cache(img, i))
+		if (check_eager(img, i))
 			return -1;
 	}
 	return 0;

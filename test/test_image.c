@@ -198,7 +198,7 @@ static void build_base(struct rdmig_image *img)
 	img->threads[0].altstack_sp = 0x7ffff7a10000;
 	img->threads[0].altstack_size = 65536;
 	img->threads[0].rseq_len = 32;
-	img->threads[0].rseq_addr = 0x7ffff7d8f9e0;
+	img->threads[0].rseq_addr = 0x7ffff7f18960; /* in a page sent eagerly (build_image) */
 	img->threads[0].rseq_sig = 0x53053053;
 	img->threads[0].robust_head = 0x7ffff7d8f720;
 	img->threads[0].robust_len = 24;
@@ -298,6 +298,9 @@ static void build_minimal(struct rdmig_image *img)
 	free(img->threads[0].xstate);
 	img->threads[0].xstate = NULL;
 	img->threads[0].xstate_len = 0;
+	img->threads[0].rseq_len = 0; /* no memory to hold an area */
+	img->threads[0].rseq_addr = 0;
+	img->threads[0].rseq_sig = 0;
 }
 
 /* A small image for the fuzzing seeds: one file, three vmas, one written page. */
@@ -320,6 +323,7 @@ static void build_small(struct rdmig_image *img)
 	img->cow[0].addr = 0x401000;
 	memset(img->cow[0].data, 0xa5, PAGE);
 	img->ncow = 1;
+	img->threads[0].rseq_addr = 0x401fe0; /* in the written page */
 }
 
 /* ---- comparing and checking ---- */
@@ -954,7 +958,10 @@ static void truncations(void)
 	int wrong = 0, ok_cuts = 0, quiet;
 
 	build_image(&img);
-	img.threads[2].tid_cache = 0; /* else only the whole image names its page */
+	/* else only the whole image names their pages */
+	img.threads[2].tid_cache = 0;
+	for (uint32_t t = 0; t < img.nthreads; t++)
+		img.threads[t].rseq_len = 0;
 	encode_ok(&img, &buf, &len);
 	cut = malloc(len);
 	quiet = quiet_begin();
@@ -1260,6 +1267,11 @@ static void malformed(void)
 	        memset(REC(TAG_THREAD, 2).p + THREAD_COMM, 'x', 16));
 	BAD_IMG("tid cache unaligned", "tid cache", im->threads[2].tid_cache += 2);
 	BAD_IMG("tid cache page not sent", "tid cache", im->threads[1].tid_cache = 0x7ffff7f19000);
+	BAD_IMG("rseq area unaligned", "rseq area", im->threads[1].rseq_addr += 8);
+	BAD_IMG("rseq page not sent", "rseq area", im->threads[0].rseq_addr = 0x7ffff7f19000);
+	BAD_IMG("rseq area past its page", "rseq area",
+	        (im->threads[2].rseq_addr = 0x7ffff7f18fe0, im->threads[2].rseq_len = 64));
+	BAD_IMG("rseq area too long", "rseq area", im->threads[2].rseq_len = 8192);
 	BAD_REC("tid cache unmapped", "tid cache",
 	        set_le64(REC(TAG_THREAD, 2).p + THREAD_TID_CACHE, 0x7ffff7f26000));
 	BAD_IMG(
