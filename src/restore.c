@@ -10,14 +10,17 @@
  *   PR_SET_MM_MAP with the new exe before any image vma exists: the kernel
  *   refuses a new exe_file while the old exe is mapped, and the image often maps
  *   the very same file (a daemon migrating its own kind);
- *   vmas and COW pages; rlimits (before descriptors: an fd number above the
+ *   vmas; MADV_NOHUGEPAGE on anonymous ones, before anything writes there (under
+ *   THP "always" one write fills a whole 2 MiB block with zeros the pager would
+ *   never replace); the pages sent eagerly (private file pages, tid caches, rseq
+ *   areas); rlimits (before descriptors: an fd number above the
  *   daemon's RLIMIT_NOFILE needs the image's limit); per-task settings,
  *   descriptors, handlers; the userfaultfd; pending signals (blocked, so queued
  *   only); credentials (every earlier step may need root); scratch unmapped;
- *   rseq registered by the very last injected call, because registration makes
- *   the kernel write cpu_id into the area on the next return to user mode: any
- *   later injected call would write it into a page the pager has not filled
- *   yet, which then counts as present and hides the real page forever;
+ *   rseq registered by the very last injected call (registration makes the
+ *   kernel write cpu_id into the area on every return to user mode, so the
+ *   area's page came eagerly: written by the kernel, it would otherwise be
+ *   present, zero around the area, and hide the real page from the pager);
  *   registers, xstate and the image's signal mask set in the stop.
  *
  * Threads (restore_task.c, rst_threads): after the credentials (they are per
@@ -266,10 +269,11 @@ static const struct rst_step {
 } rst_steps[] = {
     {"clean husk", rst_clean_husk}, {"vdso/vvar", rst_move_specials},
     {"layout", rst_avoid_layout},   {"mm", rst_set_mm},
-    {"vmas", rst_map_vmas},         {"rlimits", rst_rlimits},
+    {"vmas", rst_map_vmas},         {"nohugepage", rst_nohugepage},
+    {"eager pages", rst_eager_pages}, {"rlimits", rst_rlimits},
     {"task", rst_task_misc},        {"fds", rst_fds},
     {"sigactions", rst_sigactions}, {"uffd", rst_uffd},
-    {"nohugepage", rst_nohugepage}, {"pending signals", rst_pending_signals},
+    {"pending signals", rst_pending_signals},
     {"creds", rst_creds},           {"threads", rst_threads},
 };
 

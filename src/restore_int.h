@@ -53,6 +53,7 @@ int rst_avoid_layout(struct rst *r);
 int rst_set_mm(struct rst *r);
 int rst_map_vmas(struct rst *r);
 int rst_nohugepage(struct rst *r);
+int rst_eager_pages(struct rst *r);
 
 /* restore_task.c */
 int rst_rlimits(struct rst *r);

@@ -475,7 +475,10 @@ static int map_one(struct rst *r, const struct rdmig_img_vma *v, int *hfd, bool 
 	return 0;
 }
 
-static int write_cow(struct rst *r)
+/* After rst_nohugepage: with THP "always", the first write into an anonymous
+ * range that may hold a huge page fills all 2 MiB of it, and every other page
+ * of that block is then present, zero, and never fetched. */
+int rst_eager_pages(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
 	uint32_t vi = 0;
@@ -524,7 +527,7 @@ int rst_map_vmas(struct rst *r)
 		rst_close(r, hfd[i]);
 	free(hfd);
 	free(checked);
-	return err ? err : write_cow(r);
+	return err;
 }
 
 int rst_nohugepage(struct rst *r)

@@ -21,6 +21,10 @@
  *                       thread checks gettid() against glibc's cached tid and
  *                       pthread_kill(self, 0), the condition wakes its waiter,
  *                       pthread_join of all four works, the output continues.
+ *                       The waiter's stack ends on a 2 MiB boundary.
+ * Every round trip checks, right after the build, that no page of anonymous
+ * memory is present but the eagerly sent ones (under THP "always", one eager
+ * write used to fill a whole 2 MiB block with zeros the pager never replaced).
  *
  * The husks are forked first thing in main(), as the daemon does.
  */
@@ -540,8 +544,27 @@ static void *mt_sleeper(void *arg)
 
 #define MT_STEPS 200
 
+/* A 4 MiB stack whose top is 2 MiB-aligned. */
+static int mt_aligned_stack(pthread_attr_t *a)
+{
+	const size_t huge = 2u << 20, len = 2 * huge;
+	uint8_t *p = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+	                  -1, 0);
+	uint8_t *top;
+
+	if (p == MAP_FAILED)
+		return -1;
+	top = (uint8_t *)(((uintptr_t)p + len + huge - 1) & ~(uintptr_t)(huge - 1));
+	if (top - len > p && munmap(p, (size_t)(top - len - p)))
+		return -1;
+	if (top < p + len + huge && munmap(top, (size_t)(p + len + huge - top)))
+		return -1;
+	return pthread_attr_setstack(a, top - len, len);
+}
+
 static void workload_mt(const char *path)
 {
+	pthread_attr_t wattr;
 	pthread_t th[4];
 	int fd, nul = open("/dev/null", O_RDONLY);
 
@@ -560,9 +583,15 @@ static void workload_mt(const char *path)
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (fd < 0)
 		_exit(101);
+	/* The waiter's stack ends on a 2 MiB boundary, as python's thread stacks
+	 * do below its 64 MiB-aligned malloc arenas: its TCB page and the stack
+	 * pages under it share one huge-page-sized block, where a kernel with THP
+	 * "always" fills the whole block on the first write to any page of it. */
+	if (pthread_attr_init(&wattr) || mt_aligned_stack(&wattr))
+		_exit(102);
 	if (pthread_create(&th[0], NULL, mt_counter, (void *)0) ||
 	    pthread_create(&th[1], NULL, mt_counter, (void *)1) ||
-	    pthread_create(&th[2], NULL, mt_waiter, NULL) ||
+	    pthread_create(&th[2], &wattr, mt_waiter, NULL) ||
 	    pthread_create(&th[3], NULL, mt_sleeper, NULL))
 		_exit(102);
 	for (int i = 0; i < MT_STEPS; i++) {
@@ -699,6 +728,46 @@ static int copy_touched(pid_t orig, const struct rdmig_image *img, struct rdmig_
 	return 0;
 }
 
+/* The pager's premise: after the build, no page of anonymous memory is present
+ * in the process except those sent eagerly (a present page is never fetched:
+ * the process would read whatever the kernel put there). Counts the others. */
+static uint64_t stray_present(pid_t pid, const struct rdmig_image *img)
+{
+	char path[64];
+	uint64_t n = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return UINT64_MAX;
+	for (uint32_t v = 0; v < img->nvmas; v++) {
+		const struct rdmig_img_vma *vma = &img->vmas[v];
+
+		if (vma->kind != RDMIG_VMA_ANON)
+			continue;
+		for (uint64_t a = vma->start; a < vma->end; a += RDMIG_IMG_PAGE) {
+			uint64_t e = 0;
+			bool eager = false;
+
+			if (pread(fd, &e, sizeof(e), (off_t)(a / RDMIG_IMG_PAGE * 8)) != sizeof(e)) {
+				close(fd);
+				return UINT64_MAX;
+			}
+			if (!(e >> 63 & 1) && !(e >> 62 & 1))
+				continue;
+			for (uint32_t k = 0; k < img->ncow && !eager; k++)
+				eager = img->cow[k].addr == a;
+			if (!eager && n++ < 3)
+				fprintf(stderr, "  present but not sent: %#llx (vma %#llx-%#llx)\n",
+				        (unsigned long long)a, (unsigned long long)vma->start,
+				        (unsigned long long)vma->end);
+		}
+	}
+	close(fd);
+	return n;
+}
+
 /* Is fd (any fd when fd == 0) of pid a userfaultfd? */
 static bool uffd_in_proc(pid_t pid, int fd)
 {
@@ -774,6 +843,12 @@ static void roundtrip(bool nobody, bool threads)
 	if (ret)
 		goto out_kill;
 	fprintf(stderr, "  build %.1f ms\n", (t_now_s() - tb) * 1e3);
+	{
+		uint64_t stray = stray_present(r.pid, &img);
+
+		T_CHECK(stray == 0, "%llu pages of anonymous memory present after the build",
+		        (unsigned long long)stray);
+	}
 	ret = copy_touched(orig, &img, &r, &pages);
 	T_CHECK(ret == 0, "copying touched pages: %d", ret);
 	T_CHECK(threads || pages * RDMIG_IMG_PAGE >= WL_BYTES, "only %llu pages touched",
