@@ -267,14 +267,21 @@ static const struct rst_step {
 	const char *name;
 	int (*fn)(struct rst *r);
 } rst_steps[] = {
-    {"clean husk", rst_clean_husk}, {"vdso/vvar", rst_move_specials},
-    {"layout", rst_avoid_layout},   {"mm", rst_set_mm},
-    {"vmas", rst_map_vmas},         {"nohugepage", rst_nohugepage},
-    {"eager pages", rst_eager_pages}, {"rlimits", rst_rlimits},
-    {"task", rst_task_misc},        {"fds", rst_fds},
-    {"sigactions", rst_sigactions}, {"uffd", rst_uffd},
+    {"clean husk", rst_clean_husk},
+    {"vdso/vvar", rst_move_specials},
+    {"layout", rst_avoid_layout},
+    {"mm", rst_set_mm},
+    {"vmas", rst_map_vmas},
+    {"nohugepage", rst_nohugepage},
+    {"eager pages", rst_eager_pages},
+    {"rlimits", rst_rlimits},
+    {"task", rst_task_misc},
+    {"fds", rst_fds},
+    {"sigactions", rst_sigactions},
+    {"uffd", rst_uffd},
     {"pending signals", rst_pending_signals},
-    {"creds", rst_creds},           {"threads", rst_threads},
+    {"creds", rst_creds},
+    {"threads", rst_threads},
 };
 
 /* From step `first` on: 1 for a husk rdmig_husk_prepare() emptied already. */
