@@ -548,8 +548,8 @@ static void *mt_sleeper(void *arg)
 static int mt_aligned_stack(pthread_attr_t *a)
 {
 	const size_t huge = 2u << 20, len = 2 * huge;
-	uint8_t *p = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-	                  -1, 0);
+	uint8_t *p =
+	    mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	uint8_t *top;
 
 	if (p == MAP_FAILED)
@@ -750,7 +750,8 @@ static uint64_t stray_present(pid_t pid, const struct rdmig_image *img)
 			uint64_t e = 0;
 			bool eager = false;
 
-			if (pread(fd, &e, sizeof(e), (off_t)(a / RDMIG_IMG_PAGE * 8)) != sizeof(e)) {
+			if (pread(fd, &e, sizeof(e), (off_t)(a / RDMIG_IMG_PAGE * 8)) !=
+			    sizeof(e)) {
 				close(fd);
 				return UINT64_MAX;
 			}
