@@ -181,7 +181,13 @@ static int copy_run(struct rdmig_precopy *p, struct range *r, uint64_t addr, uin
 	while (done < len) {
 		uint64_t k = len - done > COPY_CHUNK ? COPY_CHUNK : len - done;
 		struct iovec l = {dst + done, k}, rem = {(void *)(uintptr_t)(addr + done), k};
-		ssize_t got = process_vm_readv(p->pid, &l, 1, &rem, 1, 0);
+		ssize_t got;
+
+		/* our pages first, in one call: faulting them in one by one inside
+		 * the copy made it 3 times slower here (an old kernel without
+		 * POPULATE_WRITE just faults as before) */
+		(void)madvise(dst + done, k, MADV_POPULATE_WRITE);
+		got = process_vm_readv(p->pid, &l, 1, &rem, 1, 0);
 
 		if (got == (ssize_t)k) {
 			done += k;
@@ -369,6 +375,42 @@ static bool overlaps_any(struct rdmig_precopy *p, uint64_t start, uint64_t end)
 	return false;
 }
 
+static int scan(struct rdmig_precopy *p, uint64_t start, uint64_t end, uint64_t flags,
+                uint64_t mask, uint64_t anyof, run_fn fn, struct range *r, uint64_t *pages);
+
+/* A mirror buffer of len bytes. Huge pages when the target's range is dense:
+ * process_vm_readv into 4 KiB pages copied 0.2-0.7 GB/s here, into 2 MiB pages
+ * 6-9 GB/s (the cost was our side's page walks, one per 4 KiB). A sparse range
+ * keeps 4 KiB pages: one written page in a 2 MiB block would cost 2 MiB. */
+static uint8_t *mirror_buffer(struct rdmig_precopy *p, uint64_t start, uint64_t end)
+{
+	const uint64_t huge = 2ull << 20, len = end - start;
+	uint64_t present = 0;
+	uint8_t *b, *a;
+
+	if (len >= huge && scan(p, start, end, 0, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, NULL,
+	                        NULL, &present) == 0 &&
+	    present * 2 * PG >= len) {
+		b = mmap(NULL, len + huge, PROT_READ | PROT_WRITE,
+		         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (b == MAP_FAILED)
+			return NULL;
+		/* aligned, so that every whole 2 MiB of the buffer can be one page */
+		a = (uint8_t *)(((uintptr_t)b + huge - 1) & ~(uintptr_t)(huge - 1));
+		if (a > b)
+			munmap(b, (size_t)(a - b));
+		if (a + len < b + len + huge)
+			munmap(a + len, (size_t)(b + len + huge - (a + len)));
+		if (madvise(a, len, MADV_HUGEPAGE) < 0)
+			pr_debug("no huge pages for the mirror of %#" PRIx64 ": %s", start,
+			         strerror(errno));
+		return a;
+	}
+	b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+	         -1, 0);
+	return b == MAP_FAILED ? NULL : b;
+}
+
 /* A mirror buffer for [start, end), registered. */
 static int add_range(struct rdmig_precopy *p, uint64_t start, uint64_t end, struct range **out)
 {
@@ -385,9 +427,8 @@ static int add_range(struct rdmig_precopy *p, uint64_t start, uint64_t end, stru
 		p->r = nr;
 		p->cap = cap;
 	}
-	r.base = mmap(NULL, len, PROT_READ | PROT_WRITE,
-	              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (r.base == MAP_FAILED)
+	r.base = mirror_buffer(p, start, end);
+	if (!r.base)
 		return -errno;
 	r.copied = calloc((len / PG + 7) / 8, 1);
 	if (!r.copied) {
