@@ -967,6 +967,20 @@ static int scan_pages_slow(int pm_fd, uint64_t start, uint64_t end, bool anon_on
 	return 0;
 }
 
+/* Bits [first, first + n) of a bitmap, whole bytes at a time where they can be. */
+static void set_bits(uint8_t *bits, uint64_t first, uint64_t n)
+{
+	for (; n && first % 8; first++, n--)
+		bits[first / 8] |= (uint8_t)(1u << (first % 8));
+	if (n >= 8) {
+		memset(bits + first / 8, 0xff, n / 8);
+		first += n / 8 * 8;
+		n %= 8;
+	}
+	for (; n; first++, n--)
+		bits[first / 8] |= (uint8_t)(1u << (first % 8));
+}
+
 /* Pages of [start, end) with data of their own: present or swapped, not the
  * zero page, and, with anon_only, not file pages. Bit i: page start + i*4096. */
 static int scan_pages(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
@@ -985,7 +999,10 @@ static int scan_pages(int pm_fd, uint64_t start, uint64_t end, bool anon_only, u
 		a.vec = (uint64_t)(uintptr_t)regs;
 		a.vec_len = sizeof(regs) / sizeof(regs[0]);
 		a.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
-		a.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO;
+		/* PAGE_IS_FILE only where it matters: asking for it makes the kernel
+		 * look at every page's struct page (1 GiB took 5.1 ms here, 1.4 without) */
+		a.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO |
+		                (anon_only ? PAGE_IS_FILE : 0);
 		int n = ioctl(pm_fd, PAGEMAP_SCAN, &a);
 
 		if (n < 0 && (errno == ENOTTY || errno == EINVAL) && at == start)
@@ -1009,12 +1026,8 @@ static int scan_pages(int pm_fd, uint64_t start, uint64_t end, bool anon_only, u
 				continue;
 			if (anon_only && (r->categories & PAGE_IS_FILE))
 				continue;
-			for (uint64_t p = r->start; p < r->end; p += 4096) {
-				uint64_t b = (p - start) / 4096;
-
-				bits[b / 8] |= (uint8_t)(1u << (b % 8));
-				(*count)++;
-			}
+			set_bits(bits, (r->start - start) / 4096, (r->end - r->start) / 4096);
+			*count += (r->end - r->start) / 4096;
 		}
 		if (a.walk_end <= at || a.walk_end > end) {
 			pr_err("PAGEMAP_SCAN made no progress at %#" PRIx64, at);
