@@ -3,6 +3,8 @@
 #   bench/migrate.sh [BUILD_DIR]    env: SIZES (256M,1G,4G) PATTERNS (seq,random,zipf)
 #                                        MODES (postcopy,precopy,hybrid) SECONDS_RUN (8)
 #                                        DIRTY_PCT (100) OUT (bench-out)
+#                                        KEEP (set: keep the daemons' logs and
+#                                        --stats-json files, path printed)
 # For each size x pattern x mode: the workload fills its memory, runs, and is
 # migrated over libfabric's tcp provider on loopback; it measures its own longest
 # pause (CLOCK_REALTIME between two consecutive touches: the last on the source to
@@ -26,7 +28,7 @@ SIZES=${SIZES:-256M,1G,4G} PATTERNS=${PATTERNS:-seq,random,zipf} MODES=${MODES:-
 RUN_S=${SECONDS_RUN:-8} OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
 T=$(mktemp -d /tmp/rdmig-bench.XXXXXX)
-trap 'rm -rf "$T"' EXIT
+if [ -n "${KEEP:-}" ]; then echo "## logs and stats kept in $T"; else trap 'rm -rf "$T"' EXIT; fi
 head -c 32 /dev/urandom | base64 >"$T/token"; chmod 600 "$T/token"
 rc=0
 
