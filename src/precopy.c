@@ -388,8 +388,9 @@ static uint8_t *mirror_buffer(struct rdmig_precopy *p, uint64_t start, uint64_t 
 	uint64_t present = 0;
 	uint8_t *b, *a;
 
-	if (len >= huge && scan(p, start, end, 0, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, NULL,
-	                        NULL, &present) == 0 &&
+	if (len >= huge &&
+	    scan(p, start, end, 0, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, NULL, NULL, &present) ==
+	        0 &&
 	    present * 2 * PG >= len) {
 		b = mmap(NULL, len + huge, PROT_READ | PROT_WRITE,
 		         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -406,8 +407,8 @@ static uint8_t *mirror_buffer(struct rdmig_precopy *p, uint64_t start, uint64_t 
 			         strerror(errno));
 		return a;
 	}
-	b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-	         -1, 0);
+	b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+	         0);
 	return b == MAP_FAILED ? NULL : b;
 }
 
