@@ -253,10 +253,28 @@ int rdmig_pagestate_add(struct rdmig_pagestate *ps, uint64_t addr, uint64_t len,
 	return 0;
 }
 
+/* By runs of one state, 8 bytes at a time where they can be: page by page, the
+ * counter updates' dependency chain cost ~1.5 ns a page (a millisecond for the
+ * setup of 1 GiB). */
 static void uncount(struct rdmig_pagestate *ps, const uint8_t *st, uint64_t n)
 {
-	for (uint64_t i = 0; i < n; i++)
-		ps->counts[st[i]]--;
+	for (uint64_t i = 0; i < n;) {
+		uint64_t j = i + 1, w, all;
+
+		all = 0x0101010101010101ull * st[i];
+		while (j < n && j % 8)
+			if (st[j] == st[i])
+				j++;
+			else
+				break;
+		if (j % 8 == 0)
+			while (j + 8 <= n && (memcpy(&w, st + j, 8), w == all))
+				j += 8;
+		while (j < n && st[j] == st[i])
+			j++;
+		ps->counts[st[i]] -= j - i;
+		i = j;
+	}
 }
 
 /*
