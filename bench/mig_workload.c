@@ -3,8 +3,9 @@
  *
  *   mig_workload --mb N --pattern seq|random|zipf --seconds S [--dirty-pct P]
  *
- * Allocates N MiB and writes every page, prints "ready", then for S seconds
- * touches pages in the given order (reading a word and writing one: every page it
+ * Allocates N MiB and writes every page, prints "ready", then for S seconds, or
+ * until SIGUSR1 (bench/migrate.sh sends it once the migration is over), touches
+ * pages in the given order (reading a word and writing one: every page it
  * touches is dirtied), reading CLOCK_REALTIME between touches. Every 10 ms it
  * prints "t <realtime_ns> ops <n>" (throughput over time). --dirty-pct limits
  * writes to that share of the pages per second (the rest is read), for the
@@ -16,6 +17,7 @@
  * Both hosts here share one clock (realtime, as the design notes require).
  */
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,14 @@
 #include <time.h>
 
 #define PG 4096u
+
+static volatile sig_atomic_t stop;
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+	stop = 1;
+}
 
 static uint64_t now_ns(void)
 {
@@ -112,12 +122,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (signal(SIGUSR1, on_usr1) == SIG_ERR)
+		return 1;
 	printf("ready %llu pages\n", (unsigned long long)npages);
 	t0 = last = now_ns();
 	next_print = t0 + 10000000;
 	/* writes allowed per millisecond for --dirty-pct */
 	wtick = t0;
-	while (last - t0 < (uint64_t)seconds * 1000000000u) {
+	while (!stop && last - t0 < (uint64_t)seconds * 1000000000u) {
 		uint64_t p, now;
 
 		if (pattern[0] == 's')

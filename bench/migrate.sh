@@ -1,12 +1,14 @@
 #!/bin/bash
 # bench/migrate.sh: whole migrations of bench/mig_workload, measured.
 #   bench/migrate.sh [BUILD_DIR]    env: SIZES (256M,1G,4G) PATTERNS (seq,random,zipf)
-#                                        MODES (postcopy,precopy,hybrid) SECONDS_RUN (8)
+#                                        MODES (postcopy,precopy,hybrid) AFTER_S (1)
 #                                        DIRTY_PCT (100) OUT (bench-out)
 #                                        KEEP (set: keep the daemons' logs and
 #                                        --stats-json files, path printed)
 # For each size x pattern x mode: the workload fills its memory, runs, and is
-# migrated over libfabric's tcp provider on loopback; it measures its own longest
+# migrated over libfabric's tcp provider on loopback; it runs until AFTER_S seconds
+# after the source is done (every page home), then SIGUSR1 ends it (a fixed run
+# time ended the larger ones before their migration did). It measures its own longest
 # pause (CLOCK_REALTIME between two consecutive touches: the last on the source to
 # the first on the destination) and its throughput every 10 ms. Printed per run:
 #   downtime     freeze on the source -> resume on the destination (the daemons)
@@ -25,7 +27,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 build=$(cd "${1:-build}" && pwd) || exit 2
 SIZES=${SIZES:-256M,1G,4G} PATTERNS=${PATTERNS:-seq,random,zipf} MODES=${MODES:-postcopy,precopy,hybrid}
-RUN_S=${SECONDS_RUN:-8} OUT=${OUT:-bench-out}
+AFTER_S=${AFTER_S:-1} OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
 T=$(mktemp -d /tmp/rdmig-bench.XXXXXX)
 if [ -n "${KEEP:-}" ]; then echo "## logs and stats kept in $T"; else trap 'rm -rf "$T"' EXIT; fi
@@ -53,7 +55,7 @@ for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@
     port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$T/$tag.dst.err"); [ -n "$port" ] && break; sleep 0.05
   done
   (for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
-   exec "$build/bench/mig_workload" --mb "$mb" --pattern "$pat" --seconds "$RUN_S" \
+   exec "$build/bench/mig_workload" --mb "$mb" --pattern "$pat" --seconds 1800 \
      --dirty-pct "${DIRTY_PCT:-100}") \
     >"$T/$tag.work" </dev/null 2>&1 &
   work=$!
@@ -64,6 +66,11 @@ for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@
   { "$build/rdma_migrate" src --pid "$work" --to "127.0.0.1:$port" --token-file "$T/token" \
     --mode "$mode" --stats-json "$T/$tag.src.json" >"$T/$tag.src.out" 2>"$T/$tag.src.err"
     src_rc=$?; } 2>/dev/null
+  # the workload ends where it runs: here after a success, at the source after a
+  # rollback (the destination then has nothing and exits by itself)
+  newpid=$(sed -n 's/.*: pid \([0-9]*\) (pid [0-9]* on the source) runs here.*/\1/p' "$T/$tag.dst.err" | head -n 1)
+  sleep "$AFTER_S"
+  if [ "$src_rc" = 0 ] && [ -n "$newpid" ]; then kill -USR1 "$newpid" 2>/dev/null; else kill -USR1 "$work" 2>/dev/null; fi
   wait "$work" 2>/dev/null
   wait "$dst"; dst_rc=$?
   if [ $src_rc != 0 ] || [ $dst_rc != 0 ] || ! grep -q "exited with status 0" "$T/$tag.dst.out"; then
