@@ -156,8 +156,9 @@ out_free:
 }
 
 /* Until the image: pre-copy rounds (pulled into the arena as they come), the
- * final set of pages their pulls no longer stand for, then the image's first
- * chunk. Then the mirror's final table from the data connection. */
+ * final set of pages their pulls no longer stand for, then the image. The
+ * mirror's final table comes later (recv_views): in post-copy the source sends
+ * the image before its last copy, so the restore runs while that copy does. */
 static int recv_process(struct dst *d)
 {
 	struct rdmig_msg m;
@@ -211,8 +212,17 @@ static int recv_process(struct dst *d)
 	}
 	/* the arena's pulls are over; the pager makes its own source */
 	rdmig_arena_drop_source(d->arena);
-	ret = rdmig_mirror_recv_table(d->data, step, &d->regions, &d->nregions);
-	return ret < 0 ? ret : recv_image(d, &m);
+	return recv_image(d, &m);
+}
+
+/* The mirror's final table, on the data connection: the source sends it once its
+ * last copy is in the mirror, so nothing reads the mirror before. A source that
+ * gave up meanwhile closes the connection, which ends the wait. */
+static int recv_views(struct dst *d)
+{
+	int step = d->o->timeout_ms > 0 ? d->o->timeout_ms : 60000;
+
+	return rdmig_mirror_recv_table(d->data, step, &d->regions, &d->nregions);
 }
 
 /* ---- pre-copy: every page in place before the process runs ------------------ */
@@ -888,6 +898,9 @@ static int run(struct dst *d)
 		return abort_restore(d, "cannot restore the process", ret);
 	d->t_built = rdmig_now_ns();
 	d->restored = true;
+	ret = recv_views(d);
+	if (ret < 0)
+		return abort_restore(d, "receiving the process failed", ret);
 	ret = rdmig_inject("dst.pager");
 	if (ret == 0)
 		ret = d->stopcopy ? install_all(d) : start_pager(d);

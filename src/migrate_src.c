@@ -73,6 +73,7 @@ struct src {
 	/* inside the downtime, for its breakdown: seized, captured, last pages
 	 * copied, image sent, READY received */
 	uint64_t t_seized, t_captured, t_copied, t_sent, t_ready;
+	uint64_t ns_image; /* post-copy: sending the image, between capture and last copy */
 	uint64_t image_bytes;
 	struct rdmig_mirror_view *views; /* the mirror's final table */
 	uint32_t nviews;
@@ -356,9 +357,12 @@ static void summary(struct src *s)
 	/* where the downtime went: stop every thread, capture, copy what was written
 	 * since the last round, send the table and image, the destination's restore
 	 * (until READY), and the commit (GO until the destination's resume) */
-	uint64_t ph[6] = {s->t_seized - s->t_freeze,   s->t_captured - s->t_seized,
-	                  s->t_copied - s->t_captured, s->t_sent - s->t_copied,
-	                  s->t_ready - s->t_sent,      s->t_resume - s->t_ready};
+	uint64_t ph[6] = {s->t_seized - s->t_freeze,
+	                  s->t_captured - s->t_seized,
+	                  s->t_copied - s->t_captured - s->ns_image,
+	                  s->t_sent - s->t_copied + s->ns_image,
+	                  s->t_ready - s->t_sent,
+	                  s->t_resume - s->t_ready};
 	printf("rdma_migrate src: downtime: stop %.2f, capture %.2f, last copy %.2f, send %.2f, "
 	       "destination restore %.2f, commit %.2f ms\n",
 	       (double)ph[0] / 1e6, (double)ph[1] / 1e6, (double)ph[2] / 1e6, (double)ph[3] / 1e6,
@@ -601,6 +605,15 @@ static int run(struct src *s)
 	if (ret < 0)
 		return rollback(s, "cannot capture the process", ret);
 	s->t_captured = rdmig_now_ns();
+	if (o->mode == RDMIG_MODE_POSTCOPY) {
+		/* The image does not depend on the last copy: the destination restores
+		 * while we copy (it reads no page before the table, sent after). In
+		 * pre-copy modes the last copy's runs must precede the image. */
+		ret = send_image(s);
+		if (ret < 0)
+			return rollback(s, "cannot send the process to the destination", ret);
+		s->ns_image = rdmig_now_ns() - s->t_captured;
+	}
 	ret = rdmig_inject("src.final_copy");
 	if (ret == 0)
 		ret = rdmig_precopy_final(s->pc, &s->img, &views, &nviews);
@@ -624,7 +637,7 @@ static int run(struct src *s)
 	/* kept: a destination that reconnects after the switch gets them again */
 	s->views = views;
 	s->nviews = nviews;
-	if (ret == 0)
+	if (ret == 0 && o->mode != RDMIG_MODE_POSTCOPY)
 		ret = send_image(s);
 	if (ret < 0)
 		return rollback(s, "cannot send the process to the destination", ret);
