@@ -967,20 +967,6 @@ static int scan_pages_slow(int pm_fd, uint64_t start, uint64_t end, bool anon_on
 	return 0;
 }
 
-/* Bits [first, first + n) of a bitmap, whole bytes at a time where they can be. */
-static void set_bits(uint8_t *bits, uint64_t first, uint64_t n)
-{
-	for (; n && first % 8; first++, n--)
-		bits[first / 8] |= (uint8_t)(1u << (first % 8));
-	if (n >= 8) {
-		memset(bits + first / 8, 0xff, n / 8);
-		first += n / 8 * 8;
-		n %= 8;
-	}
-	for (; n; first++, n--)
-		bits[first / 8] |= (uint8_t)(1u << (first % 8));
-}
-
 /* Pages of [start, end) with data of their own: present or swapped, not the
  * zero page, and, with anon_only, not file pages. Bit i: page start + i*4096. */
 static int scan_pages(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
@@ -1026,7 +1012,8 @@ static int scan_pages(int pm_fd, uint64_t start, uint64_t end, bool anon_only, u
 				continue;
 			if (anon_only && (r->categories & PAGE_IS_FILE))
 				continue;
-			set_bits(bits, (r->start - start) / 4096, (r->end - r->start) / 4096);
+			rdmig_bitmap_set(bits, (r->start - start) / 4096,
+			                 (r->end - r->start) / 4096);
 			*count += (r->end - r->start) / 4096;
 		}
 		if (a.walk_end <= at || a.walk_end > end) {

@@ -2,7 +2,8 @@
  * The process image codec (the struct and the limits are in rdmig/image.h).
  *
  * Layout. A 16-byte header {magic le32, version le32, total length le64 (the
- * whole buffer, header included)}, then records {tag le16, flags le16 (0),
+ * whole buffer, header included)}, then records {tag le16, flags le16 (0 but for
+ * VMA's RUNS),
  * length le32 (payload bytes), payload}. Every field is little-endian and is
  * written and read byte by byte. Records come in tag order (a tag never follows
  * a larger one); the ones marked "once" are required exactly once, the others
@@ -32,12 +33,18 @@
  *                        mode u32, path bytes (no NUL)                      (40 + 1..4096)
  *  13  VMA         no    start, end, pgoff u64, prot, kind, flags, file u32,
  *                        touched bitmap (ceil(pages/8) bytes, or none)      (40 [+ bitmap])
+ *                        or, with record flag RUNS (1), the touched pages as
+ *                        runs {first page, pages u64}: ascending, apart, in
+ *                        the vma, at least one                        (40 + 16*n)
  *  14  FD          no    fd i32, kind, flags, cloexec u32, pos u64, file u32, 0 u32
  *                                                                           (32)
  *  15  COW         no    1..256 x {addr u64, page[4096]}                    (4104*n)
  *
  * Version 2 (threads): THREAD repeats, its reserved word became the tid, and it
  * gained tid_cache and comm; COW pages may lie in ANON vmas (never touched ones).
+ * Version 3: a VMA's touched pages may come as runs (a dense 4 GiB process's
+ * bitmap was 128 KiB of the freeze's send), whichever is smaller; the rseq
+ * area's page(s) must be among the COW pages.
  *
  * Decoding runs in three steps: a scan of the record framing (lengths inside
  * the buffer, flags zero, known tags in order, singletons once, counts under the
@@ -99,6 +106,8 @@ static const char *const tag_names[TAG_MAX + 1] = {
 #define THREAD_FIXED_LEN (RDMIG_IMG_NREGS * 8u + 104u)
 #define FILE_FIXED_LEN 40u
 #define VMA_FIXED_LEN 40u
+#define RUN_LEN 16u   /* a VMA's run of touched pages: first, count u64 */
+#define REC_F_RUNS 1u /* VMA record flag: touched pages as runs */
 #define FD_LEN 32u
 #define COW_ENTRY_LEN (8u + RDMIG_IMG_PAGE)
 #define COW_BATCH 256u
@@ -204,6 +213,36 @@ uint64_t rdmig_image_vma_touched(const struct rdmig_img_vma *v)
 		n +=
 		    (uint64_t)__builtin_popcount(v->touched[pages / 8] & ((1u << (pages % 8)) - 1));
 	return n;
+}
+
+uint64_t rdmig_bitmap_run(const uint8_t *bits, uint64_t nbits, uint64_t at, bool set)
+{
+	const uint8_t all = set ? 0xff : 0;
+	uint64_t q = at;
+
+#define BIT(i) ((bits[(i) / 8] >> ((i) % 8) & 1) == set)
+	while (q < nbits && q % 8 && BIT(q))
+		q++;
+	if (q < nbits && q % 8 == 0)
+		while (q + 8 <= nbits && bits[q / 8] == all)
+			q += 8;
+	while (q < nbits && BIT(q))
+		q++;
+#undef BIT
+	return q - at;
+}
+
+void rdmig_bitmap_set(uint8_t *bits, uint64_t first, uint64_t n)
+{
+	for (; n && first % 8; first++, n--)
+		bits[first / 8] |= (uint8_t)(1u << (first % 8));
+	if (n >= 8) {
+		memset(bits + first / 8, 0xff, n / 8);
+		first += n / 8 * 8;
+		n %= 8;
+	}
+	for (; n; first++, n--)
+		bits[first / 8] |= (uint8_t)(1u << (first % 8));
 }
 
 static int check_mm(const struct rdmig_img_mm *mm)
@@ -601,11 +640,35 @@ static void w_u64(struct writer *w, uint64_t v)
 
 /* len fits: the filling pass runs only once the whole image is known to stay
  * under RDMIG_IMG_MAX_BYTES. */
-static void w_rec(struct writer *w, enum img_tag tag, uint64_t len)
+static void w_rec_flags(struct writer *w, enum img_tag tag, uint16_t flags, uint64_t len)
 {
 	w_u16(w, (uint16_t)tag);
-	w_u16(w, 0);
+	w_u16(w, flags);
 	w_u32(w, (uint32_t)len);
+}
+
+static void w_rec(struct writer *w, enum img_tag tag, uint64_t len)
+{
+	w_rec_flags(w, tag, 0, len);
+}
+
+/* The runs of v's touched pages: counted, and written when w is given. */
+static uint64_t touched_runs(struct writer *w, const struct rdmig_img_vma *v)
+{
+	uint64_t pages = vma_pages(v), n = 0;
+
+	for (uint64_t p = rdmig_bitmap_run(v->touched, pages, 0, false); p < pages;) {
+		uint64_t k = rdmig_bitmap_run(v->touched, pages, p, true);
+
+		if (w) {
+			w_u64(w, p);
+			w_u64(w, k);
+		}
+		n++;
+		p += k;
+		p += rdmig_bitmap_run(v->touched, pages, p, false);
+	}
+	return n;
 }
 
 static void w_path_rec(struct writer *w, enum img_tag tag, const char *path)
@@ -660,8 +723,11 @@ static void emit_files_vmas_fds(struct writer *w, const struct rdmig_image *img)
 	for (uint32_t i = 0; i < img->nvmas; i++) {
 		const struct rdmig_img_vma *v = &img->vmas[i];
 		uint64_t blen = v->touched ? bitmap_len(v) : 0;
+		uint64_t nruns = v->touched ? touched_runs(NULL, v) : 0;
+		bool runs = nruns && nruns * RUN_LEN < blen;
 
-		w_rec(w, TAG_VMA, VMA_FIXED_LEN + blen);
+		w_rec_flags(w, TAG_VMA, runs ? REC_F_RUNS : 0,
+		            VMA_FIXED_LEN + (runs ? nruns * RUN_LEN : blen));
 		w_u64(w, v->start);
 		w_u64(w, v->end);
 		w_u64(w, v->pgoff);
@@ -669,7 +735,10 @@ static void emit_files_vmas_fds(struct writer *w, const struct rdmig_image *img)
 		w_u32(w, v->kind);
 		w_u32(w, v->flags);
 		w_u32(w, v->file);
-		w_bytes(w, v->touched, blen);
+		if (runs)
+			touched_runs(w, v);
+		else
+			w_bytes(w, v->touched, blen);
 	}
 	for (uint32_t i = 0; i < img->nfds; i++) {
 		const struct rdmig_img_fd *f = &img->fds[i];
@@ -801,6 +870,7 @@ int rdmig_image_encode(const struct rdmig_image *img, uint8_t **out, size_t *len
 /* A record whose framing scan_records() has checked. */
 struct rec {
 	enum img_tag tag;
+	uint16_t flags;
 	const uint8_t *p;
 	uint32_t len;
 };
@@ -978,7 +1048,38 @@ static int parse_file(const struct rec *rc, struct reader *r, struct rdmig_img_f
 	return parse_path(r->p, rc->len - FILE_FIXED_LEN, &f->path, what);
 }
 
-static int parse_vma(const struct rec *rc, struct reader *r, struct rdmig_img_vma *v, uint32_t i)
+/* Touched pages as runs: each at least one page, in the vma, after the one
+ * before with a gap (the encoder's form; anything else is refused). */
+static int parse_runs(const struct rec *rc, struct reader *r, struct rdmig_img_vma *v, uint32_t i)
+{
+	uint32_t rl = rc->len - VMA_FIXED_LEN;
+	uint64_t pages = vma_pages(v), next = 0;
+
+	if (rl == 0 || rl % RUN_LEN) {
+		pr_err("vma %u: %u bytes of runs", i, rl);
+		return -EBADMSG;
+	}
+	v->touched = calloc(bitmap_len(v), 1);
+	if (!v->touched)
+		return -ENOMEM;
+	for (uint32_t k = 0; k < rl / RUN_LEN; k++) {
+		uint64_t first = r_u64(r), n = r_u64(r);
+
+		if (n == 0 || first < next || first >= pages || n > pages - first) {
+			pr_err("vma %u: run %u (%" PRIu64 "+%" PRIu64
+			       ") empty, out of order, next to the one before or past the "
+			       "vma's %" PRIu64 " pages",
+			       i, k, first, n, pages);
+			return -EBADMSG;
+		}
+		rdmig_bitmap_set(v->touched, first, n);
+		next = first + n + 1;
+	}
+	return 0;
+}
+
+static int parse_vma(const struct rec *rc, struct reader *r, struct rdmig_img_vma *v, uint32_t i,
+                     uint64_t *bitmap_bytes)
 {
 	uint32_t blen;
 
@@ -994,6 +1095,16 @@ static int parse_vma(const struct rec *rc, struct reader *r, struct rdmig_img_vm
 	/* the range first: the bitmap's length follows from it */
 	if (check_range(v->start, v->end, "vma", i))
 		return -EBADMSG;
+	if (rc->len > VMA_FIXED_LEN) {
+		*bitmap_bytes += bitmap_len(v);
+		if (*bitmap_bytes > RDMIG_IMG_MAX_TOUCHED_BYTES) {
+			pr_err("vma %u: touched bitmaps past %llu bytes in all", i,
+			       (unsigned long long)RDMIG_IMG_MAX_TOUCHED_BYTES);
+			return -EBADMSG;
+		}
+	}
+	if (rc->flags & REC_F_RUNS)
+		return parse_runs(rc, r, v, i);
 	blen = rc->len - VMA_FIXED_LEN;
 	if (blen && blen != bitmap_len(v)) {
 		pr_err("vma %u: touched bitmap of %u bytes for %" PRIu64 " pages", i, blen,
@@ -1149,7 +1260,8 @@ static int scan_records(const uint8_t *p, size_t len, struct counts *c)
 			pr_err("unknown record tag %u at offset %zu", tag, at);
 			return -EBADMSG;
 		}
-		if (get_le16(p + off + 2) != 0) {
+		if (get_le16(p + off + 2) != 0 &&
+		    (tag != TAG_VMA || get_le16(p + off + 2) != REC_F_RUNS)) {
 			pr_err("record %s at offset %zu: flags %#x", tag_names[tag], at,
 			       get_le16(p + off + 2));
 			return -EBADMSG;
@@ -1220,7 +1332,8 @@ static int alloc_tables(struct rdmig_image *img, const struct counts *c)
 }
 
 /* The repeated records, each appended to its table (sized by scan_records). */
-static int parse_repeated(const struct rec *rc, struct reader *r, struct rdmig_image *img)
+static int parse_repeated(const struct rec *rc, struct reader *r, struct rdmig_image *img,
+                          uint64_t *bitmap_bytes)
 {
 	uint32_t i;
 
@@ -1234,7 +1347,7 @@ static int parse_repeated(const struct rec *rc, struct reader *r, struct rdmig_i
 		return parse_file(rc, r, &img->files[i], i);
 	case TAG_VMA:
 		i = img->nvmas++;
-		return parse_vma(rc, r, &img->vmas[i], i);
+		return parse_vma(rc, r, &img->vmas[i], i, bitmap_bytes);
 	case TAG_FD:
 		return parse_fd(rc, r, &img->fds[img->nfds++]);
 	case TAG_COW:
@@ -1252,16 +1365,18 @@ static int parse_repeated(const struct rec *rc, struct reader *r, struct rdmig_i
 
 static int parse_records(const uint8_t *p, size_t len, struct rdmig_image *img)
 {
+	uint64_t bitmap_bytes = 0;
 	size_t off = 0;
 
 	while (off < len) {
 		struct rec rc = {
 		    .tag = (enum img_tag)get_le16(p + off),
+		    .flags = get_le16(p + off + 2),
 		    .p = p + off + REC_HDR_LEN,
 		    .len = get_le32(p + off + 4),
 		};
 		struct reader r = {.p = rc.p, .left = rc.len};
-		int ret = parse_repeated(&rc, &r, img);
+		int ret = parse_repeated(&rc, &r, img, &bitmap_bytes);
 
 		if (ret)
 			return ret;

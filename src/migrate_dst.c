@@ -401,24 +401,6 @@ static bool touched(const struct rdmig_img_vma *v, uint64_t i)
 	return v->touched[i / 8] & (1u << (i % 8));
 }
 
-/* How many pages from page p on are (set) touched or (!set) not, a byte of the
- * bitmap at a time where it can: page by page, 1 GiB took a millisecond of the
- * downtime. */
-static uint64_t run_of(const struct rdmig_img_vma *v, uint64_t pages, uint64_t p, bool set)
-{
-	const uint8_t all = set ? 0xff : 0;
-	uint64_t q = p;
-
-	while (q < pages && q % 8 && touched(v, q) == set)
-		q++;
-	if (q < pages && q % 8 == 0)
-		while (q + 8 <= pages && v->touched[q / 8] == all)
-			q += 8;
-	while (q < pages && touched(v, q) == set)
-		q++;
-	return q - p;
-}
-
 /* Register every ANON vma with data, pages with data REMOTE, the rest ZERO. A vma
  * without any page of data is left to the kernel: it reads zeros anyway. */
 static int add_ranges(struct dst *d, struct rdmig_prefetch_range **pr, size_t *npr)
@@ -438,12 +420,12 @@ static int add_ranges(struct dst *d, struct rdmig_prefetch_range **pr, size_t *n
 		ret = rdmig_faultloop_add_range(d->loop, v->start, v->end - v->start, v->start,
 		                                RDMIG_PAGE_ZERO, true);
 		for (uint64_t p = 0; p < pages && ret == 0;) {
-			uint64_t k = run_of(v, pages, p, true);
+			uint64_t k = rdmig_bitmap_run(v->touched, pages, p, true);
 
 			if (k)
 				ret = rdmig_faultloop_set_state(d->loop, v->start + p * PG, k * PG,
 				                                RDMIG_PAGE_REMOTE);
-			p += k ? k : run_of(v, pages, p, false);
+			p += k ? k : rdmig_bitmap_run(v->touched, pages, p, false);
 		}
 		ranges[n++] = (struct rdmig_prefetch_range){v->start, v->end};
 	}

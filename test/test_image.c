@@ -258,6 +258,11 @@ static void build_image(struct rdmig_image *img)
 	add_vma(img, 0x55555555c000, 0x55555557d000, R | W, RDMIG_VMA_ANON, RDMIG_VMA_F_HEAP, NONE,
 	        0, true); /* 33 pages: a partial last bitmap byte */
 	add_vma(img, 0x7ffff7a00000, 0x7ffff7c00000, R | W, RDMIG_VMA_ANON, 0, NONE, 0, true);
+	/* this one dense: two runs (pages 0-99, 200-511), which the encoder sends as
+	 * runs, not as its bitmap */
+	memset(img->vmas[4].touched, 0, 64);
+	rdmig_bitmap_set(img->vmas[4].touched, 0, 100);
+	rdmig_bitmap_set(img->vmas[4].touched, 200, 312);
 	add_vma(img, 0x7ffff7c00000, 0x7ffff7d00000, R, RDMIG_VMA_FILE_SHARED_RO, 0, 2, 0, false);
 	add_vma(img, 0x7ffff7d00000, 0x7ffff7d28000, R, RDMIG_VMA_FILE_PRIVATE, 0, 1, 0, false);
 	add_vma(img, 0x7ffff7d28000, 0x7ffff7ebd000, R | X, RDMIG_VMA_FILE_PRIVATE, 0, 1, 0x28000,
@@ -744,6 +749,7 @@ static void recs_split(const uint8_t *buf, size_t len, struct recs *rs)
 		uint32_t rlen = le32(buf + off + 4);
 
 		recs_insert(rs, rs->n, le16(buf + off), rlen, buf + off + 8);
+		rs->r[rs->n - 1].flags = le16(buf + off + 2);
 		off += 8 + rlen;
 	}
 }
@@ -1353,6 +1359,28 @@ static void huge_and_framing(void)
 	BAD_REC("unknown tag", "unknown record tag", recs_insert(rs, rs->n, 16, 4, "abcd"));
 	BAD_REC("tag 0", "unknown record tag", recs_insert(rs, 0, 0, 0, NULL));
 	BAD_REC("record flags", "flags", REC(TAG_MM, 0).flags = 1);
+	/* touched pages as runs (vma 4: {0, 100}, {200, 312}) */
+	{
+		struct recs chk;
+		const struct wrec *v3, *v4;
+
+		recs_split(good, good_len, &chk);
+		v3 = &chk.r[recs_find(&chk, TAG_VMA, 3)];
+		v4 = &chk.r[recs_find(&chk, TAG_VMA, 4)];
+		T_CHECK(v4->flags == 1 && v4->len == 40 + 32 && v3->flags == 0,
+		        "vma 4 not sent as two runs, or vma 3 not as a bitmap");
+		recs_free(&chk);
+	}
+	BAD_REC("runs flag on a bitmap", "bytes of runs", REC(TAG_VMA, 3).flags = 1);
+	BAD_REC("runs cut", "bytes of runs", REC(TAG_VMA, 4).len -= 8);
+	BAD_REC("run next to the one before", "out of order",
+	        set_le64(REC(TAG_VMA, 4).p + 40 + 16, 100));
+	BAD_REC("runs out of order", "out of order", set_le64(REC(TAG_VMA, 4).p + 40 + 16, 50));
+	BAD_REC("run past the vma", "past the vma",
+	        set_le64(REC(TAG_VMA, 4).p + 40 + 24, 313));
+	BAD_REC("empty run", "empty", set_le64(REC(TAG_VMA, 4).p + 40 + 8, 0));
+	BAD_REC("run starting past the vma", "past the vma",
+	        set_le64(REC(TAG_VMA, 4).p + 40 + 16, 512));
 	BAD_REC("missing MM", "record MM missing", recs_delete(rs, recs_find(rs, TAG_MM, 0)));
 	BAD_REC("missing THREAD", "record THREAD missing",
 	        for (int k = 0; k < 3; k++) recs_delete(rs, recs_find(rs, TAG_THREAD, 0)));
@@ -1408,8 +1436,10 @@ static void huge_and_framing(void)
 	buf[0] = 'X';
 	expect_decode_refused(buf, good_len, -EBADMSG, "wrong magic", "magic");
 	memcpy(buf, good, good_len);
-	set_le32(buf + 4, 3);
-	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 3", "version 3");
+	set_le32(buf + 4, 4);
+	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 4", "version 4");
+	set_le32(buf + 4, 2); /* touched pages as bitmaps only, rseq pages not sent */
+	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 2", "version 2");
 	set_le32(buf + 4, 1); /* single-threaded images from before */
 	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 1", "version 1");
 	set_le32(buf + 4, 0);
@@ -1473,6 +1503,15 @@ static void write_seeds(void)
 	}
 	set_le64(buf + 8, len - 100);
 	T_OK(write_file(dir, "small_cut", buf, len - 100));
+	free(buf);
+	/* a heap of 256 pages, 200 of them touched: they go as one run */
+	free(img.vmas[1].touched);
+	img.vmas[1].end = 0x700000;
+	img.vmas[1].touched = calloc(32, 1);
+	T_CHECK(img.vmas[1].touched, "calloc");
+	rdmig_bitmap_set(img.vmas[1].touched, 0, 200);
+	encode_ok(&img, &buf, &len);
+	T_OK(write_file(dir, "small_runs", buf, len));
 	free(buf);
 	rdmig_image_free(&img);
 }

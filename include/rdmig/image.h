@@ -31,18 +31,22 @@
 #ifndef RDMIG_IMAGE_H
 #define RDMIG_IMAGE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define RDMIG_IMG_WUR __attribute__((warn_unused_result))
 
 #define RDMIG_IMG_MAGIC 0x494d4452u /* "RDMI" on the wire */
-#define RDMIG_IMG_VERSION 2u
+#define RDMIG_IMG_VERSION 3u
 
 /* Limits the decoder enforces (a well-formed image from a real process stays far
  * below them). */
 #define RDMIG_IMG_MAX_BYTES (256u << 20) /* a whole encoded image */
-#define RDMIG_IMG_MAX_VMAS 65530u        /* the kernel's default max_map_count */
+/* touched bitmaps decoded, in all (runs make them larger than what carries them):
+ * 8 TiB of memory */
+#define RDMIG_IMG_MAX_TOUCHED_BYTES (256ull << 20)
+#define RDMIG_IMG_MAX_VMAS 65530u /* the kernel's default max_map_count */
 #define RDMIG_IMG_MAX_FILES 65536u
 #define RDMIG_IMG_MAX_FDS 65536u
 #define RDMIG_IMG_MAX_PATH 4096u /* bytes, NUL excluded; printable, starts with '/' */
@@ -235,5 +239,11 @@ RDMIG_IMG_WUR int rdmig_image_decode(const uint8_t *buf, size_t len, struct rdmi
 const struct rdmig_img_vma *rdmig_image_vma_at(const struct rdmig_image *img, uint64_t addr);
 /* Pages marked touched in v (ANON). */
 uint64_t rdmig_image_vma_touched(const struct rdmig_img_vma *v);
+
+/* Bitmaps of pages (bit i: byte i/8, bit i%8), a byte at a time where they can
+ * be. How many bits from bit `at` on (up to nbits) are set (or clear); set bits
+ * [first, first + n). */
+uint64_t rdmig_bitmap_run(const uint8_t *bits, uint64_t nbits, uint64_t at, bool set);
+void rdmig_bitmap_set(uint8_t *bits, uint64_t first, uint64_t n);
 
 #endif /* RDMIG_IMAGE_H */
