@@ -1376,8 +1376,7 @@ static void huge_and_framing(void)
 	BAD_REC("run next to the one before", "out of order",
 	        set_le64(REC(TAG_VMA, 4).p + 40 + 16, 100));
 	BAD_REC("runs out of order", "out of order", set_le64(REC(TAG_VMA, 4).p + 40 + 16, 50));
-	BAD_REC("run past the vma", "past the vma",
-	        set_le64(REC(TAG_VMA, 4).p + 40 + 24, 313));
+	BAD_REC("run past the vma", "past the vma", set_le64(REC(TAG_VMA, 4).p + 40 + 24, 313));
 	BAD_REC("empty run", "empty", set_le64(REC(TAG_VMA, 4).p + 40 + 8, 0));
 	BAD_REC("run starting past the vma", "past the vma",
 	        set_le64(REC(TAG_VMA, 4).p + 40 + 16, 512));
