@@ -146,6 +146,17 @@ static int send_runs(struct src *s, uint32_t round, uint32_t flags, uint64_t *pa
  *            paying off: the pages still being written are the hot ones, better
  *            fetched on demand after the switch), or the set is small, or 5 rounds.
  */
+/* How long the destination may take to pull a round of `pages`: the step
+ * timeout plus 1 s per 16 MiB. A fixed 60 s failed the 4 GiB random-access
+ * rounds here (page-sized READs, a new arena page each), with the destination
+ * busy pulling all along; a dead one is seen by the transport anyway. */
+static int round_wait_ms(int step, uint64_t pages)
+{
+	uint64_t ms = (uint64_t)step + pages * 4096 / (16u << 20) * 1000;
+
+	return ms > INT32_MAX ? INT32_MAX : (int)ms;
+}
+
 static int precopy_rounds(struct src *s)
 {
 	const struct rdmig_migrate_opts *o = s->o;
@@ -163,7 +174,8 @@ static int precopy_rounds(struct src *s)
 	for (; ret == 0; round++) {
 		ret = send_runs(s, round, 0, &cur);
 		if (ret == 0)
-			ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_ROUND_DONE, step, &m);
+			ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_ROUND_DONE,
+			                   round_wait_ms(step, cur), &m);
 		if (ret == 0 && m.u.u64[0] != round)
 			ret = -EPROTO;
 		if (ret < 0)
@@ -197,15 +209,6 @@ static int precopy_rounds(struct src *s)
 	return ret;
 }
 
-/*
- * Post-copy: the pages written while the first copy ran are copied again at the
- * freeze, inside the downtime. Copying them again while the process still runs
- * (into the mirror only: nothing goes on the wire) leaves the freeze just what
- * was written during the last, shorter round. Rounds go on while each copies at
- * most half of the one before and more than 256 pages (about what the freeze
- * copies in a fraction of a millisecond), at most 8: a process that writes faster
- * than we copy does not converge, and more rounds would only cost CPU.
- */
 /* The freeze is a string of injected calls, each a wake-up of the process and a
  * wait for its stop. Waking it on another CPU cost 0.08-0.3 ms a call here (up
  * to ms for the first, whose CPU had gone idle), on ours 0.02-0.03 ms: so for
@@ -238,6 +241,15 @@ static void unpin(struct cpu_pin *pin)
 	pin->on = false;
 }
 
+/*
+ * Post-copy: the pages written while the first copy ran are copied again at the
+ * freeze, inside the downtime. Copying them again while the process still runs
+ * (into the mirror only: nothing goes on the wire) leaves the freeze just what
+ * was written during the last, shorter round. Rounds go on while each copies at
+ * most half of the one before and more than 256 pages (about what the freeze
+ * copies in a fraction of a millisecond), at most 8: a process that writes faster
+ * than we copy does not converge, and more rounds would only cost CPU.
+ */
 static int settle_rounds(struct src *s)
 {
 	struct rdmig_precopy_stats st;
