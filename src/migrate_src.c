@@ -28,11 +28,9 @@
 #include "rdmig/tracee.h"
 
 #include "migrate_common.h"
-#include "procfs.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,38 +205,6 @@ static int precopy_rounds(struct src *s)
 	s->rounds = round;
 	s->precopy_sent = sent;
 	return ret;
-}
-
-/* The freeze is a string of injected calls, each a wake-up of the process and a
- * wait for its stop. Waking it on another CPU cost 0.08-0.3 ms a call here (up
- * to ms for the first, whose CPU had gone idle), on ours 0.02-0.03 ms: so for
- * the freeze this thread runs on the CPU the process last ran on. Best effort:
- * without it the freeze is only slower. */
-struct cpu_pin {
-	bool on;
-	cpu_set_t old;
-};
-
-static void pin_near(pid_t pid, struct cpu_pin *pin)
-{
-	struct procfs_stat st;
-	cpu_set_t one;
-
-	pin->on = false;
-	if (procfs_stat(pid, &st) || st.cpu >= CPU_SETSIZE ||
-	    sched_getaffinity(0, sizeof(pin->old), &pin->old) < 0 ||
-	    !CPU_ISSET((int)st.cpu, &pin->old))
-		return;
-	CPU_ZERO(&one);
-	CPU_SET((int)st.cpu, &one);
-	pin->on = sched_setaffinity(0, sizeof(one), &one) == 0;
-}
-
-static void unpin(struct cpu_pin *pin)
-{
-	if (pin->on && sched_setaffinity(0, sizeof(pin->old), &pin->old) < 0)
-		pr_warn("cannot restore this thread's CPU affinity: %s", strerror(errno));
-	pin->on = false;
 }
 
 /*
@@ -532,7 +498,6 @@ static int run(struct src *s)
 	const struct rdmig_migrate_opts *o = s->o;
 	struct rdmig_mirror_view *views = NULL;
 	uint32_t nviews = 0;
-	struct cpu_pin pin;
 	int ret;
 
 	s->t_start = rdmig_now_ns();
@@ -600,20 +565,16 @@ static int run(struct src *s)
 	}
 
 	/* The freeze: downtime runs from here to the destination's resume. */
-	pin_near(o->pid, &pin);
 	s->t_freeze = rdmig_now_ns();
 	ret = rdmig_tracee_seize(o->pid, 0, &s->t);
-	if (ret < 0) {
-		unpin(&pin);
+	if (ret < 0)
 		return rollback(s, "cannot stop the process", ret);
-	}
 	s->t_seized = rdmig_now_ns();
 	ret = src_set_state(s, SRC_FROZEN);
 	if (ret == 0)
 		ret = rdmig_inject("src.capture");
 	if (ret == 0)
 		ret = rdmig_capture(s->t, &s->img, s->why, sizeof(s->why));
-	unpin(&pin);
 	if (ret < 0)
 		return rollback(s, "cannot capture the process", ret);
 	s->t_captured = rdmig_now_ns();
