@@ -254,8 +254,8 @@ int rdmig_pagestate_add(struct rdmig_pagestate *ps, uint64_t addr, uint64_t len,
 }
 
 /* By runs of one state, 8 bytes at a time where they can be: page by page, the
- * counter updates' dependency chain cost ~1.5 ns a page (a millisecond for the
- * setup of 1 GiB). */
+ * chain of counter updates made setting up 1 GiB of states cost ~0.2 ms of the
+ * downtime (0.02 ms now, with the destination's bitmap walk by bytes). */
 static void uncount(struct rdmig_pagestate *ps, const uint8_t *st, uint64_t n)
 {
 	for (uint64_t i = 0; i < n;) {
