@@ -44,8 +44,10 @@
  * below them). */
 #define RDMIG_IMG_MAX_BYTES (256u << 20) /* a whole encoded image */
 /* touched bitmaps decoded, in all (runs make them larger than what carries them):
- * 8 TiB of memory */
+ * 8 TiB of memory. The fuzz target sets it lower (test/CMakeLists.txt). */
+#ifndef RDMIG_IMG_MAX_TOUCHED_BYTES
 #define RDMIG_IMG_MAX_TOUCHED_BYTES (256ull << 20)
+#endif
 #define RDMIG_IMG_MAX_VMAS 65530u /* the kernel's default max_map_count */
 #define RDMIG_IMG_MAX_FILES 65536u
 #define RDMIG_IMG_MAX_FDS 65536u
