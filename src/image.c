@@ -573,8 +573,10 @@ void rdmig_image_free(struct rdmig_image *img)
 	free(img->threads);
 	free(img->vdso);
 	if (img->vmas) {
-		for (uint32_t i = 0; i < img->nvmas; i++)
+		for (uint32_t i = 0; i < img->nvmas; i++) {
 			free(img->vmas[i].touched);
+			free(img->vmas[i].written);
+		}
 	}
 	free(img->vmas);
 	if (img->files) {

@@ -103,7 +103,7 @@ static void add_vma(struct rdmig_image *img, uint64_t start, uint64_t end, uint3
 	struct rdmig_img_vma *v = &img->vmas[img->nvmas++];
 	uint64_t pages = (end - start) / PAGE;
 
-	*v = (struct rdmig_img_vma){start, end, prot, kind, flags, file, pgoff, NULL};
+	*v = (struct rdmig_img_vma){start, end, prot, kind, flags, file, pgoff, NULL, NULL};
 	if (bitmap) {
 		v->touched = filled((pages + 7) / 8);
 		if (pages % 8)
@@ -939,6 +939,7 @@ static void roundtrip_edges(void)
 	                                     0,
 	                                     UINT32_MAX,
 	                                     0,
+	                                     NULL,
 	                                     NULL};
 	img.fds[0].fd = 0;
 	img.fds[1].fd = INT32_MAX;
@@ -1340,7 +1341,7 @@ static void huge_and_framing(void)
 	        for (uint32_t k = 0; k < im->nvmas; k++) im->vmas[k] =
 	            (struct rdmig_img_vma){0x10000000 + 2ull * k * PAGE,
 	                                   0x10001000 + 2ull * k * PAGE, 3, RDMIG_VMA_ANON, 0,
-	                                   UINT32_MAX, 0, NULL};
+	                                   UINT32_MAX, 0, NULL, NULL};
 	        im->ncow = 0);
 	BAD_REC("too many vmas", "more than 65530 vmas", size_t at = recs_find(rs, TAG_VMA, 0);
 	        recs_insert_n(rs, at, RDMIG_IMG_MAX_VMAS + 1, TAG_VMA, VMA_FIXED, rs->r[at].p));
@@ -1410,7 +1411,8 @@ static void huge_and_framing(void)
 	                           0,
 	                           UINT32_MAX,
 	                           0,
-	                           calloc(RDMIG_IMG_MAX_BYTES + (1u << 20), 1)};
+	                           calloc(RDMIG_IMG_MAX_BYTES + (1u << 20), 1),
+	                           NULL};
 	img.nvmas = 1;
 	T_CHECK(img.vmas[0].touched, "calloc");
 	expect_encode_refused(&img, "image too large", "larger than the limit");

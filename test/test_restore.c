@@ -289,10 +289,17 @@ static void hand_image(struct hand_image *h, const char *outpath)
 	img->threads[0].altstack_flags = SS_DISABLE;
 
 	h->vmas[nv++] = (struct rdmig_img_vma){
-	    HB_CODE, HB_CODE + 4096, PROT_READ | PROT_EXEC, RDMIG_VMA_ANON, 0, UINT32_MAX, 0, NULL};
-	h->vmas[nv++] = (struct rdmig_img_vma){
-	    HB_STACK, HB_STACK + 4096, PROT_READ | PROT_WRITE, RDMIG_VMA_ANON, 0, UINT32_MAX, 0,
+	    HB_CODE, HB_CODE + 4096, PROT_READ | PROT_EXEC, RDMIG_VMA_ANON, 0, UINT32_MAX, 0, NULL,
 	    NULL};
+	h->vmas[nv++] = (struct rdmig_img_vma){HB_STACK,
+	                                       HB_STACK + 4096,
+	                                       PROT_READ | PROT_WRITE,
+	                                       RDMIG_VMA_ANON,
+	                                       0,
+	                                       UINT32_MAX,
+	                                       0,
+	                                       NULL,
+	                                       NULL};
 	nv += add_specials(img, &h->vmas[nv]);
 	qsort(h->vmas, (size_t)nv, sizeof(h->vmas[0]), vma_cmp);
 	img->vmas = h->vmas;
@@ -400,7 +407,7 @@ static void refuse_changed_file(void)
 	                                     .mtime_nsec = (uint32_t)st.st_mtim.tv_nsec};
 	h.img.nfiles = 2;
 	h.vmas[h.img.nvmas++] = (struct rdmig_img_vma){
-	    0x50000000, 0x50001000, PROT_READ, RDMIG_VMA_FILE_PRIVATE, 0, 1, 0, NULL};
+	    0x50000000, 0x50001000, PROT_READ, RDMIG_VMA_FILE_PRIVATE, 0, 1, 0, NULL, NULL};
 	int ret = rdmig_restore_build(husk, &h.img, NULL, &r, why, sizeof(why));
 	T_CHECK(ret < 0, "build of an image with a changed file succeeded");
 	T_CHECK(strstr(why, lib) && strstr(why, "differs") && strstr(why, "bytes"), "why: \"%s\"",

@@ -103,6 +103,12 @@ struct rdmig_img_vma {
 	 * when the page held data at the freeze and must be fetched; NULL for a VMA
 	 * with no such page. (end-start)/4096 bits, rounded up to whole bytes. */
 	uint8_t *touched;
+	/* ANON, in memory only (never encoded, never decoded): the capture's scan
+	 * also says which of those pages are written since write-tracking last
+	 * protected them, so the source's last copy need not walk the page tables
+	 * again (precopy.c). Same layout as touched; NULL when not known (no
+	 * PAGEMAP_SCAN, or no touched page). */
+	uint8_t *written;
 };
 
 /* A file that a mapping or a descriptor names, with the identity the destination
