@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -280,6 +281,75 @@ static void tracee_blocked_read(void)
 }
 
 /* A child in nanosleep wakes on time, neither early nor with EINTR. */
+/* Colocation pins both sides to one CPU for the injections and must leave
+ * nothing changed: the process's own affinity (non-default where there are 3+
+ * CPUs) and ours come back at release, ours at kill. Needs 2+ CPUs to see a
+ * difference; with one it checks that nothing fails. */
+static void tracee_colocate_puts_back(void)
+{
+	struct rdmig_tracee *t = NULL;
+	cpu_set_t ours, child, now, now_child;
+	int rfd = -1;
+	uint64_t v = 0;
+	long r;
+	pid_t pid;
+
+	T_OK(sched_getaffinity(0, sizeof(ours), &ours));
+	pid = spawn_counter(&rfd);
+	T_CHECK(pid > 0, "fork");
+	if (pid <= 0)
+		return;
+	T_CHECK(read_full(rfd, &v, sizeof(v), 5000) == 0, "first counter");
+	/* the child's own affinity: every CPU we have but the first where that
+	 * leaves two or more (a set of one could not tell pinned from put back) */
+	child = ours;
+	if (CPU_COUNT(&ours) > 2)
+		for (int c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &child)) {
+				CPU_CLR(c, &child);
+				break;
+			}
+	T_OK(sched_setaffinity(pid, sizeof(child), &child));
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (!t)
+		goto out_kill;
+	T_OK(rdmig_tracee_colocate(t));
+	T_OK(sched_getaffinity(0, sizeof(now), &now));
+	T_OK(sched_getaffinity(pid, sizeof(now_child), &now_child));
+	T_CHECK(CPU_COUNT(&now) == 1 && CPU_EQUAL(&now, &now_child),
+	        "pinned together: ours %d cpus, its %d", CPU_COUNT(&now), CPU_COUNT(&now_child));
+	T_OK(rdmig_tracee_call(t, "getpid", &r, SYS_getpid, 0, 0, 0, 0, 0, 0));
+	T_CHECK(r == pid, "getpid %ld while colocated", r);
+	T_OK(rdmig_tracee_release(t, true));
+	t = NULL;
+	T_OK(sched_getaffinity(0, sizeof(now), &now));
+	T_OK(sched_getaffinity(pid, sizeof(now_child), &now_child));
+	T_CHECK(CPU_EQUAL(&now, &ours), "our affinity back after release");
+	T_CHECK(CPU_EQUAL(&now_child, &child), "its affinity back after release: %d cpus, was %d",
+	        CPU_COUNT(&now_child), CPU_COUNT(&child));
+	drain(rfd, &v);
+	T_CHECK(read_full(rfd, &v, sizeof(v), 5000) == 0, "counter runs after release");
+
+	/* kill: the process is gone, ours comes back */
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (t) {
+		T_OK(rdmig_tracee_colocate(t));
+		rdmig_tracee_kill(t);
+		t = NULL;
+		T_OK(sched_getaffinity(0, sizeof(now), &now));
+		T_CHECK(CPU_EQUAL(&now, &ours), "our affinity back after kill");
+		pid = -1;
+	}
+out_kill:
+	if (t)
+		rdmig_tracee_kill(t);
+	else if (pid > 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	close(rfd);
+}
+
 static void tracee_blocked_sleep(void)
 {
 	struct rdmig_tracee *t = NULL;
@@ -871,6 +941,7 @@ int main(int argc, char **argv)
 		t_state.only = argv[1];
 	signal(SIGPIPE, SIG_IGN);
 	T_RUN(tracee_inject_loop);
+	T_RUN(tracee_colocate_puts_back);
 	T_RUN(tracee_blocked_read);
 	T_RUN(tracee_blocked_sleep);
 	T_RUN(tracee_signal_while_seized);

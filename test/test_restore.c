@@ -84,6 +84,30 @@ static int count_tasks(pid_t pid)
 	return n;
 }
 
+/* How many tasks of pid have an affinity other than want (the build pins
+ * them to one CPU while it injects and must give the husk's back). */
+static int tasks_not_on(pid_t pid, const cpu_set_t *want)
+{
+	char path[64];
+	struct dirent *e;
+	DIR *d;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	while (d && (e = readdir(d))) {
+		cpu_set_t cs;
+
+		if (e->d_name[0] == '.')
+			continue;
+		n += sched_getaffinity(atoi(e->d_name), sizeof(cs), &cs) < 0 ||
+		     !CPU_EQUAL(&cs, want);
+	}
+	if (d)
+		closedir(d);
+	return d ? n : -1;
+}
+
 static bool pid_gone(pid_t pid)
 {
 	return kill(pid, 0) < 0 && errno == ESRCH;
@@ -884,12 +908,26 @@ static void roundtrip(bool nobody, bool threads)
 	status_creds(orig, st_orig, sizeof(st_orig));
 
 	double tb = t_now_s();
+	cpu_set_t ours;
+
+	T_OK(sched_getaffinity(0, sizeof(ours), &ours));
 	ret = rdmig_restore_build(husk, &img, NULL, &r, why, sizeof(why));
 	husk = NULL;
 	T_CHECK(ret == 0, "build: %d %s", ret, why);
 	if (ret)
 		goto out_kill;
 	fprintf(stderr, "  build %.1f ms\n", (t_now_s() - tb) * 1e3);
+	{
+		/* the husk's affinity is ours (forked from us), in every thread; ours is
+		 * as it was before the build */
+		cpu_set_t now;
+
+		T_OK(sched_getaffinity(0, sizeof(now), &now));
+		T_CHECK(CPU_EQUAL(&now, &ours), "our CPU affinity changed by the build");
+		T_CHECK(tasks_not_on(r.pid, &ours) == 0,
+		        "%d threads of the restored process keep another CPU affinity",
+		        tasks_not_on(r.pid, &ours));
+	}
 	{
 		uint64_t stray = stray_present(r.pid, &img);
 

@@ -110,6 +110,14 @@ RDMIG_TRACEE_WUR int rdmig_tracee_set_xstate(struct rdmig_tracee *t, const void 
 RDMIG_TRACEE_WUR int rdmig_tracee_get_sigmask(struct rdmig_tracee *t, uint64_t *mask);
 RDMIG_TRACEE_WUR int rdmig_tracee_set_sigmask(struct rdmig_tracee *t, uint64_t mask);
 
+/* Pin the calling thread and every thread of the tracee (and any it clones
+ * later) to the CPU we run on, so injected calls do not cross CPUs; the
+ * affinities they had go back at uncolocate(), release() or kill() (ours).
+ * A speed-up only: on failure (say, a cpuset that lacks our CPU) nothing stays
+ * changed and the caller goes on. */
+RDMIG_TRACEE_WUR int rdmig_tracee_colocate(struct rdmig_tracee *t);
+int rdmig_tracee_uncolocate(struct rdmig_tracee *t);
+
 /* Put every thread's saved registers back (after unmapping scratch) and detach
  * them all (the main thread last).
  * resume: the thread continues. !resume: it is left stopped (SIGSTOP queued
