@@ -442,9 +442,12 @@ static int start_pager(struct dst *d)
 {
 	struct rdmig_faultloop_opts lo = {0};
 	struct rdmig_prefetch_range *ranges = NULL;
+	struct rdmig_laps laps;
 	size_t nranges = 0;
 	int ret;
 
+	/* inside the downtime: -v says where it goes */
+	rdmig_laps_start(&laps);
 	ret = rdmig_uffd_api(d->r.uffd, RDMIG_FAULTLOOP_FEATURES, NULL);
 	if (ret < 0) {
 		snprintf(d->why, sizeof(d->why),
@@ -473,7 +476,9 @@ static int start_pager(struct dst *d)
 	ret = rdmig_faultloop_create(&lo, &d->loop);
 	if (ret < 0)
 		return ret;
+	rdmig_laps_mark(&laps, "loop");
 	ret = add_ranges(d, &ranges, &nranges);
+	rdmig_laps_mark(&laps, "page states");
 	if (ret == 0 && d->arena)
 		ret = use_arena(d);
 	if (ret == 0 && nranges && !d->o->no_prefetch)
@@ -484,8 +489,11 @@ static int start_pager(struct dst *d)
 		                                                         .arg = d},
 		                            &d->pf);
 	free(ranges);
+	rdmig_laps_mark(&laps, "arena, prefetcher");
 	if (ret == 0)
 		ret = rdmig_faultloop_start(d->loop);
+	rdmig_laps_mark(&laps, "start");
+	pr_info("paging steps (ms): %s", laps.line);
 	return ret;
 }
 
