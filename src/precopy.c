@@ -663,13 +663,34 @@ static bool bit(const uint8_t *bm, uint64_t i)
 	return bm && (bm[i / 8] & (1u << (i % 8)));
 }
 
-/* Copy the image's touched pages of [v] that were never copied. */
+static uint64_t word_at(const uint8_t *bm, uint64_t i)
+{
+	uint64_t w;
+
+	memcpy(&w, bm + i / 8, sizeof(w)); /* bits in memory order: x86_64 only */
+	return w;
+}
+
+/* Copy the image's touched pages of [v] that were never copied. Inside the
+ * freeze: 64 pages a step where none of them needs a copy (page by page, 4 GiB
+ * took ~2 ms here to find nothing). */
 static int copy_uncopied(struct rdmig_precopy *p, struct range *r, const struct rdmig_img_vma *v)
 {
-	uint64_t npages = (v->end - v->start) / PG;
+	uint64_t npages = (v->end - v->start) / PG, off = (v->start - r->start) / PG;
 
 	for (uint64_t i = 0; i < npages;) {
 		uint64_t a = v->start + i * PG, k = 0;
+
+		if (i % 64 == 0 && npages - i >= 64) {
+			uint64_t t = word_at(v->touched, i);
+
+			/* the copied bits line up with the touched ones where the vma
+			 * starts a multiple of 64 pages into its range (mostly at 0) */
+			if (!t || (off % 64 == 0 && !(t & ~word_at(r->copied, off + i)))) {
+				i += 64;
+				continue;
+			}
+		}
 
 		while (i + k < npages && bit(v->touched, i + k) && !is_copied(r, a + k * PG))
 			k++;
