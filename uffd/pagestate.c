@@ -14,13 +14,16 @@
 #include "rdmig/log.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 struct ps_range {
 	uint64_t start, end; /* [start, end), page aligned */
 	uint64_t src;        /* source address of start */
 	uint8_t *st;         /* one byte per page */
+	bool st_pooled;      /* st is a piece of the reserve: never freed */
 };
 
 struct ps_arena {
@@ -49,6 +52,53 @@ const char *rdmig_page_state_name(enum rdmig_page_state st)
 	return (unsigned)st < RDMIG_PAGE_NSTATES ? state_names[st] : "?";
 }
 
+/* The reserve (rdmig_pagestate_reserve): the destination sets up every range of
+ * the process inside the downtime, and on this (shadow-paged) machine the first
+ * touch of the state arrays was most of it: 1 MiB of states (4 GiB of memory)
+ * took 4.5 ms, of which 0.02 ms is the memset itself once the pages are in
+ * place. Pieces are handed out, never returned (a daemon makes its tables once). */
+static struct {
+	uint8_t *base;
+	size_t len, used; /* used: atomic, may run past len (then nothing fits) */
+} reserve;
+
+int rdmig_pagestate_reserve(size_t bytes)
+{
+	uint8_t *b;
+
+	if (reserve.base || !bytes)
+		return -EINVAL;
+	b = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (b == MAP_FAILED)
+		return -errno;
+	memset(b, 0, bytes); /* the touch is the point */
+	reserve.len = bytes;
+	reserve.base = b;
+	return 0;
+}
+
+static uint8_t *st_alloc(uint64_t n, bool *pooled)
+{
+	*pooled = false;
+	if (reserve.base && n <= reserve.len) {
+		/* 8-byte aligned pieces, as malloc's: uncount reads 8 states at a time */
+		size_t want = ((size_t)n + 7) & ~(size_t)7;
+		size_t at = __atomic_fetch_add(&reserve.used, want, __ATOMIC_RELAXED);
+
+		if (at <= reserve.len && want <= reserve.len - at) {
+			*pooled = true;
+			return reserve.base + at;
+		}
+	}
+	return malloc((size_t)n);
+}
+
+static void st_free(uint8_t *st, bool pooled)
+{
+	if (!pooled)
+		free(st);
+}
+
 static uint64_t range_pages(const struct rdmig_pagestate *ps, const struct ps_range *r)
 {
 	return (r->end - r->start) >> ps->page_shift;
@@ -74,7 +124,7 @@ void rdmig_pagestate_destroy(struct rdmig_pagestate *ps)
 	if (!ps)
 		return;
 	for (size_t i = 0; i < ps->nr; i++)
-		free(ps->r[i].st);
+		st_free(ps->r[i].st, ps->r[i].st_pooled);
 	free(ps->r);
 	free(ps->a);
 	free(ps);
@@ -240,13 +290,13 @@ int rdmig_pagestate_add(struct rdmig_pagestate *ps, uint64_t addr, uint64_t len,
 	if (overlaps(ps, addr, addr + len))
 		return -EEXIST;
 	n = len >> ps->page_shift;
-	nr.st = malloc((size_t)n);
+	nr.st = st_alloc(n, &nr.st_pooled);
 	if (!nr.st)
 		return -ENOMEM;
 	memset(nr.st, (int)st, (size_t)n);
 	ret = insert_range(ps, &nr);
 	if (ret) {
-		free(nr.st);
+		st_free(nr.st, nr.st_pooled);
 		return ret;
 	}
 	ps->counts[st] += n;
@@ -320,7 +370,7 @@ static int64_t cut_range(struct rdmig_pagestate *ps, size_t i, uint64_t start, u
 	}
 	uncount(ps, r->st + ia, ib - ia);
 	if (a == r->start && b == r->end) {
-		free(r->st);
+		st_free(r->st, r->st_pooled);
 		memmove(r, r + 1, (ps->nr - i - 1) * sizeof(*r));
 		ps->nr--;
 		*removed_range = true;
@@ -431,6 +481,7 @@ int64_t rdmig_pagestate_move(struct rdmig_pagestate *ps, uint64_t from, uint64_t
 		m->start = to + (a - from);
 		m->end = m->start + (b - a);
 		m->src = r->src + (ia << ps->page_shift);
+		m->st_pooled = false; /* malloc'd: moves are rare */
 		m->st = malloc((size_t)n);
 		if (!m->st) {
 			ret = -ENOMEM;
@@ -503,6 +554,7 @@ int rdmig_pagestate_clone_for_fork(const struct rdmig_pagestate *ps, struct rdmi
 		}
 		c->r[i] = *r;
 		c->r[i].st = st;
+		c->r[i].st_pooled = false;
 		c->nr++;
 	}
 	*out = c;

@@ -78,6 +78,14 @@ int rdmig_pagestate_next(const struct rdmig_pagestate *ps, enum rdmig_page_state
 void rdmig_pagestate_counts(const struct rdmig_pagestate *ps, struct rdmig_pagestate_counts *out);
 unsigned rdmig_pagestate_page_size(const struct rdmig_pagestate *ps);
 
+/* Touch `bytes` of memory now, for the state arrays of tables made later (one
+ * byte per page: 1 MiB covers 4 GiB of ranges), so that setting up a table
+ * writes memory already in place instead of first-touching it. Tables made
+ * during the downtime are why (uffd/pagestate.c says what it cost). Once per
+ * process, before any table exists; arrays that do not fit are allocated as
+ * usual. 0 or -errno. */
+int rdmig_pagestate_reserve(size_t bytes);
+
 /* ---------------------------------------------------------------------------
  * Page sources.
  */
