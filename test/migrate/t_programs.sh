@@ -82,9 +82,11 @@ forks_mode() { # MODE
   start_dst "$name" -- --wait --no-prefetch || { fail "$name" "no destination"; return; }
   for try in $(seq 1 20); do
     SRC_OPTS="--mode $mode" migrate "$name" "$pid"
-    # a worker lived: refused before the freeze (exit 2, the destination never
-    # heard of it) or rolled back at the freeze (exit 1, the destination aborted)
-    grep -q "child process" "$T/$name.src.log" || break
+    # a worker lived, or the parent held its pipe (between pipe() and its
+    # close, a long window under emulation): refused before the freeze (exit 2,
+    # the destination never heard of it) or rolled back at the freeze (exit 1,
+    # the destination aborted)
+    grep -qE "child process|is a pipe" "$T/$name.src.log" || break
     if [ "$SRC_RC" = 1 ]; then
       wait_dst 30
       start_dst "$name" -- --wait --no-prefetch || { fail "$name" "no destination"; return; }
