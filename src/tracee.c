@@ -119,23 +119,32 @@ struct rdmig_tracee {
 
 #define CUR(t) (&(t)->th[(t)->cur])
 
-/* The parent of pid from /proc/PID/stat (after the comm, which may hold ')'), or -1. */
-static pid_t procfs_ppid(pid_t pid)
+/* A /proc stat file read into buf: what follows the comm (which may hold ')'),
+ * from the space before field 3, or NULL. */
+static const char *stat_after_comm(const char *path, char *buf, size_t cap)
 {
-	char path[64], buf[512], *p;
 	ssize_t n;
-	int fd, ppid;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
+		return NULL;
+	n = read(fd, buf, cap - 1);
 	close(fd);
 	if (n <= 0)
-		return -1;
+		return NULL;
 	buf[n] = '\0';
-	p = strrchr(buf, ')');
+	return strrchr(buf, ')');
+}
+
+/* The parent of pid from /proc/PID/stat, or -1. */
+static pid_t procfs_ppid(pid_t pid)
+{
+	char path[64], buf[512];
+	const char *p;
+	int ppid;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	p = stat_after_comm(path, buf, sizeof(buf));
 	if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
 		return -1;
 	return ppid;
@@ -949,20 +958,12 @@ int rdmig_tracee_clone_thread(struct rdmig_tracee *t, unsigned long flags, unsig
 /* The CPU a thread last ran on (field 39 of /proc/PID/task/TID/stat), or -1. */
 static int tracee_last_cpu(pid_t pid, pid_t tid)
 {
-	char path[64], buf[1024], *p;
-	int fd, cpu = -1;
-	ssize_t n;
+	char path[64], buf[1024];
+	const char *p;
+	int cpu = -1;
 
 	snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", pid, tid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = '\0';
-	p = strrchr(buf, ')'); /* the comm (field 2) may hold ')' */
+	p = stat_after_comm(path, buf, sizeof(buf));
 	/* each step lands on the space before the next field: 37 reach field 39 */
 	for (int field = 2; p && field < 39; field++)
 		p = strchr(p + 1, ' ');

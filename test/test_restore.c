@@ -68,24 +68,9 @@ static struct rdmig_husk *take_husk(void)
 	return husk_next < NHUSK ? husks[husk_next++] : NULL;
 }
 
-static int count_tasks(pid_t pid)
-{
-	char path[64];
-	struct dirent *e;
-	DIR *d;
-	int n = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-	d = opendir(path);
-	while (d && (e = readdir(d)))
-		n += e->d_name[0] != '.';
-	if (d)
-		closedir(d);
-	return n;
-}
-
-/* How many tasks of pid have an affinity other than want (the build pins
- * them to one CPU while it injects and must give the husk's back). */
+/* How many tasks pid has, or with want, how many have an affinity other than
+ * want (the build pins them to one CPU while it injects and must give the
+ * husk's back); -1 when /proc/PID/task cannot be read. */
 static int tasks_not_on(pid_t pid, const cpu_set_t *want)
 {
 	char path[64];
@@ -100,12 +85,19 @@ static int tasks_not_on(pid_t pid, const cpu_set_t *want)
 
 		if (e->d_name[0] == '.')
 			continue;
-		n += sched_getaffinity(atoi(e->d_name), sizeof(cs), &cs) < 0 ||
+		n += !want || sched_getaffinity(atoi(e->d_name), sizeof(cs), &cs) < 0 ||
 		     !CPU_EQUAL(&cs, want);
 	}
 	if (d)
 		closedir(d);
 	return d ? n : -1;
+}
+
+static int count_tasks(pid_t pid)
+{
+	int n = tasks_not_on(pid, NULL);
+
+	return n < 0 ? 0 : n;
 }
 
 static bool pid_gone(pid_t pid)
