@@ -224,6 +224,17 @@ static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, u
 			              "pid %d has shared anonymous memory at %#" PRIx64 "-%#" PRIx64
 			              "; shared memory is not migrated",
 			              pid, m->start, m->end);
+		/* the image's page bitmaps (and the destination's page states) grow
+		 * with a mapping's size, not with what it uses */
+		if ((m->end - m->start) / (8 * RDMIG_IMG_PAGE) > RDMIG_IMG_MAX_TOUCHED_BYTES)
+			return refuse(
+			    why, whylen,
+			    "pid %d has a private anonymous mapping of %" PRIu64 " GiB at %#" PRIx64
+			    " (a sanitizer's shadow memory?); this "
+			    "version moves mappings of at most %llu GiB",
+			    pid, (m->end - m->start) >> 30, m->start,
+			    (unsigned long long)(RDMIG_IMG_MAX_TOUCHED_BYTES * 8 * RDMIG_IMG_PAGE >>
+			                         30));
 		return 0;
 	}
 	if (n[0] == '[') {

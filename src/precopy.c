@@ -7,8 +7,8 @@
  *                            WP_ASYNC | WP_UNPOPULATED on our copy
  *   round   (target runs)    for each anonymous range of /proc/PID/maps not yet
  *                            tracked: a mirror buffer (registered), UFFDIO_REGISTER
- *                            (WP) + UFFDIO_WRITEPROTECT on the whole range, then its
- *                            present pages are copied; tracked ranges: the pages
+ *                            (WP), then PAGEMAP_SCAN protects the pages with data
+ *                            and they are copied; tracked ranges: the pages
  *                            PAGEMAP_SCAN reports written are copied again (and
  *                            protected again in the same walk)
  *   final   (target frozen)  per ANON vma of the image: written or never-copied
@@ -449,11 +449,21 @@ out_unmap:
 	return ret;
 }
 
-/* Protect the whole range (none ptes included: WP_UNPOPULATED), then copy what
- * has data. */
+/* Register the range, then protect and copy what has data, in one walk.
+ *
+ * Only the pages with data are protected (PM_SCAN_WP_MATCHING), never the whole
+ * range: WP_ASYNC turns WP_UNPOPULATED on, so protecting an empty page installs
+ * a marker there, which the kernel builds page tables for, PAGEMAP_SCAN reports
+ * as PAGE_IS_SWAPPED, and reading it (process_vm_readv) fills with a fresh page.
+ * Protecting a whole 1 GiB mapping with 1 MiB in use made the process's RSS
+ * grow to 1 GiB and all of it crossed the wire; ASan's 16 TiB shadow OOMed the
+ * host. An empty page needs no protection: a write there makes a page that is
+ * not protected, which the next scan reports as written. Each batch is
+ * protected by the ioctl that reports it, before its runs are copied. */
 static int track_new(struct rdmig_precopy *p, uint64_t start, uint64_t end)
 {
 	struct range *r;
+	uint64_t flags = 0;
 	int ret = add_range(p, start, end, &r);
 
 	if (ret < 0)
@@ -462,12 +472,9 @@ static int track_new(struct rdmig_precopy *p, uint64_t start, uint64_t end)
 		return 0; /* nothing copied now: everything goes at the freeze */
 	if (p->track == TRACK_WP_ASYNC) {
 		ret = rdmig_uffd_register(p->uffd, start, end - start, RDMIG_UFFD_WP, NULL);
-		if (ret == 0) {
-			ret = rdmig_uffd_writeprotect(p->uffd, start, end - start, true, false);
-			if (ret < 0 && rdmig_uffd_unregister(p->uffd, start, end - start) < 0)
-				pr_warn("range %#" PRIx64 " stays registered", start);
-		}
 		r->tracked = ret == 0;
+		if (r->tracked)
+			flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC;
 		if (ret < 0)
 			pr_warn("range %#" PRIx64 "-%#" PRIx64 " cannot be tracked (%s): it is "
 			        "copied again whole at the freeze",
@@ -479,8 +486,11 @@ static int track_new(struct rdmig_precopy *p, uint64_t start, uint64_t end)
 		p->st.ranges_tracked++;
 	else
 		p->st.ranges_untracked++;
-	return scan(p, start, end, 0, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, copy_run, r,
-	            &p->st.pages_copied);
+	ret = scan(p, start, end, flags, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, copy_run, r,
+	           &p->st.pages_copied);
+	if (ret == -EPERM && flags) /* the mapping was replaced: the freeze copies it */
+		ret = 0;
+	return ret;
 }
 
 int rdmig_precopy_round(struct rdmig_precopy *p)

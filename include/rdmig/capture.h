@@ -37,7 +37,8 @@
  * directory or device descriptor other than the /dev/null-like ones; a file
  * opened for writing that was deleted; shared memory (MAP_SHARED anonymous,
  * shmem, SysV, or a writable shared file mapping); a mapping of a deleted file;
- * a seccomp filter; a process that is itself being traced; a root directory
+ * a private anonymous mapping over 8 TiB (RDMIG_IMG_MAX_TOUCHED_BYTES of page
+ * bits: a sanitizer's shadow memory); a seccomp filter; a process that is itself being traced; a root directory
  * other than /; a zombie or a kernel thread.
  * Returns 0 when the process can be migrated, -EOPNOTSUPP (why filled), or
  * -ESRCH / -EACCES / -errno when /proc cannot be read.

@@ -3,7 +3,8 @@
 # exactly the output of an unmigrated run; and every refusal of this version.
 #   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked python_heap_precopy
 #                              python_heap_hybrid gzip_file py_threads_{postcopy,precopy,hybrid}
-#                              forks_{postcopy,precopy,hybrid} postcopy_ops refuse_socket
+#                              forks_{postcopy,precopy,hybrid} postcopy_ops
+#                              sparse_{postcopy,precopy} refuse_socket refuse_huge_anon
 #                              refuse_shm bad_token
 #                              (default: all)
 # Prints "ok NAME" / "not ok NAME: why" per case and "N passed, N failed".
@@ -154,6 +155,20 @@ postcopy_ops() {
 # The other modes: pre-copy rounds pulled into the destination's arena, then
 # every page in place before the process runs (precopy) or the rest on demand
 # (hybrid).
+# 1 GiB reserved, a few MiB used: only the pages with data may move (the
+# tracking once protected whole ranges, which filled every page of them).
+sparse_mode() { # MODE
+  local name=sparse_$1 n
+  in_mode "$name" "$1" 5 python3 "$HERE/sparse.py" "${RDMIG_SPARSE_STEPS:-60}"
+  n=$(sed -n 's/.*pages with data \([0-9]*\) .*/\1/p' "$T/$name.src.log" | head -1)
+  if [ -z "$n" ] || [ "$n" -gt 16384 ]; then
+    fail "$name" "${n:-no} pages with data for a process using a few MiB of its 1 GiB"
+    show_logs "$name"
+  fi
+}
+sparse_postcopy() { sparse_mode postcopy; }
+sparse_precopy() { sparse_mode precopy; }
+
 python_heap_precopy() { in_mode python_heap_precopy precopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"; }
 python_heap_hybrid() { in_mode python_heap_hybrid hybrid 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"; }
 # gzip streaming into a file: its input and output are regular files at offsets
@@ -214,6 +229,8 @@ refuse_socket() { refuse refuse_socket "socket" "import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)"; }
 refuse_shm() { refuse refuse_shm "shared" "import mmap
 m = mmap.mmap(-1, 1 << 20); m[0:4] = b'abcd'"; }
+refuse_huge_anon() { refuse refuse_huge_anon "mapping of 9216 GiB" "import mmap
+m = mmap.mmap(-1, 9 << 40, flags=mmap.MAP_PRIVATE | 0x4000); m[0:4] = b'abcd'"; }
 
 # A peer without the token gets nothing; the process is untouched.
 bad_token() {
@@ -237,6 +254,7 @@ bad_token() {
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked python_heap_precopy python_heap_hybrid
   gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid
-  forks_postcopy forks_precopy forks_hybrid postcopy_ops refuse_socket refuse_shm bad_token)
+  forks_postcopy forks_precopy forks_hybrid postcopy_ops sparse_postcopy sparse_precopy
+  refuse_socket refuse_shm refuse_huge_anon bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish
