@@ -22,8 +22,8 @@ const char *const rdmig_inject_points[] = {
     "src.checked", "src.connected", "src.tracking", "src.frozen", "src.sent", "src.committed",
     "src.serving", "src.capture", "src.final_copy",
     /* destination */
-    "dst.listening", "dst.receiving", "dst.restoring", "dst.pager", "dst.ready", "dst.resume",
-    "dst.running", NULL};
+    "dst.listening", "dst.receiving", "dst.prebuild", "dst.restoring", "dst.pager", "dst.ready",
+    "dst.resume", "dst.running", NULL};
 
 static const char *const tp_ops[] = {"connect",    "accept", "mr_reg", "post_read",
                                      "post_write", "send",   "recv",   NULL};

@@ -152,12 +152,19 @@ int rdmig_msg_run(const struct rdmig_msg *m, uint32_t i, struct rdmig_run *out)
 int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offset, const void *data,
                            uint32_t len)
 {
+	return rdmig_msg_encode_chunk(buf, cap, RDMIG_MSG_IMAGE, total, offset, data, len);
+}
+
+int rdmig_msg_encode_chunk(void *buf, size_t cap, uint16_t type, uint64_t total, uint64_t offset,
+                           const void *data, uint32_t len)
+{
 	uint8_t *p;
 
-	if (!len || len > RDMIG_IMAGE_CHUNK_MAX || total > RDMIG_IMAGE_TOTAL_MAX ||
-	    offset >= total || len > total - offset)
+	if ((type != RDMIG_MSG_IMAGE && type != RDMIG_MSG_LAYOUT) || !len ||
+	    len > RDMIG_IMAGE_CHUNK_MAX || total > RDMIG_IMAGE_TOTAL_MAX || offset >= total ||
+	    len > total - offset)
 		return -EINVAL;
-	p = put_hdr(buf, cap, RDMIG_MSG_IMAGE, 16 + (size_t)len);
+	p = put_hdr(buf, cap, type, 16 + (size_t)len);
 	if (!p)
 		return -ENOSPC;
 	put_le64(p, total);
@@ -242,7 +249,8 @@ static int decode_payload(uint16_t type, const uint8_t *p, uint32_t plen, struct
 		for (unsigned i = 0; i < u64_fields(type); i++)
 			m->u.u64[i] = get_le64(p + 8 * i);
 		return 0;
-	case RDMIG_MSG_IMAGE: {
+	case RDMIG_MSG_IMAGE:
+	case RDMIG_MSG_LAYOUT: {
 		uint64_t total, offset, len;
 
 		if (plen <= 16)
@@ -341,9 +349,9 @@ int rdmig_msg_region(const struct rdmig_msg *m, uint32_t i, struct rdmig_region 
 
 const char *rdmig_msg_type_name(uint16_t type)
 {
-	static const char *const names[] = {"?",       "HELLO", "AUTH",  "AUTH_OK",   "ERROR",
-	                                    "REGIONS", "BYE",   "IMAGE", "READY",     "GO",
-	                                    "RUNNING", "DONE",  "RUNS",  "ROUND_DONE"};
+	static const char *const names[] = {"?",       "HELLO", "AUTH",  "AUTH_OK",    "ERROR",
+	                                    "REGIONS", "BYE",   "IMAGE", "READY",      "GO",
+	                                    "RUNNING", "DONE",  "RUNS",  "ROUND_DONE", "LAYOUT"};
 
 	return type <= RDMIG_MSG_TYPE_MAX ? names[type] : "?";
 }

@@ -1091,10 +1091,28 @@ static int capture_cow(struct rdmig_tracee *t, struct rdmig_image *img, uint32_t
 	return 0;
 }
 
-static int capture_maps(struct rdmig_tracee *t, struct rdmig_image *img, uint32_t *files_cap,
-                        char *why, size_t whylen)
+/* The vdso's bytes: through the tracee, or /proc/PID/mem for a process that runs. */
+static int read_vdso(pid_t pid, struct rdmig_tracee *t, uint64_t addr, void *buf, size_t len)
 {
-	pid_t pid = rdmig_tracee_pid(t);
+	char path[64];
+	ssize_t n;
+	int fd;
+
+	if (t)
+		return rdmig_tracee_read(t, addr, buf, len);
+	snprintf(path, sizeof(path), "/proc/%d/mem", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = pread(fd, buf, len, (off_t)addr);
+	close(fd);
+	return n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
+}
+
+/* With t NULL (rdmig_capture_layout): the map and its files only, no pages. */
+static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *img,
+                        uint32_t *files_cap, char *why, size_t whylen)
+{
 	struct procfs_map *maps = NULL;
 	size_t nmaps = 0;
 	uint32_t cow_cap = 0;
@@ -1103,8 +1121,8 @@ static int capture_maps(struct rdmig_tracee *t, struct rdmig_image *img, uint32_
 	int pm_fd, ret;
 
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
-	pm_fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (pm_fd < 0) {
+	pm_fd = t ? open(path, O_RDONLY | O_CLOEXEC) : -2;
+	if (pm_fd == -1) {
 		ret = -errno;
 		pr_err("opening %s failed: %s", path, strerror(-ret));
 		return ret;
@@ -1172,11 +1190,11 @@ static int capture_maps(struct rdmig_tracee *t, struct rdmig_image *img, uint32_
 				goto out_free;
 			}
 			img->vdso_len = (uint32_t)len;
-			ret = rdmig_tracee_read(t, m->start, img->vdso, len);
+			ret = read_vdso(pid, t, m->start, img->vdso, len);
 			if (ret)
 				goto out_free;
 		}
-		if (kind != RDMIG_VMA_ANON && kind != RDMIG_VMA_FILE_PRIVATE)
+		if (!t || (kind != RDMIG_VMA_ANON && kind != RDMIG_VMA_FILE_PRIVATE))
 			continue;
 		uint64_t pages = (m->end - m->start) / 4096, count;
 
@@ -1216,7 +1234,8 @@ out_free:
 	free(written);
 	procfs_maps_free(maps, nmaps);
 out_close:
-	close(pm_fd);
+	if (pm_fd >= 0)
+		close(pm_fd);
 	return ret;
 }
 
@@ -1315,7 +1334,7 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	if (ret)
 		goto out_free_image;
 	rdmig_laps_mark(&laps, "proc");
-	ret = capture_maps(t, img, &files_cap, why, whylen);
+	ret = capture_maps(pid, t, img, &files_cap, why, whylen);
 	if (!ret)
 		ret = capture_eager_pages(t, img);
 	if (ret)
@@ -1332,6 +1351,36 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 		pr_info("%s", line);
 		pr_info("pid %d: capture steps (ms): %s", pid, laps.line);
 	}
+	return 0;
+out_free_image:
+	rdmig_image_free(img);
+	return ret;
+}
+
+int rdmig_capture_layout(pid_t pid, struct rdmig_image *img, char *why, size_t whylen)
+{
+	uint32_t files_cap = 0;
+	int ret;
+
+	memset(img, 0, sizeof(*img));
+	ret = check(pid, false, why, whylen);
+	if (ret)
+		return ret;
+	img->pid = pid;
+	/* the placeholder thread the codec requires: the main thread's tid only */
+	img->threads = calloc(1, sizeof(*img->threads));
+	if (!img->threads)
+		return -ENOMEM;
+	img->nthreads = 1;
+	img->threads[0].tid = pid;
+	ret = capture_proc(pid, img);
+	if (ret)
+		goto out_free_image;
+	/* brk needs a call in the process; the map's heap is what the prebuild needs */
+	img->mm.brk = img->mm.start_brk;
+	ret = capture_maps(pid, NULL, img, &files_cap, why, whylen);
+	if (ret)
+		goto out_free_image;
 	return 0;
 out_free_image:
 	rdmig_image_free(img);

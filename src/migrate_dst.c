@@ -79,6 +79,7 @@ struct dst {
 	struct rdmig_image img;
 	struct rdmig_restored r;
 	bool restored, resumed;
+	bool got_layout;                     /* a LAYOUT came (at most one) */
 	struct rdmig_page_source *src;       /* the current transport source */
 	struct rdmig_page_source *pager_src; /* what the loop uses: src behind a switch */
 	uint64_t bytes_before;               /* read through sources replaced since */
@@ -119,7 +120,9 @@ static int dst_set_state(struct dst *d, enum dst_state to)
 /* ---- receiving ----------------------------------------------------------- */
 
 /* The image's chunks; the first one already received in *first. */
-static int recv_image(struct dst *d, const struct rdmig_msg *first)
+/* The chunks of one encoded image (IMAGE or LAYOUT, first already received),
+ * decoded into img. */
+static int recv_chunks(struct dst *d, const struct rdmig_msg *first, struct rdmig_image *img)
 {
 	uint8_t *buf = NULL;
 	uint64_t total = 0, got = 0;
@@ -127,7 +130,7 @@ static int recv_image(struct dst *d, const struct rdmig_msg *first)
 	int ret, step = d->o->timeout_ms > 0 ? d->o->timeout_ms : 60000;
 
 	do {
-		if (got && (ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_IMAGE, step, &m)) < 0)
+		if (got && (ret = rdmig_expect(d->ctl, d->msg, first->type, step, &m)) < 0)
 			goto out_free;
 		if (!buf) {
 			total = m.u.image.total;
@@ -148,12 +151,50 @@ static int recv_image(struct dst *d, const struct rdmig_msg *first)
 		memcpy(buf + got, m.u.image.data, m.u.image.len);
 		got += m.u.image.len;
 	} while (got < total);
-	ret = rdmig_image_decode(buf, total, &d->img);
+	ret = rdmig_image_decode(buf, total, img);
 	if (ret < 0)
-		snprintf(d->why, sizeof(d->why), "the process image from the source is malformed");
+		snprintf(d->why, sizeof(d->why), "the process %s from the source is malformed",
+		         first->type == RDMIG_MSG_LAYOUT ? "layout" : "image");
 out_free:
 	free(buf);
 	return ret;
+}
+
+static int recv_image(struct dst *d, const struct rdmig_msg *first)
+{
+	return recv_chunks(d, first, &d->img);
+}
+
+/* The running process's layout: built into the husk now, out of the downtime.
+ * A prebuild that fails costs only its time (the husk is emptied again and the
+ * build starts from scratch); a malformed or second layout ends the session. */
+static int recv_layout(struct dst *d, const struct rdmig_msg *first)
+{
+	struct rdmig_image lay;
+	char why[512];
+	int ret;
+
+	if (d->got_layout) {
+		pr_err("a second LAYOUT from the source");
+		return -EPROTO;
+	}
+	d->got_layout = true;
+	ret = recv_chunks(d, first, &lay);
+	if (ret < 0)
+		return ret;
+	ret = rdmig_inject("dst.prebuild");
+	if (ret < 0) {
+		rdmig_image_free(&lay);
+		snprintf(why, sizeof(why), "injected failure");
+	} else {
+		ret = rdmig_husk_prebuild(d->husk, &lay, why, sizeof(why));
+	}
+	if (ret < 0)
+		fprintf(stderr,
+		        "rdma_migrate dst: could not build the process's memory map ahead of the "
+		        "freeze (%s); it will be built inside the downtime\n",
+		        why);
+	return 0;
 }
 
 /* Until the image: pre-copy rounds (pulled into the arena as they come), the
@@ -179,8 +220,15 @@ static int recv_process(struct dst *d)
 		}
 		if (m.type == RDMIG_MSG_IMAGE)
 			break;
+		if (m.type == RDMIG_MSG_LAYOUT) {
+			ret = recv_layout(d, &m);
+			if (ret < 0)
+				return ret;
+			continue;
+		}
 		if (m.type != RDMIG_MSG_RUNS) {
-			pr_err("expected RUNS or IMAGE, got %s", rdmig_msg_type_name(m.type));
+			pr_err("expected RUNS, LAYOUT or IMAGE, got %s",
+			       rdmig_msg_type_name(m.type));
 			return -EPROTO;
 		}
 		if (m.u.runs.flags & RDMIG_RUNS_FINAL) {

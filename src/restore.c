@@ -67,8 +67,17 @@ _Static_assert(sizeof(struct user_regs_struct) == RDMIG_IMG_NREGS * sizeof(uint6
 
 struct rdmig_husk {
 	pid_t pid;
-	struct rdmig_tracee *t; /* seized and emptied by rdmig_husk_prepare, or NULL */
+	struct rdmig_tracee *t;  /* seized and emptied by rdmig_husk_prepare, or NULL */
+	struct rdmig_image *pre; /* the layout rdmig_husk_prebuild built, or NULL */
 };
+
+static void free_pre(struct rdmig_image *pre)
+{
+	if (pre) {
+		rdmig_image_free(pre);
+		free(pre);
+	}
+}
 
 int rst_fail(struct rst *r, int err, const char *fmt, ...)
 {
@@ -198,10 +207,75 @@ int rdmig_husk_prepare(struct rdmig_husk *h)
 	return 0;
 }
 
+int rdmig_husk_prebuild(struct rdmig_husk *h, struct rdmig_image *layout, char *why, size_t whylen)
+{
+	static const struct rdmig_restore_opts no_opts;
+	char ownwhy[512];
+	struct rst r = {
+	    .img = layout,
+	    .o = &no_opts,
+	    .why = why && whylen ? why : ownwhy,
+	    .whylen = why && whylen ? whylen : sizeof(ownwhy),
+	    .uffd_in_proc = -1,
+	    .uffd = -1,
+	};
+	struct rdmig_laps laps;
+	int err, cerr;
+
+	r.why[0] = '\0';
+	if (!h || !h->t || h->pre || !layout) {
+		if (layout)
+			rdmig_image_free(layout);
+		return rst_fail(&r, -EINVAL, "no emptied husk to prebuild");
+	}
+	h->pre = malloc(sizeof(*h->pre));
+	if (!h->pre) {
+		rdmig_image_free(layout);
+		return rst_fail(&r, -ENOMEM, "out of memory");
+	}
+	*h->pre = *layout; /* taken */
+	memset(layout, 0, sizeof(*layout));
+	r.img = h->pre;
+	r.t = h->t;
+	r.pid = h->pid;
+	rdmig_laps_start(&laps);
+	err = rdmig_tracee_colocate(r.t);
+	if (err)
+		pr_info("pid %d: injected calls not kept on one CPU: %s", (int)r.pid,
+		        strerror(-err));
+	/* the fresh build's order (top of this file), up to the pages */
+	if (!(err = rst_move_specials(&r)) && !(err = rst_avoid_layout(&r)) &&
+	    !(err = rst_set_mm(&r)) && !(err = rst_map_vmas(&r)) && !(err = rst_nohugepage(&r)))
+		err = rdmig_tracee_scratch_unmap(r.t);
+	(void)rdmig_tracee_uncolocate(r.t);
+	if (!err) {
+		rdmig_laps_mark(&laps, "prebuilt");
+		pr_info("pid %d: husk prebuilt with %u vmas (ms): %s", (int)r.pid, h->pre->nvmas,
+		        laps.line);
+		return 0;
+	}
+	if (!r.why[0])
+		rst_fail(&r, err, "prebuilding the husk failed: %s", strerror(-err));
+	free_pre(h->pre);
+	h->pre = NULL;
+	r.img = NULL;
+	/* back to an empty husk, or none */
+	cerr = rst_clean_husk(&r);
+	if (cerr) {
+		pr_err("pid %d: the husk could not be emptied again: %s", (int)r.pid,
+		       strerror(-cerr));
+		rdmig_tracee_kill(h->t);
+		h->t = NULL;
+		h->pid = -1;
+	}
+	return err;
+}
+
 void rdmig_husk_destroy(struct rdmig_husk *h)
 {
 	if (!h)
 		return;
+	free_pre(h->pre);
 	if (h->t) {
 		rdmig_tracee_kill(h->t);
 	} else if (h->pid > 0) {
@@ -263,30 +337,36 @@ static int set_thread_state(struct rst *r, unsigned i)
 
 /* The steps in their order (see the top of this file), each timed: the restore
  * is inside the downtime, and -v shows where it goes. */
+enum { FRESH = 1, PREBUILT = 2, BOTH = 3 }; /* which builds run a step */
+
 static const struct rst_step {
 	const char *name;
 	int (*fn)(struct rst *r);
+	int when;
 } rst_steps[] = {
-    {"clean husk", rst_clean_husk},
-    {"vdso/vvar", rst_move_specials},
-    {"layout", rst_avoid_layout},
-    {"mm", rst_set_mm},
-    {"vmas", rst_map_vmas},
-    {"nohugepage", rst_nohugepage},
-    {"eager pages", rst_eager_pages},
-    {"rlimits", rst_rlimits},
-    {"task", rst_task_misc},
-    {"fds", rst_fds},
-    {"sigactions", rst_sigactions},
-    {"uffd", rst_uffd},
-    {"pending signals", rst_pending_signals},
-    {"creds", rst_creds},
-    {"threads", rst_threads},
+    {"clean husk", rst_clean_husk, FRESH},
+    {"vdso/vvar", rst_move_specials, FRESH},
+    {"layout", rst_avoid_layout, BOTH}, /* the image's ranges, kept free of scratch */
+    {"relayout", rst_relayout, PREBUILT},
+    {"mm", rst_set_mm, BOTH},
+    {"vmas", rst_map_vmas, FRESH},
+    {"nohugepage", rst_nohugepage, FRESH},
+    {"eager pages", rst_eager_pages, BOTH},
+    {"rlimits", rst_rlimits, BOTH},
+    {"task", rst_task_misc, BOTH},
+    {"fds", rst_fds, BOTH},
+    {"sigactions", rst_sigactions, BOTH},
+    {"uffd", rst_uffd, BOTH},
+    {"pending signals", rst_pending_signals, BOTH},
+    {"creds", rst_creds, BOTH},
+    {"threads", rst_threads, BOTH},
 };
 
-/* From step `first` on: 1 for a husk rdmig_husk_prepare() emptied already. */
+/* From step `first` on: 1 for a husk rdmig_husk_prepare() emptied already; a
+ * prebuilt husk (r->pre) runs the PREBUILT steps instead of the FRESH ones. */
 static int build_steps(struct rst *r, size_t first)
 {
+	int when = r->pre ? PREBUILT : FRESH;
 	struct rdmig_laps laps;
 	int err;
 
@@ -294,6 +374,8 @@ static int build_steps(struct rst *r, size_t first)
 	 * between injected calls; the image's mask is set last. */
 	rdmig_laps_start(&laps);
 	for (size_t i = first; i < sizeof(rst_steps) / sizeof(rst_steps[0]); i++) {
+		if (!(rst_steps[i].when & when))
+			continue;
 		err = rst_steps[i].fn(r);
 		if (err)
 			return err;
@@ -325,6 +407,7 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	    .uffd_in_proc = -1,
 	    .uffd = -1,
 	};
+	struct rdmig_image *pre;
 	bool prepared;
 	int err;
 
@@ -333,10 +416,13 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	out->uffd = -1;
 	out->uffd_in_proc = -1;
 	out->tracee = NULL;
-	if (!h)
-		return rst_fail(&r, -EINVAL, "no husk to restore into");
+	if (!h || h->pid <= 0) {
+		free(h);
+		return rst_fail(&r, -EINVAL, "no husk to restore into (it could not be emptied)");
+	}
 	r.pid = h->pid;
 	r.t = h->t;
+	pre = h->pre;
 	prepared = h->t != NULL;
 	h->pid = -1; /* consumed: from here on the husk is r's (or out's) */
 	free(h);
@@ -356,7 +442,20 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	if (err)
 		pr_info("pid %d: injected calls not kept on one CPU: %s", (int)r.pid,
 		        strerror(-err));
-	err = build_steps(&r, prepared ? 1 : 0);
+	err = 0;
+	if (pre && rst_can_relayout(pre, img)) {
+		r.pre = pre;
+	} else if (pre) {
+		/* the exe or a special mapping moved: start again from an empty husk */
+		pr_info("pid %d: the process's exe or special mappings changed since the "
+		        "prebuild: building from an empty husk",
+		        (int)r.pid);
+		err = rst_clean_husk(&r);
+	}
+	if (!err)
+		err = build_steps(&r, prepared ? 1 : 0);
+	r.pre = NULL;
+	free_pre(pre);
 	if (!err)
 		(void)rdmig_tracee_uncolocate(r.t); /* a failure is logged: a speed-up's */
 	if (err) {

@@ -15,6 +15,7 @@
 #include "rdmig/restore.h"
 #include "rdmig/tracee.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -28,6 +29,10 @@ struct rst {
 	size_t whylen;
 	int uffd_in_proc; /* -1 until created */
 	int uffd;         /* the daemon's copy, -1 until taken */
+	/* The layout rdmig_husk_prebuild built into the husk, when the build
+	 * follows it (same exe and special mappings): rst_relayout instead of the
+	 * specials and vmas steps, and rst_set_mm leaves the exe as it is. */
+	const struct rdmig_image *pre;
 };
 
 /* Record the first failure as a sentence in r->why and log it; returns err. */
@@ -52,6 +57,9 @@ int rst_move_specials(struct rst *r);
 int rst_avoid_layout(struct rst *r);
 int rst_set_mm(struct rst *r);
 int rst_map_vmas(struct rst *r);
+/* True when the husk built from pre can follow img by vmas alone. */
+bool rst_can_relayout(const struct rdmig_image *pre, const struct rdmig_image *img);
+int rst_relayout(struct rst *r);
 int rst_nohugepage(struct rst *r);
 int rst_eager_pages(struct rst *r);
 

@@ -352,7 +352,9 @@ int rst_set_mm(struct rst *r)
 	if (img->auxv_len > RDMIG_IMG_MAX_AUXV)
 		return rst_fail(r, -EINVAL, "the image's auxv is too long (%u bytes)",
 		                img->auxv_len);
-	if (img->exe && (err = rst_open(r, img->exe, O_RDONLY | O_CLOEXEC, 0, &exefd)))
+	/* a prebuilt husk has its exe (the same path) and maps it already: the
+	 * kernel would refuse the change anyway */
+	if (img->exe && !r->pre && (err = rst_open(r, img->exe, O_RDONLY | O_CLOEXEC, 0, &exefd)))
 		return err;
 	mm.exe_fd = (uint32_t)exefd;
 	for (int attempt = 0; attempt < 2; attempt++) {
@@ -506,7 +508,8 @@ int rst_eager_pages(struct rst *r)
 	return 0;
 }
 
-int rst_map_vmas(struct rst *r)
+/* The image's non-special vmas, but those with keep[i] set. */
+static int map_vmas(struct rst *r, const bool *keep, uint32_t *mapped)
 {
 	const struct rdmig_image *img = r->img;
 	int *hfd = malloc((img->nfiles + 1) * sizeof(*hfd));
@@ -520,13 +523,110 @@ int rst_map_vmas(struct rst *r)
 	}
 	for (uint32_t i = 0; i < img->nfiles; i++)
 		hfd[i] = -1;
-	for (uint32_t i = 0; i < img->nvmas && !err; i++)
-		if (!is_special(img->vmas[i].kind))
-			err = map_one(r, &img->vmas[i], hfd, checked);
+	for (uint32_t i = 0; i < img->nvmas && !err; i++) {
+		const struct rdmig_img_vma *v = &img->vmas[i];
+
+		if (is_special(v->kind) || (keep && keep[i]))
+			continue;
+		err = map_one(r, v, hfd, checked);
+		if (!err && keep && v->kind == RDMIG_VMA_ANON)
+			err = rst_call(r, "madvise(MADV_NOHUGEPAGE)", NULL, SYS_madvise,
+			               (long)v->start, (long)(v->end - v->start), MADV_NOHUGEPAGE,
+			               0, 0, 0);
+		if (!err && mapped)
+			(*mapped)++;
+	}
 	for (uint32_t i = 0; i < img->nfiles; i++)
 		rst_close(r, hfd[i]);
 	free(hfd);
 	free(checked);
+	return err;
+}
+
+int rst_map_vmas(struct rst *r)
+{
+	return map_vmas(r, NULL, NULL);
+}
+
+static bool same_file(const struct rdmig_img_file *a, const struct rdmig_img_file *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	       a->mtime_sec == b->mtime_sec && a->mtime_nsec == b->mtime_nsec &&
+	       a->mode == b->mode && !strcmp(a->path, b->path);
+}
+
+/* The same mapping: range, protection, kind, flags, and the same file at the
+ * same offset. */
+static bool same_vma(const struct rdmig_image *ia, const struct rdmig_img_vma *a,
+                     const struct rdmig_image *ib, const struct rdmig_img_vma *b)
+{
+	if (a->start != b->start || a->end != b->end || a->prot != b->prot || a->kind != b->kind ||
+	    a->flags != b->flags)
+		return false;
+	if (a->kind != RDMIG_VMA_FILE_PRIVATE && a->kind != RDMIG_VMA_FILE_SHARED_RO)
+		return true;
+	return a->pgoff == b->pgoff && a->file < ia->nfiles && b->file < ib->nfiles &&
+	       same_file(&ia->files[a->file], &ib->files[b->file]);
+}
+
+/* The special mapping of kind k, or NULL. */
+static const struct rdmig_img_vma *special_of(const struct rdmig_image *img, uint32_t k)
+{
+	for (uint32_t i = 0; i < img->nvmas; i++)
+		if (img->vmas[i].kind == k)
+			return &img->vmas[i];
+	return NULL;
+}
+
+bool rst_can_relayout(const struct rdmig_image *pre, const struct rdmig_image *img)
+{
+	if (!pre->exe || !img->exe || strcmp(pre->exe, img->exe))
+		return false;
+	for (uint32_t k = RDMIG_VMA_VDSO; k <= RDMIG_VMA_VVAR_VCLOCK; k++) {
+		const struct rdmig_img_vma *a = special_of(pre, k), *b = special_of(img, k);
+
+		if (!a != !b || (a && (a->start != b->start || a->end != b->end)))
+			return false;
+	}
+	return true;
+}
+
+/* The husk holds r->pre's vmas (rdmig_husk_prebuild) and rst_can_relayout said
+ * yes: unmap each prebuilt vma the image does not have as it is, then map each
+ * image vma not already there (both lists ascend and never overlap themselves,
+ * so one merge pass pairs them; what is unmapped first leaves room for what
+ * comes). */
+int rst_relayout(struct rst *r)
+{
+	const struct rdmig_image *img = r->img, *pre = r->pre;
+	bool *keep = calloc(img->nvmas + 1, sizeof(*keep));
+	uint32_t kept = 0, unmapped = 0, mapped = 0, i = 0, j = 0;
+	int err = 0;
+
+	if (!keep)
+		return rst_fail(r, -ENOMEM, "out of memory");
+	for (; j < pre->nvmas && !err; j++) {
+		const struct rdmig_img_vma *p = &pre->vmas[j];
+
+		if (is_special(p->kind))
+			continue;
+		while (i < img->nvmas && img->vmas[i].end <= p->start)
+			i++;
+		if (i < img->nvmas && same_vma(img, &img->vmas[i], pre, p)) {
+			keep[i] = true;
+			kept++;
+			continue;
+		}
+		err = rst_call(r, "munmap(prebuilt mapping)", NULL, SYS_munmap, (long)p->start,
+		               (long)(p->end - p->start), 0, 0, 0, 0);
+		unmapped++;
+	}
+	if (!err)
+		err = map_vmas(r, keep, &mapped);
+	free(keep);
+	if (!err)
+		pr_info("pid %d: prebuilt map followed: %u vmas kept, %u unmapped, %u mapped",
+		        (int)r->pid, kept, unmapped, mapped);
 	return err;
 }
 

@@ -151,6 +151,16 @@ static void migration_messages(void)
 	        "encoder refuses a chunk past total");
 	T_CHECK(rdmig_msg_encode_image(buf, sizeof(buf), 10, 0, data, 0) == -EINVAL,
 	        "encoder refuses an empty chunk");
+	/* LAYOUT: the same body under its own type, with the same checks */
+	n = rdmig_msg_encode_chunk(buf, sizeof(buf), RDMIG_MSG_LAYOUT, 300, 200, data, 100);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_LAYOUT && m.u.image.total == 300 && m.u.image.offset == 200 &&
+	            m.u.image.len == 100 && !memcmp(m.u.image.data, data, 100),
+	        "layout chunk round trip");
+	buf[RDMIG_HDR_LEN + 8] = 201;
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "layout chunk past total");
+	T_CHECK(rdmig_msg_encode_chunk(buf, sizeof(buf), RDMIG_MSG_RUNS, 10, 0, data, 1) == -EINVAL,
+	        "only IMAGE and LAYOUT are chunks");
 
 	n = rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_DONE, v, 4);
 	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));

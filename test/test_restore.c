@@ -58,7 +58,7 @@
 
 T_DEFINE_STATE;
 
-enum { NHUSK = 5 };
+enum { NHUSK = 7 };
 static struct rdmig_husk *husks[NHUSK];
 static int husk_next;
 static char tmpdir[64] = "/tmp/rdmig-restore-XXXXXX";
@@ -851,9 +851,103 @@ static bool uffd_in_proc(pid_t pid, int fd)
 	return false;
 }
 
-static void roundtrip(bool nobody, bool threads)
+/* How the tests below change a running process's layout before the prebuild,
+ * as the process could have between the layout and the freeze. */
+enum pre_mode {
+	PRE_NONE,
+	PRE_FOLLOW, /* vmas gone, added and changed: the build must follow them */
+	PRE_RESET,  /* another exe: the build must start from an empty husk */
+};
+
+#define FAKE_VMA 0x200000000000ull
+
+static void perturb_layout(struct rdmig_image *lay, enum pre_mode mode)
 {
-	struct rdmig_husk *husk = take_husk();
+	struct rdmig_img_vma *v;
+	uint32_t i, at;
+	bool dropped = false, changed = false;
+
+	if (mode == PRE_RESET) {
+		free(lay->exe);
+		lay->exe = strdup("/bin/true");
+		T_CHECK(lay->exe != NULL, "strdup");
+		return;
+	}
+	/* the workload's big mapping is not in the prebuilt husk: mapped at the build */
+	for (i = 0; i < lay->nvmas && !dropped; i++) {
+		if (lay->vmas[i].kind == RDMIG_VMA_ANON &&
+		    lay->vmas[i].end - lay->vmas[i].start == WL_BYTES) {
+			memmove(&lay->vmas[i], &lay->vmas[i + 1],
+			        (lay->nvmas - i - 1) * sizeof(lay->vmas[0]));
+			lay->nvmas--;
+			dropped = true;
+		}
+	}
+	T_CHECK(dropped, "no %u-byte mapping in the layout", (unsigned)WL_BYTES);
+	/* one other anonymous mapping prebuilt executable: unmapped, mapped again */
+	for (i = 0; i < lay->nvmas && !changed; i++) {
+		if (lay->vmas[i].kind == RDMIG_VMA_ANON && !(lay->vmas[i].prot & PROT_EXEC)) {
+			lay->vmas[i].prot |= PROT_EXEC;
+			changed = true;
+		}
+	}
+	T_CHECK(changed, "no anonymous mapping to change in the layout");
+	/* a mapping the process no longer has: unmapped at the build */
+	v = realloc(lay->vmas, (lay->nvmas + 1) * sizeof(*v));
+	T_CHECK(v != NULL, "realloc");
+	if (!v)
+		return;
+	lay->vmas = v;
+	at = lay->nvmas;
+	for (i = 0; i < lay->nvmas; i++) {
+		T_CHECK(lay->vmas[i].end <= FAKE_VMA || lay->vmas[i].start >= FAKE_VMA + 65536,
+		        "the fake mapping's place is taken");
+		if (at == lay->nvmas && lay->vmas[i].start > FAKE_VMA)
+			at = i;
+	}
+	memmove(&v[at + 1], &v[at], (lay->nvmas - at) * sizeof(*v));
+	v[at] = (struct rdmig_img_vma){.start = FAKE_VMA,
+	                               .end = FAKE_VMA + 65536,
+	                               .prot = PROT_READ | PROT_WRITE,
+	                               .kind = RDMIG_VMA_ANON,
+	                               .file = UINT32_MAX};
+	lay->nvmas++;
+}
+
+/* Does pid map anything at addr? */
+static bool maps_has(pid_t pid, uint64_t addr)
+{
+	char path[64], line[512];
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "re");
+	while (f && !found && fgets(line, sizeof(line), f)) {
+		unsigned long long s, e;
+
+		found = sscanf(line, "%llx-%llx", &s, &e) == 2 && s <= addr && addr < e;
+	}
+	if (f)
+		fclose(f);
+	return found;
+}
+
+static void same_exe(pid_t a, pid_t b)
+{
+	char pa[64], pb[64], la[4096] = "", lb[4096] = "";
+
+	snprintf(pa, sizeof(pa), "/proc/%d/exe", (int)a);
+	snprintf(pb, sizeof(pb), "/proc/%d/exe", (int)b);
+	T_CHECK(readlink(pa, la, sizeof(la) - 1) > 0 && readlink(pb, lb, sizeof(lb) - 1) > 0 &&
+	            !strcmp(la, lb),
+	        "exe %s, the original's %s", la, lb);
+}
+
+static void roundtrip(bool nobody, bool threads, enum pre_mode pre)
+{
+	/* the prebuilt ones: husks 5 and 6, emptied by main() */
+	struct rdmig_husk *husk = pre == PRE_NONE ? take_husk() : husks[4 + pre];
 	struct rdmig_image img = {0};
 	struct rdmig_restored r = {.pid = -1, .uffd = -1};
 	struct rdmig_tracee *t = NULL;
@@ -863,10 +957,15 @@ static void roundtrip(bool nobody, bool threads)
 	double t0;
 	int ret, st;
 
-	snprintf(out, sizeof(out), "%s/roundtrip-%s.out", tmpdir,
+	if (pre != PRE_NONE)
+		husks[4 + pre] = NULL; /* ours now */
+	snprintf(out, sizeof(out), "%s/roundtrip-%s%s.out", tmpdir,
 	         threads  ? "threads"
 	         : nobody ? "nobody"
-	                  : "root");
+	                  : "root",
+	         pre == PRE_FOLLOW  ? "-follow"
+	         : pre == PRE_RESET ? "-reset"
+	                            : "");
 	fflush(NULL);
 	orig = fork();
 	if (orig == 0 && threads)
@@ -881,6 +980,30 @@ static void roundtrip(bool nobody, bool threads)
 
 	ret = rdmig_capture_check(orig, why, sizeof(why));
 	T_CHECK(ret == 0, "capture_check: %d %s", ret, why);
+	if (pre != PRE_NONE) {
+		struct rdmig_image lay;
+
+		/* while it runs, as the source does before the freeze */
+		ret = rdmig_capture_layout(orig, &lay, why, sizeof(why));
+		T_CHECK(ret == 0, "capture_layout: %d %s", ret, why);
+		if (ret)
+			goto out_kill;
+		T_CHECK(lay.nthreads == 1 && lay.threads[0].tid == orig && lay.nfds == 0 &&
+		            lay.ncow == 0 && lay.nvmas > 3 && lay.vdso_len,
+		        "layout: %u threads, %u fds, %u cow pages, %u vmas", lay.nthreads, lay.nfds,
+		        lay.ncow, lay.nvmas);
+		for (uint32_t i = 0; i < lay.nvmas; i++)
+			T_CHECK(!lay.vmas[i].touched, "the layout's vma %u has pages", i);
+		perturb_layout(&lay, pre);
+		ret = rdmig_husk_prebuild(husk, &lay, why, sizeof(why));
+		T_CHECK(ret == 0, "prebuild: %d %s", ret, why);
+		T_CHECK(lay.nvmas == 0 && !lay.vmas, "the layout was not taken");
+		rdmig_image_free(&lay);
+		T_CHECK(pre != PRE_FOLLOW || maps_has(hpid, FAKE_VMA),
+		        "the prebuilt husk lacks the layout's mapping");
+		if (ret)
+			goto out_kill;
+	}
 	ret = rdmig_tracee_seize(orig, 0, &t);
 	T_CHECK(ret == 0, "seize: %d", ret);
 	if (ret)
@@ -943,6 +1066,10 @@ static void roundtrip(bool nobody, bool threads)
 		T_CHECK(count_tasks(r.pid) == 5, "%d threads in the restored process",
 		        count_tasks(r.pid));
 	}
+	if (pre != PRE_NONE) {
+		T_CHECK(!maps_has(r.pid, FAKE_VMA), "a mapping the image lacks was left in place");
+		same_exe(r.pid, orig);
+	}
 	status_creds(r.pid, st_new, sizeof(st_new));
 	T_CHECK(!strcmp(st_orig, st_new), "credentials differ:\noriginal:\n%srestored:\n%s",
 	        st_orig, st_new);
@@ -991,17 +1118,27 @@ out_kill:
 
 static void roundtrip_root(void)
 {
-	roundtrip(false, false);
+	roundtrip(false, false, PRE_NONE);
 }
 
 static void roundtrip_nobody(void)
 {
-	roundtrip(true, false);
+	roundtrip(true, false, PRE_NONE);
 }
 
 static void roundtrip_threads(void)
 {
-	roundtrip(false, true);
+	roundtrip(false, true, PRE_NONE);
+}
+
+static void prebuilt_follows(void)
+{
+	roundtrip(false, false, PRE_FOLLOW);
+}
+
+static void prebuilt_reset(void)
+{
+	roundtrip(false, false, PRE_RESET);
 }
 
 int main(int argc, char **argv)
@@ -1025,10 +1162,11 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	chmod(tmpdir, 0755);
-	/* Every other husk emptied ahead of its build, as the daemon does, the rest
-	 * emptied by the build itself: both paths restore the same processes. */
-	for (int i = 1; i < NHUSK; i += 2)
-		if (rdmig_husk_prepare(husks[i])) {
+	/* Every other husk (and the last two, prebuilt by their tests) emptied ahead
+	 * of its build, as the daemon does, the rest emptied by the build itself:
+	 * every path restores the same processes. */
+	for (int i = 1; i < NHUSK; i++)
+		if ((i % 2 || i >= 5) && rdmig_husk_prepare(husks[i])) {
 			fprintf(stderr, "cannot prepare husk %d\n", i);
 			return 1;
 		}
@@ -1037,6 +1175,8 @@ int main(int argc, char **argv)
 	T_RUN(roundtrip_root);
 	T_RUN(roundtrip_nobody);
 	T_RUN(roundtrip_threads);
+	T_RUN(prebuilt_follows); /* husks 5 and 6: emptied, then prebuilt */
+	T_RUN(prebuilt_reset);
 	for (int i = husk_next; i < NHUSK; i++)
 		rdmig_husk_destroy(husks[i]);
 	if (!getenv("RDMIG_KEEP_TMP")) {

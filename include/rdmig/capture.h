@@ -57,6 +57,17 @@ RDMIG_CAPTURE_WUR int rdmig_capture_check(pid_t pid, char *why, size_t whylen);
 RDMIG_CAPTURE_WUR int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why,
                                     size_t whylen);
 
+/*
+ * The layout of a process that keeps running (nothing stops it): an image whose
+ * memory map (no pages), files, vdso, exe, cwd, mm fields (brk = start_brk),
+ * auxv, credentials and rlimits are read from /proc; its one thread record holds
+ * the pid only, it has no descriptors, signals or pages. The destination builds
+ * the map into its husk before the freeze (rdmig_husk_prebuild). The same
+ * refusals as rdmig_capture_check. On failure img is freed (zeroed).
+ */
+RDMIG_CAPTURE_WUR int rdmig_capture_layout(pid_t pid, struct rdmig_image *img, char *why,
+                                           size_t whylen);
+
 /* One line per part, for logs and tests ("vmas 23 (anon 9, 61 MiB touched) ..."). */
 void rdmig_image_describe(const struct rdmig_image *img, char *buf, size_t cap);
 

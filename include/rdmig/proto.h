@@ -24,6 +24,11 @@
  *
  * Migration (src/migrate_src.c, src/migrate_dst.c), after the handshake; the
  * source is the connector:
+ *   src: LAYOUT    (optional, once, before the IMAGE) chunks like IMAGE's of an
+ *                  image captured while the process still runs: only its map,
+ *                  files, exe, mm fields and auxv mean anything (its thread,
+ *                  descriptor and signal records are placeholders); the
+ *                  destination builds that map into its husk ahead of the freeze
  *   src: REGIONS   the mirror's table (one or more messages, before the IMAGE)
  *   src: IMAGE     {total le64, offset le64, bytes}  chunks of the encoded image
  *                  (rdmig/image.h), in order, until offset + bytes == total
@@ -87,7 +92,8 @@ enum rdmig_msg_type {
 	RDMIG_MSG_DONE = 11,       /* dst: every page is local */
 	RDMIG_MSG_RUNS = 12,       /* src: runs of pages copied into the mirror (pre-copy) */
 	RDMIG_MSG_ROUND_DONE = 13, /* dst: it has pulled round {n} into its arena */
-	RDMIG_MSG_TYPE_MAX = 13,
+	RDMIG_MSG_LAYOUT = 14,     /* src: a chunk of the running process's layout */
+	RDMIG_MSG_TYPE_MAX = 14,
 };
 
 enum rdmig_role {
@@ -124,7 +130,7 @@ struct rdmig_msg {
 			uint64_t total, offset; /* offset < total <= RDMIG_IMAGE_TOTAL_MAX */
 			uint32_t len;           /* 1..RDMIG_IMAGE_CHUNK_MAX, offset+len <= total */
 			const uint8_t *data;
-		} image;
+		} image; /* IMAGE and LAYOUT */
 		struct {
 			uint32_t round, flags, n;
 			const uint8_t *raw; /* n runs, decode with rdmig_msg_run() */
@@ -143,6 +149,9 @@ int rdmig_msg_encode_empty(void *buf, size_t cap, uint16_t type);
 int rdmig_msg_encode_error(void *buf, size_t cap, int code, const char *text);
 int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offset, const void *data,
                            uint32_t len);
+/* A chunk of type IMAGE or LAYOUT (same body). */
+int rdmig_msg_encode_chunk(void *buf, size_t cap, uint16_t type, uint64_t total, uint64_t offset,
+                           const void *data, uint32_t len);
 /* GO, RUNNING, DONE: n must be the type's field count (1, 2, 4). */
 int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v, unsigned n);
 struct rdmig_run {

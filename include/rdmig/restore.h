@@ -55,6 +55,16 @@ pid_t rdmig_husk_pid(const struct rdmig_husk *h);
  * no image), so rdmig_restore_build() starts from an empty husk and that work
  * stays out of the downtime. On failure the husk is unusable: destroy it. */
 RDMIG_RESTORE_WUR int rdmig_husk_prepare(struct rdmig_husk *h);
+/* Optional, after rdmig_husk_prepare and before the freeze: build the memory map
+ * of `layout` (rdmig_capture_layout: the process as it runs) into the husk now:
+ * special mappings moved, exe and mm fields set, vmas mapped, MADV_NOHUGEPAGE.
+ * Takes layout (zeroed on return, success or not). rdmig_restore_build() then
+ * unmaps only what the image no longer has and maps only what it gained (or, if
+ * the exe or a special mapping moved, empties the husk and builds from scratch).
+ * On failure the husk is emptied again (usable, as after prepare) and why says
+ * what failed; if even that fails the husk is killed and the build will say so. */
+RDMIG_RESTORE_WUR int rdmig_husk_prebuild(struct rdmig_husk *h, struct rdmig_image *layout,
+                                          char *why, size_t whylen);
 /* Kill and reap a husk that will not be used (no build). Accepts NULL. */
 void rdmig_husk_destroy(struct rdmig_husk *h);
 
