@@ -125,7 +125,7 @@ static int dst_set_state(struct dst *d, enum dst_state to)
 static int recv_chunks(struct dst *d, const struct rdmig_msg *first, struct rdmig_image *img)
 {
 	uint8_t *buf = NULL;
-	uint64_t total = 0, got = 0;
+	uint64_t total = 0, got = 0, t0 = rdmig_now_ns(), t1;
 	struct rdmig_msg m = *first;
 	int ret, step = d->o->timeout_ms > 0 ? d->o->timeout_ms : 60000;
 
@@ -151,7 +151,11 @@ static int recv_chunks(struct dst *d, const struct rdmig_msg *first, struct rdmi
 		memcpy(buf + got, m.u.image.data, m.u.image.len);
 		got += m.u.image.len;
 	} while (got < total);
+	t1 = rdmig_now_ns();
 	ret = rdmig_image_decode(buf, total, img);
+	pr_info("%s of %" PRIu64 " bytes: received in %.2f ms, decoded in %.2f ms",
+	        first->type == RDMIG_MSG_LAYOUT ? "layout" : "image", total,
+	        (double)(t1 - t0) / 1e6, (double)(rdmig_now_ns() - t1) / 1e6);
 	if (ret < 0)
 		snprintf(d->why, sizeof(d->why), "the process %s from the source is malformed",
 		         first->type == RDMIG_MSG_LAYOUT ? "layout" : "image");

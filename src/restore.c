@@ -243,10 +243,11 @@ int rdmig_husk_prebuild(struct rdmig_husk *h, struct rdmig_image *layout, char *
 	if (err)
 		pr_info("pid %d: injected calls not kept on one CPU: %s", (int)r.pid,
 		        strerror(-err));
-	/* the fresh build's order (top of this file), up to the pages */
+	/* the fresh build's order (top of this file), up to the pages; the scratch
+	 * area stays (the build's avoid step moves it if the image needs its place) */
 	if (!(err = rst_move_specials(&r)) && !(err = rst_avoid_layout(&r)) &&
-	    !(err = rst_set_mm(&r)) && !(err = rst_map_vmas(&r)) && !(err = rst_nohugepage(&r)))
-		err = rdmig_tracee_scratch_unmap(r.t);
+	    !(err = rst_set_mm(&r)) && !(err = rst_map_vmas(&r)))
+		err = rst_nohugepage(&r);
 	(void)rdmig_tracee_uncolocate(r.t);
 	if (!err) {
 		rdmig_laps_mark(&laps, "prebuilt");

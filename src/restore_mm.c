@@ -316,14 +316,18 @@ int rst_move_specials(struct rst *r)
 int rst_avoid_layout(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
+	int err = 0;
 
-	for (uint32_t i = 0; i < img->nvmas; i++) {
+	for (uint32_t i = 0; i < img->nvmas && !err; i++) {
 		uint64_t s = img->vmas[i].start, e = img->vmas[i].end;
 
 		while (i + 1 < img->nvmas && img->vmas[i + 1].start == e)
 			e = img->vmas[++i].end;
-		rdmig_tracee_scratch_avoid(r->t, s, e);
+		err = rdmig_tracee_scratch_avoid(r->t, s, e);
 	}
+	if (err)
+		return rst_fail(r, err, "cannot keep scratch memory out of the image's layout: %s",
+		                strerror(-err));
 	return 0;
 }
 

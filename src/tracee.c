@@ -346,10 +346,10 @@ int rdmig_tracee_write(struct rdmig_tracee *t, uint64_t addr, const void *buf, s
 	return 0;
 }
 
-void rdmig_tracee_scratch_avoid(struct rdmig_tracee *t, uint64_t start, uint64_t end)
+int rdmig_tracee_scratch_avoid(struct rdmig_tracee *t, uint64_t start, uint64_t end)
 {
 	if (start >= end)
-		return;
+		return 0;
 	if (t->navoid == t->avoid_cap) {
 		size_t cap = t->avoid_cap ? 2 * t->avoid_cap : 16;
 		struct tracee_range *a = realloc(t->avoid, cap * sizeof(*a));
@@ -359,14 +359,18 @@ void rdmig_tracee_scratch_avoid(struct rdmig_tracee *t, uint64_t start, uint64_t
 			 * layout: make placement fail instead. */
 			pr_err("out of memory recording an avoid range");
 			t->navoid = SIZE_MAX;
-			return;
+			return -ENOMEM;
 		}
 		t->avoid = a;
 		t->avoid_cap = cap;
 	}
 	if (t->navoid == SIZE_MAX)
-		return;
+		return -ENOMEM;
 	t->avoid[t->navoid++] = (struct tracee_range){start, end};
+	/* a scratch area placed before this range was known moves out of its way */
+	if (t->scratch_addr && t->scratch_addr < end && start < t->scratch_addr + t->scratch_len)
+		return rdmig_tracee_scratch_unmap(t);
+	return 0;
 }
 
 static int range_cmp(const void *a, const void *b)

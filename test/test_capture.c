@@ -191,10 +191,20 @@ static void tracee_inject_loop(void)
 	T_OK(rdmig_tracee_scratch(t, 200, &b));
 	T_CHECK(a && a == b, "scratch reused %#lx %#lx", (unsigned long)a, (unsigned long)b);
 	T_OK(rdmig_tracee_scratch_unmap(t));
-	rdmig_tracee_scratch_avoid(t, 1ull << 30, 1ull << 34);
+	T_OK(rdmig_tracee_scratch_avoid(t, 1ull << 30, 1ull << 34));
 	T_OK(rdmig_tracee_scratch(t, 300000, &a));
 	T_CHECK(a >= (1ull << 34) && !(a & 4095), "scratch at %#lx", (unsigned long)a);
 	T_OK(rdmig_tracee_write(t, a, "x", 1));
+	{
+		/* a range avoided later, over the scratch area: the area moves away */
+		uint64_t was = a, c = 0;
+
+		T_OK(rdmig_tracee_scratch_avoid(t, was, was + 4096));
+		T_OK(rdmig_tracee_scratch(t, 300000, &c));
+		T_CHECK(c && (c + 300000 <= was || c >= was + 4096),
+		        "scratch at %#lx, over the range avoided at %#lx", (unsigned long)c,
+		        (unsigned long)was);
+	}
 	T_CHECK(rdmig_tracee_scratch(t, (2u << 20), &a) == -EINVAL, "scratch over 1 MiB");
 
 	T_OK(rdmig_tracee_release(t, true)); /* unmaps the scratch itself */

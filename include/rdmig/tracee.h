@@ -86,8 +86,11 @@ RDMIG_TRACEE_WUR int rdmig_tracee_write(struct rdmig_tracee *t, uint64_t addr, c
 RDMIG_TRACEE_WUR int rdmig_tracee_scratch(struct rdmig_tracee *t, size_t len, uint64_t *addr);
 /* Unmap the scratch area now (before the tracee's map is read, for instance). */
 RDMIG_TRACEE_WUR int rdmig_tracee_scratch_unmap(struct rdmig_tracee *t);
-/* Avoid [start, end) when placing scratch (the restore's target layout). */
-void rdmig_tracee_scratch_avoid(struct rdmig_tracee *t, uint64_t start, uint64_t end);
+/* Avoid [start, end) when placing scratch (the restore's target layout); a
+ * scratch area already there is unmapped (the next use maps one elsewhere).
+ * 0 or -errno. */
+RDMIG_TRACEE_WUR int rdmig_tracee_scratch_avoid(struct rdmig_tracee *t, uint64_t start,
+                                                uint64_t end);
 
 /* Search [start, end) of the tracee (normally its [vdso]) for a syscall
  * instruction and use it for injection from now on; 0 or -ENOENT. Seize does
