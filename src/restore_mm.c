@@ -135,7 +135,9 @@ int rst_clean_husk(struct rst *r)
 	if (ptrace(PTRACE_GET_RSEQ_CONFIGURATION, r->pid, (void *)sizeof(rc), &rc) < 0)
 		return rst_fail(r, -errno, "cannot read the husk's rseq registration: %s",
 		                strerror(errno));
-	if (rc.rseq_abi_size &&
+	/* a NULL pointer: not registered (6.1 reports a size even then, and the
+	 * husk may be emptied twice: after a prebuild the build could not follow) */
+	if (rc.rseq_abi_size && rc.rseq_abi_pointer &&
 	    (err = rst_call(r, "rseq(unregister)", NULL, SYS_rseq, (long)rc.rseq_abi_pointer,
 	                    rc.rseq_abi_size, K_RSEQ_FLAG_UNREGISTER, rc.signature, 0, 0)))
 		return err;
