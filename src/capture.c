@@ -224,17 +224,6 @@ static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, u
 			              "pid %d has shared anonymous memory at %#" PRIx64 "-%#" PRIx64
 			              "; shared memory is not migrated",
 			              pid, m->start, m->end);
-		/* the image's page bitmaps (and the destination's page states) grow
-		 * with a mapping's size, not with what it uses */
-		if ((m->end - m->start) / (8 * RDMIG_IMG_PAGE) > RDMIG_IMG_MAX_TOUCHED_BYTES)
-			return refuse(
-			    why, whylen,
-			    "pid %d has a private anonymous mapping of %" PRIu64 " GiB at %#" PRIx64
-			    " (a sanitizer's shadow memory?); this "
-			    "version moves mappings of at most %llu GiB",
-			    pid, (m->end - m->start) >> 30, m->start,
-			    (unsigned long long)(RDMIG_IMG_MAX_TOUCHED_BYTES * 8 * RDMIG_IMG_PAGE >>
-			                         30));
 		return 0;
 	}
 	if (n[0] == '[') {
@@ -477,6 +466,29 @@ out_free:
 	procfs_fds_free(fds, nfds);
 	free(root);
 	procfs_status_free(&sta);
+	return ret;
+}
+
+int rdmig_capture_check_wire(pid_t pid, char *why, size_t whylen)
+{
+	const uint64_t max = RDMIG_IMG_MAX_TOUCHED_BYTES * 8 * RDMIG_IMG_PAGE;
+	struct procfs_map *maps = NULL;
+	size_t n = 0;
+	int ret = procfs_maps(pid, &maps, &n);
+
+	for (size_t i = 0; i < n && !ret; i++) {
+		const struct procfs_map *m = &maps[i];
+
+		/* the image's page bitmaps (and the destination's page states) grow
+		 * with a mapping's size, not with what it uses */
+		if (!m->shared && (!m->name || m->name[0] != '/') && m->end - m->start > max)
+			ret = refuse(why, whylen,
+			             "pid %d has a private anonymous mapping of %" PRIu64
+			             " GiB at %#" PRIx64 " (a sanitizer's shadow memory?); this "
+			             "version moves mappings of at most %" PRIu64 " GiB",
+			             pid, (m->end - m->start) >> 30, m->start, max >> 30);
+	}
+	procfs_maps_free(maps, n);
 	return ret;
 }
 

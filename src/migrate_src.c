@@ -546,6 +546,8 @@ static int run(struct src *s)
 
 	s->t_start = rdmig_now_ns();
 	ret = rdmig_capture_check(o->pid, s->why, sizeof(s->why));
+	if (ret == 0)
+		ret = rdmig_capture_check_wire(o->pid, s->why, sizeof(s->why));
 	if (ret < 0) {
 		fprintf(stderr, "rdma_migrate src: cannot migrate pid %d: %s\n", (int)o->pid,
 		        s->why[0] ? s->why : strerror(-ret));

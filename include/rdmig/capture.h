@@ -37,13 +37,20 @@
  * directory or device descriptor other than the /dev/null-like ones; a file
  * opened for writing that was deleted; shared memory (MAP_SHARED anonymous,
  * shmem, SysV, or a writable shared file mapping); a mapping of a deleted file;
- * a private anonymous mapping over 8 TiB (RDMIG_IMG_MAX_TOUCHED_BYTES of page
- * bits: a sanitizer's shadow memory); a seccomp filter; a process that is itself being traced; a root directory
+ * a seccomp filter; a process that is itself being traced; a root directory
  * other than /; a zombie or a kernel thread.
  * Returns 0 when the process can be migrated, -EOPNOTSUPP (why filled), or
  * -ESRCH / -EACCES / -errno when /proc cannot be read.
  */
 RDMIG_CAPTURE_WUR int rdmig_capture_check(pid_t pid, char *why, size_t whylen);
+
+/*
+ * What the image cannot carry to another host, refused the same way: a private
+ * anonymous mapping over 8 TiB (its page bitmap would pass
+ * RDMIG_IMG_MAX_TOUCHED_BYTES; a sanitizer's shadow memory is one). The capture
+ * itself takes such a process (an image that stays in memory has no limit).
+ */
+RDMIG_CAPTURE_WUR int rdmig_capture_check_wire(pid_t pid, char *why, size_t whylen);
 
 /*
  * Fill img from the frozen process (t seized and interrupted). Injected calls
