@@ -28,6 +28,7 @@
 #include "rdmig/tracee.h"
 
 #include "migrate_common.h"
+#include "procfs.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -239,6 +240,51 @@ static int settle_rounds(struct src *s)
 		prev = cur;
 	}
 	return 0;
+}
+
+/* Nanoseconds the process's main thread has spent on a CPU (/proc/PID/schedstat),
+ * or 0 when it cannot be read. */
+static uint64_t cpu_ns(pid_t pid)
+{
+	char *buf = NULL, *end;
+	uint64_t v = 0;
+	size_t len;
+
+	if (procfs_read(pid, "schedstat", 256, &buf, &len) == 0 && len) {
+		v = strtoull(buf, &end, 10);
+		if (end == buf || (*end != ' ' && *end != '\n'))
+			v = 0;
+	}
+	free(buf);
+	return v;
+}
+
+/* Until the process has been on a CPU since the last round, at most WARM_MS.
+ *
+ * Each round write-protects the pages it copied. On a shadow-paging hypervisor
+ * (this project's machines: PVM) the process's first return to user mode after
+ * that pays for the host's re-sync of those entries: 0.1-2.4 ms here. A process
+ * that slept through the round would pay it in our first injected call, inside
+ * the freeze; once it has run, that call costs what it should. A process that
+ * runs all the time ends the wait at once; one that sleeps longer than WARM_MS
+ * is frozen anyway. What it writes meanwhile goes in the last copy. */
+#define WARM_MS 25
+
+static void let_it_run(struct src *s)
+{
+	uint64_t t0 = rdmig_now_ns(), was = cpu_ns(s->o->pid);
+
+	if (!was)
+		return;
+	while (rdmig_now_ns() - t0 < WARM_MS * 1000000ull) {
+		usleep(200);
+		if (cpu_ns(s->o->pid) != was) {
+			pr_info("pid %d ran %.1f ms after the last round", (int)s->o->pid,
+			        (double)(rdmig_now_ns() - t0) / 1e6);
+			return;
+		}
+	}
+	pr_info("pid %d did not run within %d ms of the last round", (int)s->o->pid, WARM_MS);
 }
 
 /* An encoded image in IMAGE or LAYOUT chunks. */
@@ -612,6 +658,7 @@ static int run(struct src *s)
 		if (ret < 0)
 			return rollback(s, "copying the process's memory failed", ret);
 	}
+	let_it_run(s);
 
 	/* The freeze: downtime runs from here to the destination's resume. */
 	s->t_freeze = rdmig_now_ns();
