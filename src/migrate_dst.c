@@ -119,9 +119,8 @@ static int dst_set_state(struct dst *d, enum dst_state to)
 
 /* ---- receiving ----------------------------------------------------------- */
 
-/* The image's chunks; the first one already received in *first. */
-/* The chunks of one encoded image (IMAGE or LAYOUT, first already received),
- * decoded into img. */
+/* The chunks of one encoded image (IMAGE or LAYOUT, the first one already
+ * received in *first), decoded into img. */
 static int recv_chunks(struct dst *d, const struct rdmig_msg *first, struct rdmig_image *img)
 {
 	uint8_t *buf = NULL;
