@@ -80,7 +80,7 @@ static void rejects_malformed(void)
 	bad[0] ^= 1;
 	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EBADMSG, "magic");
 	memcpy(bad, buf, (size_t)n);
-	bad[4] = 2;
+	bad[4] = RDMIG_PROTO_VERSION + 1;
 	T_CHECK(rdmig_msg_decode(bad, (size_t)n, &m) == -EPROTONOSUPPORT, "version");
 	memcpy(bad, buf, (size_t)n);
 	bad[6] = 99;

@@ -58,7 +58,7 @@
 #include "rdmig/transport.h"
 
 #define RDMIG_PROTO_MAGIC 0x474d4452u /* "RDMG" on the wire */
-#define RDMIG_PROTO_VERSION 1u
+#define RDMIG_PROTO_VERSION 2u        /* 2: LAYOUT */
 #define RDMIG_HDR_LEN 16u
 #define RDMIG_NONCE_LEN 32u
 #define RDMIG_MAC_LEN 32u
