@@ -1133,8 +1133,8 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 	int pm_fd, ret;
 
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
-	pm_fd = t ? open(path, O_RDONLY | O_CLOEXEC) : -2;
-	if (pm_fd == -1) {
+	pm_fd = -1;
+	if (t && (pm_fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
 		ret = -errno;
 		pr_err("opening %s failed: %s", path, strerror(-ret));
 		return ret;

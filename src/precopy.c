@@ -456,7 +456,7 @@ out_unmap:
  * a marker there, which the kernel builds page tables for, PAGEMAP_SCAN reports
  * as PAGE_IS_SWAPPED, and reading it (process_vm_readv) fills with a fresh page.
  * Protecting a whole 1 GiB mapping with 1 MiB in use made the process's RSS
- * grow to 1 GiB and all of it crossed the wire; ASan's 16 TiB shadow OOMed the
+ * grow to 1 GiB and all of it crossed the wire; ASan's 14 TiB shadow OOMed the
  * host. An empty page needs no protection: a write there makes a page that is
  * not protected, which the next scan reports as written. Each batch is
  * protected by the ioctl that reports it, before its runs are copied. */

@@ -158,13 +158,15 @@ postcopy_ops() {
 # 1 GiB reserved, a few MiB used: only the pages with data may move (the
 # tracking once protected whole ranges, which filled every page of them).
 sparse_mode() { # MODE
-  local name=sparse_$1 n
-  in_mode "$name" "$1" 5 python3 "$HERE/sparse.py" "${RDMIG_SPARSE_STEPS:-60}"
+  local name=sparse_$1 n args=("$HERE/sparse.py" "${RDMIG_SPARSE_STEPS:-60}")
+  python3 "${args[@]}" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
+  SRC_OPTS="--mode $1" run_migrated "$name" "$T/$name.out" 5 python3 "${args[@]}"
   n=$(sed -n 's/.*pages with data \([0-9]*\) .*/\1/p' "$T/$name.src.log" | head -1)
   if [ -z "$n" ] || [ "$n" -gt 16384 ]; then
     fail "$name" "${n:-no} pages with data for a process using a few MiB of its 1 GiB"
-    show_logs "$name"
+    show_logs "$name"; return
   fi
+  check_migrated "$name" "$T/$name.ref" "$T/$name.out"
 }
 sparse_postcopy() { sparse_mode postcopy; }
 sparse_precopy() { sparse_mode precopy; }
