@@ -36,6 +36,7 @@
  *                        or, with record flag RUNS (1), the touched pages as
  *                        runs {first page, pages u64}: ascending, apart, in
  *                        the vma, at least one                        (40 + 16*n)
+ *                        (runs exactly when 16*n is less than the bitmap)
  *  14  FD          no    fd i32, kind, flags, cloexec u32, pos u64, file u32, 0 u32
  *                                                                           (32)
  *  15  COW         no    1..256 x {addr u64, page[4096]}                    (4104*n)
@@ -1083,7 +1084,9 @@ static int parse_runs(const struct rec *rc, struct reader *r, struct rdmig_img_v
 static int parse_vma(const struct rec *rc, struct reader *r, struct rdmig_img_vma *v, uint32_t i,
                      uint64_t *bitmap_bytes)
 {
+	uint64_t nruns;
 	uint32_t blen;
+	int err;
 
 	if (rc->len < VMA_FIXED_LEN)
 		return bad_len(rc);
@@ -1105,15 +1108,32 @@ static int parse_vma(const struct rec *rc, struct reader *r, struct rdmig_img_vm
 			return -EBADMSG;
 		}
 	}
-	if (rc->flags & REC_F_RUNS)
+	if (rc->flags & REC_F_RUNS) {
+		/* runs only where they are smaller than the bitmap (the encoder's
+		 * choice): one encoding per image */
+		if (rc->len - VMA_FIXED_LEN >= bitmap_len(v)) {
+			pr_err("vma %u: %u bytes of runs where the bitmap takes %" PRIu64, i,
+			       rc->len - VMA_FIXED_LEN, bitmap_len(v));
+			return -EBADMSG;
+		}
 		return parse_runs(rc, r, v, i);
+	}
 	blen = rc->len - VMA_FIXED_LEN;
 	if (blen && blen != bitmap_len(v)) {
 		pr_err("vma %u: touched bitmap of %u bytes for %" PRIu64 " pages", i, blen,
 		       vma_pages(v));
 		return -EBADMSG;
 	}
-	return r_dup(r, blen, &v->touched);
+	err = r_dup(r, blen, &v->touched);
+	if (err || !blen)
+		return err;
+	nruns = touched_runs(NULL, v);
+	if (nruns && nruns * RUN_LEN < blen) {
+		pr_err("vma %u: touched bitmap of %u bytes where its %" PRIu64 " runs take fewer",
+		       i, blen, nruns);
+		return -EBADMSG;
+	}
+	return 0;
 }
 
 static int parse_fd(const struct rec *rc, struct reader *r, struct rdmig_img_fd *f)

@@ -1373,6 +1373,16 @@ static void huge_and_framing(void)
 		recs_free(&chk);
 	}
 	BAD_REC("runs flag on a bitmap", "bytes of runs", REC(TAG_VMA, 3).flags = 1);
+	/* one encoding per image: runs only where they are smaller than the bitmap */
+	BAD_REC("runs where the bitmap is smaller", "where the bitmap takes",
+	        size_t i = recs_find(rs, TAG_VMA, 3);
+	        recs_resize(rs, i, 40 + 16); rs->r[i].flags = 1; set_le64(rs->r[i].p + 40, 0);
+	        set_le64(rs->r[i].p + 48, 1));
+	BAD_REC("bitmap where the runs are smaller", "runs take fewer",
+	        size_t i = recs_find(rs, TAG_VMA, 4);
+	        recs_resize(rs, i, 40 + 64); rs->r[i].flags = 0; memset(rs->r[i].p + 40, 0, 64);
+	        rdmig_bitmap_set(rs->r[i].p + 40, 0, 100);
+	        rdmig_bitmap_set(rs->r[i].p + 40, 200, 312));
 	BAD_REC("runs cut", "bytes of runs", REC(TAG_VMA, 4).len -= 8);
 	BAD_REC("run next to the one before", "out of order",
 	        set_le64(REC(TAG_VMA, 4).p + 40 + 16, 100));

@@ -323,11 +323,14 @@ static void client_gone(struct rdmig_faultloop *l, int ci)
 		close(c->uffd);
 		c->uffd = -1;
 	} else {
-		pr_info("forked child (uffd %d) is gone", c->uffd);
-		emit(l, RDMIG_PAGER_CHILD_GONE, 0, 0, c->uffd);
+		int uffd = c->uffd;
+
+		pr_info("forked child (uffd %d) is gone", uffd);
 		client_free(c);
 		l->clients[ci] = NULL;
+		/* the count first: whoever the event wakes reads it */
 		atomic_fetch_sub_explicit(&l->c.children, 1, memory_order_relaxed);
+		emit(l, RDMIG_PAGER_CHILD_GONE, 0, 0, uffd);
 	}
 	l->pollset_dirty = true;
 }
