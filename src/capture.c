@@ -12,7 +12,8 @@
  *   3. /proc: mm fields, credentials, umask, rlimits (prlimit), cwd, exe,
  *      personality, comm, auxv, the memory map with file identities, the vdso
  *      bytes, descriptors;
- *   4. pages: PAGEMAP_SCAN on /proc/PID/pagemap marks, per anonymous vma, the
+ *   4. pages (pagescan.c, big mappings split between helper threads):
+ *      PAGEMAP_SCAN on /proc/PID/pagemap marks, per anonymous vma, the
  *      pages present or swapped that are not the shared zero page (the huge zero
  *      page included), and finds in private file mappings the pages that are
  *      anonymous copies (present or swapped, not file pages): those are read
@@ -45,9 +46,9 @@
 #define LOG_SUBSYS "capture"
 #include "rdmig/capture.h"
 
+#include "pagescan.h"
 #include "procfs.h"
 #include "rdmig/log.h"
-#include "uffd_compat.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -960,111 +961,6 @@ static int file_index(struct rdmig_image *img, uint32_t *cap, const char *path,
 	return 0;
 }
 
-/* Kernels before 6.7 have no PAGEMAP_SCAN: read the pagemap entries themselves
- * (bit 63 present, 62 swapped, 61 file page or shared anonymous). The zero page
- * is not told apart here: it is fetched as a page of zeros, which is harmless. */
-static int scan_pages_slow(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
-                           uint64_t *count)
-{
-	uint64_t ent[512];
-
-	*count = 0;
-	for (uint64_t at = start; at < end;) {
-		uint64_t n = (end - at) / 4096;
-		ssize_t got;
-
-		if (n > 512)
-			n = 512;
-		got = pread(pm_fd, ent, n * 8, (off_t)(at / 4096 * 8));
-		if (got != (ssize_t)(n * 8)) {
-			int err = got < 0 ? -errno : -EIO;
-
-			pr_err("reading the pagemap at %#" PRIx64 " failed: %s", at,
-			       strerror(-err));
-			return err;
-		}
-		for (uint64_t i = 0; i < n; i++) {
-			uint64_t b = (at - start) / 4096 + i;
-
-			if (!(ent[i] >> 62 & 3) || (anon_only && (ent[i] >> 61 & 1)))
-				continue;
-			bits[b / 8] |= (uint8_t)(1u << (b % 8));
-			(*count)++;
-		}
-		at += n * 4096;
-	}
-	return 0;
-}
-
-/* Pages of [start, end) with data of their own: present or swapped, not the
- * zero page, and, with anon_only, not file pages. Bit i: page start + i*4096.
- * With written (same layout), also those of them PAGEMAP_SCAN calls written (no
- * uffd-wp bit: written since write-tracking protected them, or never tracked);
- * *written_known is false when the kernel could not say (no PAGEMAP_SCAN). */
-static int scan_pages(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
-                      uint64_t *count, uint8_t *written, bool *written_known)
-{
-	struct page_region regs[256];
-	struct pm_scan_arg a;
-	uint64_t at = start;
-
-	*count = 0;
-	if (written_known)
-		*written_known = written != NULL;
-	while (at < end) {
-		memset(&a, 0, sizeof(a));
-		a.size = sizeof(a);
-		a.start = at;
-		a.end = end;
-		a.vec = (uint64_t)(uintptr_t)regs;
-		a.vec_len = sizeof(regs) / sizeof(regs[0]);
-		a.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
-		/* PAGE_IS_FILE only where it matters: asking for it makes the kernel
-		 * look at every page's struct page (1 GiB took 5.1 ms here, 1.4 without) */
-		a.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO |
-		                (anon_only ? PAGE_IS_FILE : 0) | (written ? PAGE_IS_WRITTEN : 0);
-		int n = ioctl(pm_fd, PAGEMAP_SCAN, &a);
-
-		if (n < 0 && (errno == ENOTTY || errno == EINVAL) && at == start) {
-			if (written_known)
-				*written_known = false;
-			return scan_pages_slow(pm_fd, start, end, anon_only, bits, count);
-		}
-		if (n < 0) {
-			int err = -errno;
-
-			pr_err("PAGEMAP_SCAN of %#" PRIx64 "-%#" PRIx64 " failed: %s", at, end,
-			       strerror(-err));
-			return err;
-		}
-		for (int i = 0; i < n; i++) {
-			const struct page_region *r = &regs[i];
-
-			if (r->start < start || r->end > end || r->start >= r->end ||
-			    (r->start | r->end) & 4095) {
-				pr_err("PAGEMAP_SCAN returned a region outside the request");
-				return -EIO;
-			}
-			if (r->categories & PAGE_IS_PFNZERO)
-				continue;
-			if (anon_only && (r->categories & PAGE_IS_FILE))
-				continue;
-			rdmig_bitmap_set(bits, (r->start - start) / 4096,
-			                 (r->end - r->start) / 4096);
-			if (written && (r->categories & PAGE_IS_WRITTEN))
-				rdmig_bitmap_set(written, (r->start - start) / 4096,
-				                 (r->end - r->start) / 4096);
-			*count += (r->end - r->start) / 4096;
-		}
-		if (a.walk_end <= at || a.walk_end > end) {
-			pr_err("PAGEMAP_SCAN made no progress at %#" PRIx64, at);
-			return -EIO;
-		}
-		at = a.walk_end;
-	}
-	return 0;
-}
-
 /* Copy the anonymous pages of a private file mapping into img->cow. */
 static int capture_cow(struct rdmig_tracee *t, struct rdmig_image *img, uint32_t *cap,
                        const struct rdmig_img_vma *v, const uint8_t *bits)
@@ -1219,8 +1115,8 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 			ret = -ENOMEM;
 			goto out_free;
 		}
-		ret = scan_pages(pm_fd, m->start, m->end, kind == RDMIG_VMA_FILE_PRIVATE, bits,
-		                 &count, written, &known);
+		ret = rdmig_pagescan(pm_fd, m->start, m->end, kind == RDMIG_VMA_FILE_PRIVATE, bits,
+		                     &count, written, &known);
 		if (ret)
 			goto out_free;
 		if (kind == RDMIG_VMA_FILE_PRIVATE) {

@@ -28,6 +28,7 @@
 #include "rdmig/tracee.h"
 
 #include "migrate_common.h"
+#include "pagescan.h"
 #include "procfs.h"
 
 #include <errno.h>
@@ -658,6 +659,11 @@ static int run(struct src *s)
 		if (ret < 0)
 			return rollback(s, "copying the process's memory failed", ret);
 	}
+	/* the capture's page walk splits big mappings between these (starting
+	 * one inside the freeze would cost what it saves) */
+	err = rdmig_pagescan_helpers_start();
+	if (err > 0)
+		pr_info("pid %d: the page walk has %d helper threads", (int)o->pid, err);
 	let_it_run(s);
 
 	/* The freeze: downtime runs from here to the destination's resume. */
@@ -737,6 +743,7 @@ int rdmig_src_run(const struct rdmig_migrate_opts *o)
 	/* The mirror goes only when no one can need it any more: after DONE, after a
 	 * rollback, or when the destination is gone. */
 	rdmig_mirror_release(s.mirror);
+	rdmig_pagescan_helpers_stop();
 	rdmig_precopy_stop(s.pc);
 	rdmig_precopy_free(s.pc);
 	rdmig_image_free(&s.img);

@@ -9,6 +9,7 @@
 #include "rdmig/capture.h"
 #include "rdmig/tracee.h"
 
+#include "../src/pagescan.h"
 #include "../src/procfs.h"
 
 #include <fcntl.h>
@@ -18,12 +19,14 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -827,6 +830,104 @@ out:
 	unlink(mpath);
 }
 
+/* ---- the page walk split between threads ---- */
+
+static bool bit_at(const uint8_t *b, uint64_t i)
+{
+	return b[i / 8] >> (i % 8) & 1;
+}
+
+/* A 1 GiB mapping walked alone and by the helpers: both must find the same
+ * pages, every page written (on both sides of every place a split can fall,
+ * the first and the last page) and none never touched. A page only read maps
+ * the zero page, which the walk leaves out, but not always here (a guest's
+ * kernel may give it a page of its own), so it may be either. */
+static void pagescan_split(void)
+{
+	const uint64_t len = 1ull << 30, pages = len / 4096;
+	uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *want = calloc(pages / 8, 1), *read = calloc(pages / 8, 1),
+	        *alone = calloc(pages / 8, 1), *bits = calloc(pages / 8, 1),
+	        *written = calloc(pages / 8, 1);
+	uint64_t nwant = 0, seed = 42, count_alone = 0;
+	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+
+	T_CHECK(m != MAP_FAILED && want && read && alone && bits && written && pm >= 0, "set-up");
+	if (m == MAP_FAILED || !want || !read || !alone || !bits || !written || pm < 0)
+		goto out;
+	T_OK(madvise(m, len, MADV_NOHUGEPAGE));
+	/* around every split of 2, 3 and 4 parts (8-page groups), and at random */
+	for (unsigned n = 2; n <= 4; n++) {
+		uint64_t piece = (pages / n + 7) / 8 * 8;
+
+		for (unsigned k = 1; k < n; k++)
+			for (int d = -9; d <= 9; d++)
+				rdmig_bitmap_set(want, k * piece + (uint64_t)d, 1);
+	}
+	rdmig_bitmap_set(want, 0, 1);
+	rdmig_bitmap_set(want, pages - 1, 1);
+	for (int i = 0; i < 4000; i++) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		rdmig_bitmap_set(want, (seed >> 20) % pages, 1);
+	}
+	for (uint64_t i = 0; i < pages; i++) {
+		if (bit_at(want, i)) {
+			m[i * 4096] = 1;
+			nwant++;
+		} else if (i % 997 == 0) {
+			T_CHECK(((volatile uint8_t *)m)[i * 4096] == 0, "a page never written");
+			rdmig_bitmap_set(read, i, 1);
+		}
+	}
+	rdmig_pagescan_helpers_stop();
+	for (int round = 0; round < 2; round++) {
+		const char *how = round ? "helpers" : "alone";
+		uint64_t count = 0, extra = 0, missed = 0;
+		bool known = false;
+
+		if (round == 1) {
+			int cpus = get_nprocs(), h = rdmig_pagescan_helpers_start();
+
+			T_CHECK(h == (cpus > 4 ? 3 : cpus - 1), "%d helpers on %d CPUs", h, cpus);
+		}
+		memset(bits, 0, pages / 8);
+		memset(written, 0, pages / 8);
+		T_OK(rdmig_pagescan(pm, (uint64_t)(uintptr_t)m, (uint64_t)(uintptr_t)m + len, false,
+		                    bits, &count, written, &known));
+		for (uint64_t i = 0; i < pages; i++) {
+			missed += bit_at(want, i) && !bit_at(bits, i);
+			extra += bit_at(bits, i) && !bit_at(want, i) && !bit_at(read, i);
+		}
+		T_CHECK(missed == 0 && extra == 0 && count >= nwant,
+		        "%s: %llu written pages missed, %llu never touched found, %llu found "
+		        "(%llu written)",
+		        how, (unsigned long long)missed, (unsigned long long)extra,
+		        (unsigned long long)count, (unsigned long long)nwant);
+		/* nothing write-protects them: every page with data is written */
+		T_CHECK(known && !memcmp(written, bits, pages / 8), "%s: the written pages", how);
+		if (round == 0) {
+			memcpy(alone, bits, pages / 8);
+			count_alone = count;
+		} else {
+			T_CHECK(count == count_alone && !memcmp(bits, alone, pages / 8),
+			        "helpers and alone differ: %llu and %llu pages",
+			        (unsigned long long)count, (unsigned long long)count_alone);
+		}
+	}
+	rdmig_pagescan_helpers_stop();
+	rdmig_pagescan_helpers_stop(); /* twice: idempotent */
+out:
+	if (pm >= 0)
+		close(pm);
+	if (m != MAP_FAILED)
+		munmap(m, len);
+	free(want);
+	free(read);
+	free(alone);
+	free(bits);
+	free(written);
+}
+
 /* ---- refusals ---- */
 
 enum refuse_mode { REF_SOCKET, REF_PIPE, REF_SHARED_ANON };
@@ -957,6 +1058,7 @@ int main(int argc, char **argv)
 	T_RUN(tracee_signal_while_seized);
 	T_RUN(tracee_kill_child);
 	T_RUN(capture_full);
+	T_RUN(pagescan_split);
 	T_RUN(procfs_limits_match);
 	T_RUN(check_accepts_odd_comm);
 	T_RUN(refuse_socket);

@@ -1,0 +1,275 @@
+/*
+ * The capture's page walk (pagescan.h). PAGEMAP_SCAN walks the page
+ * tables under the mmap lock taken for reading, so walks of disjoint parts of
+ * one mapping run side by side: 1 GiB took ~1.35 ms alone here and ~0.7 ms in
+ * two halves. A mapping is split into equal parts of at least SCAN_PIECE, each
+ * a whole number of 8-page groups from the mapping's start, so that no two
+ * threads write the same byte of a bitmap; the caller walks the first part and
+ * the helpers the others.
+ */
+#define LOG_SUBSYS "capture"
+#include "pagescan.h"
+
+#include "rdmig/image.h"
+#include "rdmig/log.h"
+#include "uffd_compat.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#define SCAN_THREADS 4            /* the caller and 3 helpers */
+#define SCAN_PIECE (128ull << 20) /* a smaller part costs more to hand over */
+#define SCAN_GROUP (8ull * 4096)  /* a bitmap byte's pages */
+
+/* Kernels before 6.7 have no PAGEMAP_SCAN: read the pagemap entries themselves
+ * (bit 63 present, 62 swapped, 61 file page or shared anonymous). The zero page
+ * is not told apart here: it is fetched as a page of zeros, which is harmless. */
+static int scan_slow(int pm_fd, uint64_t base, uint64_t start, uint64_t end, bool anon_only,
+                     uint8_t *bits, uint64_t *count)
+{
+	uint64_t ent[512];
+
+	*count = 0;
+	for (uint64_t at = start; at < end;) {
+		uint64_t n = (end - at) / 4096;
+		ssize_t got;
+
+		if (n > 512)
+			n = 512;
+		got = pread(pm_fd, ent, n * 8, (off_t)(at / 4096 * 8));
+		if (got != (ssize_t)(n * 8)) {
+			int err = got < 0 ? -errno : -EIO;
+
+			pr_err("reading the pagemap at %#" PRIx64 " failed: %s", at,
+			       strerror(-err));
+			return err;
+		}
+		for (uint64_t i = 0; i < n; i++) {
+			uint64_t b = (at - base) / 4096 + i;
+
+			if (!(ent[i] >> 62 & 3) || (anon_only && (ent[i] >> 61 & 1)))
+				continue;
+			bits[b / 8] |= (uint8_t)(1u << (b % 8));
+			(*count)++;
+		}
+		at += n * 4096;
+	}
+	return 0;
+}
+
+/* One thread's part: [start, end) of the mapping at base (bits are base's). */
+static int scan_one(int pm_fd, uint64_t base, uint64_t start, uint64_t end, bool anon_only,
+                    uint8_t *bits, uint64_t *count, uint8_t *written, bool *written_known)
+{
+	struct page_region regs[256];
+	struct pm_scan_arg a;
+	uint64_t at = start;
+
+	*count = 0;
+	*written_known = written != NULL;
+	while (at < end) {
+		memset(&a, 0, sizeof(a));
+		a.size = sizeof(a);
+		a.start = at;
+		a.end = end;
+		a.vec = (uint64_t)(uintptr_t)regs;
+		a.vec_len = sizeof(regs) / sizeof(regs[0]);
+		a.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
+		/* PAGE_IS_FILE only where it matters: asking for it makes the kernel
+		 * look at every page's struct page (1 GiB took 5.1 ms here, 1.4 without) */
+		a.return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO |
+		                (anon_only ? PAGE_IS_FILE : 0) | (written ? PAGE_IS_WRITTEN : 0);
+		int n = ioctl(pm_fd, PAGEMAP_SCAN, &a);
+
+		if (n < 0 && (errno == ENOTTY || errno == EINVAL) && at == start) {
+			*written_known = false;
+			return scan_slow(pm_fd, base, start, end, anon_only, bits, count);
+		}
+		if (n < 0) {
+			int err = -errno;
+
+			pr_err("PAGEMAP_SCAN of %#" PRIx64 "-%#" PRIx64 " failed: %s", at, end,
+			       strerror(-err));
+			return err;
+		}
+		for (int i = 0; i < n; i++) {
+			const struct page_region *r = &regs[i];
+
+			if (r->start < start || r->end > end || r->start >= r->end ||
+			    (r->start | r->end) & 4095) {
+				pr_err("PAGEMAP_SCAN returned a region outside the request");
+				return -EIO;
+			}
+			if (r->categories & PAGE_IS_PFNZERO)
+				continue;
+			if (anon_only && (r->categories & PAGE_IS_FILE))
+				continue;
+			rdmig_bitmap_set(bits, (r->start - base) / 4096,
+			                 (r->end - r->start) / 4096);
+			if (written && (r->categories & PAGE_IS_WRITTEN))
+				rdmig_bitmap_set(written, (r->start - base) / 4096,
+				                 (r->end - r->start) / 4096);
+			*count += (r->end - r->start) / 4096;
+		}
+		if (a.walk_end <= at || a.walk_end > end) {
+			pr_err("PAGEMAP_SCAN made no progress at %#" PRIx64, at);
+			return -EIO;
+		}
+		at = a.walk_end;
+	}
+	return 0;
+}
+
+struct scan_part {
+	int pm_fd;
+	uint64_t base, start, end;
+	bool anon_only, known;
+	uint8_t *bits, *written;
+	uint64_t count;
+	int ret;
+};
+
+static void scan_part_run(struct scan_part *p)
+{
+	p->ret = scan_one(p->pm_fd, p->base, p->start, p->end, p->anon_only, p->bits, &p->count,
+	                  p->written, &p->known);
+}
+
+/* The helpers: job[i] is helper i's part, NULL when it has none; pending
+ * counts the parts handed over and not done. `use` keeps one walk at a time. */
+static struct {
+	pthread_mutex_t use, mu;
+	pthread_cond_t work, done;
+	unsigned n, pending;
+	bool quit;
+	pthread_t th[SCAN_THREADS - 1];
+	struct scan_part *job[SCAN_THREADS - 1];
+} pool = {
+    .use = PTHREAD_MUTEX_INITIALIZER,
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+    .work = PTHREAD_COND_INITIALIZER,
+    .done = PTHREAD_COND_INITIALIZER,
+};
+
+static void *helper(void *arg)
+{
+	unsigned i = (unsigned)(uintptr_t)arg;
+
+	pthread_mutex_lock(&pool.mu);
+	for (;;) {
+		while (!pool.quit && !pool.job[i])
+			pthread_cond_wait(&pool.work, &pool.mu);
+		if (pool.quit)
+			break;
+		struct scan_part *p = pool.job[i];
+
+		pthread_mutex_unlock(&pool.mu);
+		scan_part_run(p);
+		pthread_mutex_lock(&pool.mu);
+		pool.job[i] = NULL;
+		if (--pool.pending == 0)
+			pthread_cond_signal(&pool.done);
+	}
+	pthread_mutex_unlock(&pool.mu);
+	return NULL;
+}
+
+int rdmig_pagescan_helpers_start(void)
+{
+	int cpus = get_nprocs();
+	unsigned want = cpus > 1 ? (unsigned)cpus - 1 : 0;
+	sigset_t all, old;
+
+	if (pool.n)
+		return (int)pool.n;
+	if (want > SCAN_THREADS - 1)
+		want = SCAN_THREADS - 1;
+	/* signals are for the daemon's own thread: the helpers block them all */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pool.quit = false;
+	while (pool.n < want) {
+		int err = pthread_create(&pool.th[pool.n], NULL, helper, (void *)(uintptr_t)pool.n);
+
+		if (err) {
+			pr_info("page walk helper %u not started: %s", pool.n, strerror(err));
+			break;
+		}
+		pool.n++;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return (int)pool.n;
+}
+
+void rdmig_pagescan_helpers_stop(void)
+{
+	if (!pool.n)
+		return;
+	pthread_mutex_lock(&pool.mu);
+	pool.quit = true;
+	pthread_cond_broadcast(&pool.work);
+	pthread_mutex_unlock(&pool.mu);
+	for (unsigned i = 0; i < pool.n; i++)
+		pthread_join(pool.th[i], NULL);
+	pool.n = 0;
+}
+
+int rdmig_pagescan(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
+                   uint64_t *count, uint8_t *written, bool *written_known)
+{
+	struct scan_part parts[SCAN_THREADS];
+	uint64_t len = end - start, piece;
+	unsigned n = (unsigned)(len / SCAN_PIECE);
+	bool known_dummy;
+	int ret = 0;
+
+	if (!written_known)
+		written_known = &known_dummy;
+	if (n > pool.n + 1)
+		n = pool.n + 1;
+	if (n < 2)
+		return scan_one(pm_fd, start, start, end, anon_only, bits, count, written,
+		                written_known);
+	pthread_mutex_lock(&pool.use);
+	piece = (len / n + SCAN_GROUP - 1) / SCAN_GROUP * SCAN_GROUP;
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t s = start + i * piece;
+
+		parts[i] = (struct scan_part){
+		    .pm_fd = pm_fd,
+		    .base = start,
+		    .start = s,
+		    .end = i == n - 1 ? end : s + piece,
+		    .anon_only = anon_only,
+		    .bits = bits,
+		    .written = written,
+		};
+	}
+	pthread_mutex_lock(&pool.mu);
+	pool.pending = n - 1;
+	for (unsigned i = 1; i < n; i++)
+		pool.job[i - 1] = &parts[i];
+	pthread_cond_broadcast(&pool.work);
+	pthread_mutex_unlock(&pool.mu);
+	scan_part_run(&parts[0]);
+	pthread_mutex_lock(&pool.mu);
+	while (pool.pending)
+		pthread_cond_wait(&pool.done, &pool.mu);
+	pthread_mutex_unlock(&pool.mu);
+	pthread_mutex_unlock(&pool.use);
+	*count = 0;
+	*written_known = true;
+	for (unsigned i = 0; i < n; i++) {
+		if (parts[i].ret && !ret)
+			ret = parts[i].ret;
+		*count += parts[i].count;
+		*written_known = *written_known && parts[i].known;
+	}
+	return ret;
+}
