@@ -209,8 +209,34 @@ static int classify_fd(pid_t pid, const struct procfs_fd *f, uint32_t *kind, str
 
 /* What a maps line is (kind and flags, or *skip); FILE_* also stat the mapped
  * file into *st (path from readlink into *path when path is not NULL). */
+/* The file of the mapping classified last: a library's 4 or 5 mappings are
+ * one file, which needs one stat and one readlink of a map_files link (~20 us
+ * each here, inside the freeze), not one per mapping. Keyed on the maps line's
+ * own device and inode, which are the mapped file's whatever the link's stat
+ * says (overlayfs). */
+struct map_file_cache {
+	bool valid;
+	uint32_t dev_major, dev_minor;
+	uint64_t ino;
+	struct stat st;
+	char *path; /* when one was asked for */
+};
+
+static void map_file_cache_free(struct map_file_cache *c)
+{
+	free(c->path);
+	memset(c, 0, sizeof(*c));
+}
+
+static bool map_file_cache_hit(const struct map_file_cache *c, const struct procfs_map *m)
+{
+	return c && c->valid && m->ino && c->dev_major == m->dev_major &&
+	       c->dev_minor == m->dev_minor && c->ino == m->ino;
+}
+
 static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, uint32_t *flags,
-                        bool *skip, struct stat *st, char **path, char *why, size_t whylen)
+                        bool *skip, struct stat *st, char **path, struct map_file_cache *cache,
+                        char *why, size_t whylen)
 {
 	const char *n = m->name;
 	char link[80];
@@ -286,7 +312,14 @@ static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, u
 		              "; writable shared file mappings are not migrated",
 		              pid, n, m->start);
 	snprintf(link, sizeof(link), "map_files/%" PRIx64 "-%" PRIx64, m->start, m->end);
-	ret = procfs_stat_link(pid, link, st);
+	if (map_file_cache_hit(cache, m) && (!path || cache->path)) {
+		*st = cache->st;
+		ret = 0;
+	} else {
+		if (cache)
+			map_file_cache_free(cache);
+		ret = procfs_stat_link(pid, link, st);
+	}
 	if (ret == -ENOENT) {
 		*skip = true; /* unmapped meanwhile (the check runs on a live process) */
 		return 0;
@@ -310,6 +343,10 @@ static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, u
 		              "; it cannot be mapped again on the destination",
 		              pid, n, m->start);
 	*kind = m->shared ? RDMIG_VMA_FILE_SHARED_RO : RDMIG_VMA_FILE_PRIVATE;
+	if (path && map_file_cache_hit(cache, m) && cache->path) {
+		*path = strdup(cache->path);
+		return *path ? 0 : -ENOMEM;
+	}
 	if (path) {
 		ret = procfs_readlink(pid, link, path);
 		if (ret)
@@ -320,6 +357,15 @@ static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, u
 			*path = NULL;
 			return -EIO;
 		}
+	}
+	if (cache && !cache->valid) {
+		*cache = (struct map_file_cache){.valid = true,
+		                                 .dev_major = m->dev_major,
+		                                 .dev_minor = m->dev_minor,
+		                                 .ino = m->ino,
+		                                 .st = *st};
+		if (path && !(cache->path = strdup(*path)))
+			cache->valid = false; /* no copy: the next one asks again */
 	}
 	return 0;
 }
@@ -364,6 +410,7 @@ static int check(pid_t pid, bool seized, char *why, size_t whylen)
 	struct procfs_stat stt;
 	struct procfs_fd *fds = NULL;
 	struct procfs_map *maps = NULL;
+	struct map_file_cache fc = {0};
 	size_t nfds = 0, nmaps = 0;
 	uint32_t ntasks;
 	char *root = NULL;
@@ -457,12 +504,14 @@ static int check(pid_t pid, bool seized, char *why, size_t whylen)
 		bool skip;
 		struct stat st;
 
-		ret = classify_map(pid, &maps[i], &kind, &flags, &skip, &st, NULL, why, whylen);
+		ret =
+		    classify_map(pid, &maps[i], &kind, &flags, &skip, &st, NULL, &fc, why, whylen);
 		if (ret)
 			goto out_free;
 	}
 	ret = 0;
 out_free:
+	map_file_cache_free(&fc);
 	procfs_maps_free(maps, nmaps);
 	procfs_fds_free(fds, nfds);
 	free(root);
@@ -1022,6 +1071,7 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
                         uint32_t *files_cap, char *why, size_t whylen)
 {
 	struct procfs_map *maps = NULL;
+	struct map_file_cache fc = {0};
 	size_t nmaps = 0;
 	uint32_t cow_cap = 0;
 	uint8_t *bits = NULL, *written = NULL;
@@ -1056,7 +1106,7 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 		struct stat st;
 		char *fpath = NULL;
 
-		ret = classify_map(pid, m, &kind, &flags, &skip, &st, &fpath, why, whylen);
+		ret = classify_map(pid, m, &kind, &flags, &skip, &st, &fpath, &fc, why, whylen);
 		if (ret)
 			goto out_free;
 		if (skip)
@@ -1140,6 +1190,7 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 out_free:
 	free(bits);
 	free(written);
+	map_file_cache_free(&fc);
 	procfs_maps_free(maps, nmaps);
 out_close:
 	if (pm_fd >= 0)

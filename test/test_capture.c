@@ -750,6 +750,40 @@ static int make_file(char *path, char fill, size_t len)
 	return 0;
 }
 
+/* Every file mapping names its own file (one stat and readlink serve all the
+ * mappings of one file in the capture: a library's are checked one by one). */
+static void check_vma_files(pid_t pid, const struct rdmig_image *img)
+{
+	uint32_t most = 0, wrong = 0;
+
+	for (uint32_t i = 0; i < img->nvmas; i++) {
+		const struct rdmig_img_vma *v = &img->vmas[i];
+		char link[96], target[4096];
+		struct stat st;
+		uint32_t same = 0;
+		ssize_t n;
+
+		if (v->file == UINT32_MAX)
+			continue;
+		snprintf(link, sizeof(link), "/proc/%d/map_files/%lx-%lx", (int)pid,
+		         (unsigned long)v->start, (unsigned long)v->end);
+		n = readlink(link, target, sizeof(target) - 1);
+		target[n > 0 ? n : 0] = 0;
+		if (n <= 0 || stat(link, &st) || strcmp(img->files[v->file].path, target) ||
+		    img->files[v->file].ino != (uint64_t)st.st_ino ||
+		    img->files[v->file].dev != (uint64_t)st.st_dev) {
+			if (wrong++ < 3)
+				fprintf(stderr, "  vma %#lx: file '%s', mapped '%s'\n",
+				        (unsigned long)v->start, img->files[v->file].path, target);
+		}
+		for (uint32_t j = 0; j < img->nvmas; j++)
+			same += img->vmas[j].file == v->file;
+		most = same > most ? same : most;
+	}
+	T_CHECK(wrong == 0, "%u file mappings name another file", wrong);
+	T_CHECK(most >= 3, "no file mapped three times or more (%u): a library's", most);
+}
+
 static void capture_full(void)
 {
 	char fpath[] = "/tmp/rdmig-cap-fd-XXXXXX", mpath[] = "/tmp/rdmig-cap-map-XXXXXX";
@@ -793,6 +827,7 @@ static void capture_full(void)
 		rdmig_image_describe(&img, line, sizeof(line));
 		fprintf(stderr, "  %s\n", line);
 		check_image(&img, &info, fpath, mpath);
+		check_vma_files(pid, &img);
 		/* the codec takes what the capture produced, unless the bitmaps alone
 		 * pass its size limit (an ASan build's shadow is terabytes of
 		 * sparse anonymous memory) */
