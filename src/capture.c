@@ -207,8 +207,6 @@ static int classify_fd(pid_t pid, const struct procfs_fd *f, uint32_t *kind, str
 	              pid, f->fd, tg);
 }
 
-/* What a maps line is (kind and flags, or *skip); FILE_* also stat the mapped
- * file into *st (path from readlink into *path when path is not NULL). */
 /* The file of the mapping classified last: a library's 4 or 5 mappings are
  * one file, which needs one stat and one readlink of a map_files link (~20 us
  * each here, inside the freeze), not one per mapping. Keyed on the maps line's
@@ -228,18 +226,23 @@ static void map_file_cache_free(struct map_file_cache *c)
 	memset(c, 0, sizeof(*c));
 }
 
-static bool map_file_cache_hit(const struct map_file_cache *c, const struct procfs_map *m)
+static bool map_file_cache_hit(const struct map_file_cache *c, const struct procfs_map *m,
+                               bool want_path)
 {
 	return c && c->valid && m->ino && c->dev_major == m->dev_major &&
-	       c->dev_minor == m->dev_minor && c->ino == m->ino;
+	       c->dev_minor == m->dev_minor && c->ino == m->ino && (!want_path || c->path);
 }
 
+/* What a maps line is (kind and flags, or *skip); FILE_* also stat the mapped
+ * file into *st (path from readlink into *path when path is not NULL);
+ * cache, when given, serves the mappings of the same file after the first. */
 static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, uint32_t *flags,
                         bool *skip, struct stat *st, char **path, struct map_file_cache *cache,
                         char *why, size_t whylen)
 {
 	const char *n = m->name;
 	char link[80];
+	bool hit;
 	int ret;
 
 	*kind = RDMIG_VMA_ANON;
@@ -312,14 +315,10 @@ static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, u
 		              "; writable shared file mappings are not migrated",
 		              pid, n, m->start);
 	snprintf(link, sizeof(link), "map_files/%" PRIx64 "-%" PRIx64, m->start, m->end);
-	if (map_file_cache_hit(cache, m) && (!path || cache->path)) {
+	hit = map_file_cache_hit(cache, m, path != NULL);
+	if (hit)
 		*st = cache->st;
-		ret = 0;
-	} else {
-		if (cache)
-			map_file_cache_free(cache);
-		ret = procfs_stat_link(pid, link, st);
-	}
+	ret = hit ? 0 : procfs_stat_link(pid, link, st);
 	if (ret == -ENOENT) {
 		*skip = true; /* unmapped meanwhile (the check runs on a live process) */
 		return 0;
@@ -343,7 +342,7 @@ static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, u
 		              "; it cannot be mapped again on the destination",
 		              pid, n, m->start);
 	*kind = m->shared ? RDMIG_VMA_FILE_SHARED_RO : RDMIG_VMA_FILE_PRIVATE;
-	if (path && map_file_cache_hit(cache, m) && cache->path) {
+	if (path && hit) {
 		*path = strdup(cache->path);
 		return *path ? 0 : -ENOMEM;
 	}
@@ -358,7 +357,8 @@ static int classify_map(pid_t pid, const struct procfs_map *m, uint32_t *kind, u
 			return -EIO;
 		}
 	}
-	if (cache && !cache->valid) {
+	if (cache && !hit) {
+		map_file_cache_free(cache);
 		*cache = (struct map_file_cache){.valid = true,
 		                                 .dev_major = m->dev_major,
 		                                 .dev_minor = m->dev_minor,

@@ -95,7 +95,8 @@ struct dst {
 	uint8_t *msg;
 	uint64_t t_go, t_resume, t_local;
 	/* this side's part of the downtime, on its own clock: image received,
-	 * process built, pager started (READY sent), GO received */
+	 * process built, READY sent, pager started (while GO is awaited), GO
+	 * received */
 	uint64_t t_received, t_built, t_readied, t_paged, t_gone;
 	/* Post-copy over time, every SAMPLE_MS: for --stats-json and the progress line. */
 	struct sample {

@@ -552,6 +552,7 @@ static int switch_over(struct src *s)
 	 * it waits until the process runs on the destination, out of the downtime and
 	 * off the CPU the destination's restore needs. */
 	rdmig_precopy_stop(s->pc);
+	rdmig_pagescan_helpers_stop(); /* no capture after this one */
 	fprintf(stderr,
 	        "rdma_migrate src: pid %d runs on the destination as pid %" PRIu64
 	        " (downtime %.3f ms); serving its memory\n",
@@ -661,9 +662,13 @@ static int run(struct src *s)
 	}
 	/* the capture's page walk splits big mappings between these (starting
 	 * one inside the freeze would cost what it saves) */
-	err = rdmig_pagescan_helpers_start();
-	if (err > 0)
-		pr_info("pid %d: the page walk has %d helper threads", (int)o->pid, err);
+	{
+		int helpers = rdmig_pagescan_helpers_start();
+
+		if (helpers > 0)
+			pr_info("pid %d: the page walk has %d helper threads", (int)o->pid,
+			        helpers);
+	}
 	let_it_run(s);
 
 	/* The freeze: downtime runs from here to the destination's resume. */

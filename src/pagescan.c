@@ -226,11 +226,8 @@ int rdmig_pagescan(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint
 	struct scan_part parts[SCAN_THREADS];
 	uint64_t len = end - start, piece;
 	unsigned n = (unsigned)(len / SCAN_PIECE);
-	bool known_dummy;
 	int ret = 0;
 
-	if (!written_known)
-		written_known = &known_dummy;
 	if (n > pool.n + 1)
 		n = pool.n + 1;
 	if (n < 2)
