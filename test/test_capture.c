@@ -18,8 +18,10 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -27,6 +29,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysinfo.h>
+#include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -784,6 +787,32 @@ static void check_vma_files(pid_t pid, const struct rdmig_image *img)
 	T_CHECK(most >= 3, "no file mapped three times or more (%u): a library's", most);
 }
 
+/* The page at each thread's stack pointer travels with the image (the first
+ * thing a thread does on the destination is use it), holds what the stopped
+ * thread has there, and is not also marked for fetching. */
+static void check_stack_top(struct rdmig_tracee *t, const struct rdmig_image *img)
+{
+	static uint8_t now[4096];
+
+	for (uint32_t i = 0; i < img->nthreads; i++) {
+		uint64_t sp = img->threads[i].regs[offsetof(struct user_regs_struct, rsp) / 8];
+		uint64_t pg = sp & ~4095ull;
+		const struct rdmig_img_cow_page *c = NULL;
+		const struct rdmig_img_vma *v = rdmig_image_vma_at(img, pg);
+
+		for (uint32_t k = 0; k < img->ncow; k++)
+			if (img->cow[k].addr == pg)
+				c = &img->cow[k];
+		T_CHECK(c != NULL, "thread %u: its stack page %#lx is not sent with the image", i,
+		        (unsigned long)pg);
+		T_CHECK(v && v->kind == RDMIG_VMA_ANON && !bit(v->touched, (pg - v->start) / 4096),
+		        "thread %u: its stack page is also marked for fetching", i);
+		if (c && !rdmig_tracee_read(t, pg, now, sizeof(now)))
+			T_CHECK(!memcmp(c->data, now, sizeof(now)),
+			        "thread %u: the stack page's copy differs from the process's", i);
+	}
+}
+
 static void capture_full(void)
 {
 	char fpath[] = "/tmp/rdmig-cap-fd-XXXXXX", mpath[] = "/tmp/rdmig-cap-map-XXXXXX";
@@ -828,6 +857,7 @@ static void capture_full(void)
 		fprintf(stderr, "  %s\n", line);
 		check_image(&img, &info, fpath, mpath);
 		check_vma_files(pid, &img);
+		check_stack_top(t, &img);
 		/* the codec takes what the capture produced, unless the bitmaps alone
 		 * pass its size limit (an ASan build's shadow is terabytes of
 		 * sparse anonymous memory) */
