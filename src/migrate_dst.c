@@ -82,6 +82,7 @@ struct dst {
 	bool got_layout;                     /* a LAYOUT came (at most one) */
 	struct rdmig_page_source *src;       /* the current transport source */
 	struct rdmig_page_source *pager_src; /* what the loop uses: src behind a switch */
+	void *staging;                       /* the first source's, made ahead */
 	uint64_t bytes_before;               /* read through sources replaced since */
 	int reconnects;
 	struct rdmig_prefetch *pf;
@@ -310,7 +311,8 @@ static int install_all(struct dst *d)
 
 	ret = rdmig_tpsource_create(&(struct rdmig_tpsource_opts){.conn = d->data,
 	                                                          .regions = d->regions,
-	                                                          .nregions = d->nregions},
+	                                                          .nregions = d->nregions,
+	                                                          .staging = d->staging},
 	                            &d->src);
 	for (uint32_t i = 0; ret == 0 && i < d->img.nvmas; i++) {
 		const struct rdmig_img_vma *v = &d->img.vmas[i];
@@ -510,7 +512,8 @@ static int start_pager(struct dst *d)
 	}
 	ret = rdmig_tpsource_create(&(struct rdmig_tpsource_opts){.conn = d->data,
 	                                                          .regions = d->regions,
-	                                                          .nregions = d->nregions},
+	                                                          .nregions = d->nregions,
+	                                                          .staging = d->staging},
 	                            &d->src);
 	if (ret < 0)
 		return ret;
@@ -926,6 +929,10 @@ static int run(struct dst *d)
 		        strerror(-ret));
 		return RDMIG_EXIT_ROLLED_BACK;
 	}
+	/* The fetches' staging, faulted in now, while the source copies: not during
+	 * the first fetches, which the process waits for. Without it (no memory)
+	 * the page source maps its own. */
+	d->staging = rdmig_tpsource_staging_new();
 	/* kept open after the switch, for a source that has to reconnect */
 	if (o->retry_ms <= 0) {
 		rdmig_tp_close_listener(d->lis);
@@ -1059,6 +1066,7 @@ int rdmig_dst_run(const struct rdmig_migrate_opts *o)
 		rdmig_source_destroy(d.pager_src); /* owns src and those it replaced */
 	else
 		rdmig_source_destroy(d.src);
+	rdmig_tpsource_staging_free(d.staging); /* after the source that used it */
 	rdmig_arena_destroy(d.arena);
 	free(d.regions);
 	rdmig_image_free(&d.img);

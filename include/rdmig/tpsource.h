@@ -19,7 +19,18 @@ struct rdmig_tpsource_opts {
 	uint32_t nregions;
 	unsigned slots;   /* fetches in flight at most; 0: 128 (<= RDMIG_MAX_OUTSTANDING) */
 	size_t slot_size; /* largest fetch; a multiple of 4096; 0: 64 KiB */
+	/* NULL: the source maps its own staging. Else one from
+	 * rdmig_tpsource_staging_new (default slots and slot size only), which the
+	 * caller frees after the source is destroyed. */
+	void *staging;
 };
+
+/* A staging buffer for a source with the default slots, its first slots (the only
+ * ones in use, in practice) faulted in now. Made ahead, while the source host is
+ * still copying, it keeps those page faults out of the process's first waits
+ * after the switch. NULL when it cannot be mapped (the source maps its own). */
+void *rdmig_tpsource_staging_new(void);
+void rdmig_tpsource_staging_free(void *staging);
 
 /* Copies and checks the table (overlapping or wrapping regions: -EBADMSG) and
  * registers the staging buffer on the connection. */
