@@ -5,7 +5,8 @@
 #                                        DIRTY_PCT (100) OUT (bench-out)
 #                                        KEEP (set: keep the daemons' logs and
 #                                        --stats-json files, path printed)
-#                                        WARM (1; 0: do not warm guest memory)
+#                                        WARM (1; 0: do not warm guest memory
+#                                        before each run)
 # For each size x pattern x mode: the workload fills its memory, runs, and is
 # migrated over libfabric's tcp provider on loopback; it runs until AFTER_S seconds
 # after the source is done (every page home), then SIGUSR1 ends it (a fixed run
@@ -42,50 +43,49 @@ rc=0
 
 echo "## load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores; $(uname -r)"
 mb_of() { case $1 in *G) echo $((${1%G} * 1024)) ;; *M) echo "${1%M}" ;; *) echo "$1" ;; esac; }
-# A virtual machine's host backs guest memory at its first touch: here the mirror's
-# first copy of 1 GiB took 4.5 s on memory never touched since boot, and 0.24 s on
-# memory touched once before (zeroing fresh pages: 0.5 against 20 GB/s). A host has
-# no such cost, and how much memory earlier runs touched would decide the result:
-# so, once, as much memory as the runs use (4 x the largest size, within what is
-# free) is touched and given back before anything is measured.
-if [ "${WARM:-1}" != 0 ]; then
-  max=0
-  IFS=, read -ra wsizes <<<"$SIZES"
-  for z in "${wsizes[@]}"; do m=$(mb_of "$z"); [ "$m" -gt "$max" ] && max=$m; done
+# A virtual machine's host backs guest memory at its first touch, and takes it back
+# some time after the guest frees it (16 GiB touched here were cold again half an
+# hour later, 2 GiB not 10 s later): here the mirror's first copy of 1 GiB took
+# 4.5 s on cold memory and 0.24 s on memory touched just before (populating: 0.4-0.5
+# against 5-20 GB/s), and a 4 GiB run (12 GiB in use: the original, the mirror, the
+# copy) spent most of its pull in the host's faults under UFFDIO_COPY. A host has
+# none of this, and the runs before would decide the result: so before each run, as
+# much memory as it uses (4 x its size, within what is free) is touched and given
+# back. Its first-touch rate is printed per run (warm_MB/s): low means the host was
+# cold. WARM=0 skips it.
+warm() { # warm MB: prints the first touch's MB/s
+  local avail mb
   avail=$(awk '/^MemAvailable:/ { print int($2 / 1024) - 2048 }' /proc/meminfo)
-  warm=$((4 * max < avail ? 4 * max : avail))
-  if [ "$warm" -gt 0 ]; then
-    python3 - "$warm" <<'PY'
+  mb=$((4 * $1 < avail ? 4 * $1 : avail))
+  [ "${WARM:-1}" != 0 ] && [ "$mb" -gt 0 ] || { echo 0; return; }
+  python3 - "$mb" <<'PY'
 import mmap, sys, time
 mb = int(sys.argv[1])
-def touch():
-    t = time.monotonic()
-    m = mmap.mmap(-1, mb << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        m.madvise(14)  # MADV_HUGEPAGE: fewer faults; the host backs it all the same
-        m.madvise(23)  # MADV_POPULATE_WRITE
-    except OSError:
-        for off in range(0, mb << 20, 4096):
-            m[off] = 1
-    m.close()
-    return (mb << 20) / 1e6 / (time.monotonic() - t)
-first = touch()
-print("## guest memory warmed: %d MiB touched, %.0f MB/s the first time, %.0f MB/s the next"
-      % (mb, first, touch()))
+t = time.monotonic()
+m = mmap.mmap(-1, mb << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+try:
+    m.madvise(14)  # MADV_HUGEPAGE: fewer faults; the host backs it all the same
+    m.madvise(23)  # MADV_POPULATE_WRITE
+except OSError:
+    for off in range(0, mb << 20, 4096):
+        m[off] = 1
+m.close()
+print("%.0f" % ((mb << 20) / 1e6 / (time.monotonic() - t)))
 PY
-  fi
-fi
+}
 echo "## raw one-sided READ bandwidth (bench/read_lat, fabric/tcp, 64 KiB, 16 in flight)"
 bw=$("$build/bench/read_lat" --transport fabric --provider tcp --addr 127.0.0.1 2>/dev/null |
   awk '$1 == 65536 { print $2 }')
 [ -n "$bw" ] || { echo "read_lat failed"; exit 1; }
 echo "raw bandwidth: $bw MB/s"
 echo
-printf '%-6s %-7s %-9s %10s %10s %10s %9s %9s %9s %9s %9s %10s %9s\n' size pattern mode \
-  downtime_ms pause_ms maxgap_ms total_s local_s demand prefetch% slowdown total/raw sent/mem
+printf '%-6s %-7s %-9s %10s %10s %10s %9s %9s %9s %9s %9s %10s %9s %10s\n' size pattern mode \
+  downtime_ms pause_ms maxgap_ms total_s local_s demand prefetch% slowdown total/raw sent/mem \
+  warm_MB/s
 IFS=, read -ra sizes <<<"$SIZES"; IFS=, read -ra pats <<<"$PATTERNS"; IFS=, read -ra modes <<<"$MODES"
 for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@]}"; do
   mb=$(mb_of "$size") tag=$size-$pat-$mode
+  warm_rate=$(warm "$mb")
   "$build/rdma_migrate" dst --listen 127.0.0.1:0 --token-file "$T/token" --wait \
     --stats-json "$T/$tag.dst.json" >"$T/$tag.dst.out" 2>"$T/$tag.dst.err" &
   dst=$!
@@ -116,9 +116,9 @@ for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@
     echo "$tag: FAILED (src $src_rc, dst $dst_rc)"; tail -n 5 "$T/$tag".*.err "$T/$tag.work"; rc=1; continue
   fi
   grep -q '^check ok' "$T/$tag.work" || { echo "$tag: WRONG DATA"; grep check "$T/$tag.work"; rc=1; }
-  python3 - "$T/$tag" "$bw" "$size" "$pat" "$mode" "$mb" "$OUT" <<'PY' || rc=1
+  python3 - "$T/$tag" "$bw" "$size" "$pat" "$mode" "$mb" "$OUT" "$warm_rate" <<'PY' || rc=1
 import json, sys
-base, bw, size, pat, mode, mb, out = sys.argv[1:]
+base, bw, size, pat, mode, mb, out, warm = sys.argv[1:]
 s = json.load(open(base + ".src.json")); d = json.load(open(base + ".dst.json"))
 work = open(base + ".work").read().split("\n")
 ts = [(int(l.split()[1]), int(l.split()[3])) for l in work if l.startswith("t ")]
@@ -150,9 +150,9 @@ total = s["total_ns"] / 1e9
 # what crossed the wire (rounds pulled into the arena, then fetches) per byte of
 # memory with data at the freeze
 sent = d["bytes_read"] / (s["pages_touched"] * 4096.0) if s["pages_touched"] else 0
-print("%-6s %-7s %-9s %10.2f %10.2f %10.2f %9.3f %9.3f %9d %8.1f%% %8.2fx %9.2fx %8.2fx" % (
+print("%-6s %-7s %-9s %10.2f %10.2f %10.2f %9.3f %9.3f %9d %8.1f%% %8.2fx %9.2fx %8.2fx %10s" % (
     size, pat, mode, s["downtime_ns"] / 1e6, sw_ns / 1e6, gap / 1e6, total, all_local_ms / 1e3,
-    fetched, cover, slow, total / ideal if ideal > 0 else 0, sent))
+    fetched, cover, slow, total / ideal if ideal > 0 else 0, sent, warm))
 with open("%s/%s-%s-%s.dat" % (out, size, pat, mode), "w") as f:
     f.write("# ms_after_resume faults prefetched ops_per_s\n")
     k = i_gap
