@@ -1,6 +1,7 @@
 /*
  * What both sides of a migration share (src/migrate_common.c): the clock for
- * downtime, and receiving one expected control message.
+ * downtime, receiving one expected control message, a heap ready for the
+ * downtime.
  */
 #ifndef RDMIG_MIGRATE_COMMON_H
 #define RDMIG_MIGRATE_COMMON_H
@@ -8,6 +9,7 @@
 #include "rdmig/proto.h"
 #include "rdmig/transport.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* CLOCK_REALTIME in ns: downtime spans two hosts, whose monotonic clocks differ. */
@@ -22,5 +24,10 @@ RDMIG_WUR int rdmig_expect(struct rdmig_conn *c, uint8_t *buf, uint16_t want, in
 
 /* Tell the peer why we give up (best effort). */
 void rdmig_send_error(struct rdmig_conn *c, int err, const char *text);
+
+/* Make `bytes` at the top of the heap resident and keep the heap from shrinking:
+ * called well before the downtime, so that what is allocated inside it does not
+ * fault in fresh pages one by one. */
+void rdmig_heap_warm(size_t bytes);
 
 #endif

@@ -199,6 +199,8 @@ static int recv_layout(struct dst *d, const struct rdmig_msg *first)
 		        "rdma_migrate dst: could not build the process's memory map ahead of the "
 		        "freeze (%s); it will be built inside the downtime\n",
 		        why);
+	/* what the image's decode and the restore allocate, resident before they do */
+	rdmig_heap_warm(8u << 20);
 	return 0;
 }
 
