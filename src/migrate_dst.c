@@ -199,8 +199,6 @@ static int recv_layout(struct dst *d, const struct rdmig_msg *first)
 		        "rdma_migrate dst: could not build the process's memory map ahead of the "
 		        "freeze (%s); it will be built inside the downtime\n",
 		        why);
-	/* what the image's decode and the restore allocate, resident before they do */
-	rdmig_heap_warm(8u << 20);
 	return 0;
 }
 
@@ -935,6 +933,9 @@ static int run(struct dst *d)
 	 * the first fetches, which the process waits for. Without it (no memory)
 	 * the page source maps its own. */
 	d->staging = rdmig_tpsource_staging_new();
+	/* what the image's decode and the restore allocate, resident before they do
+	 * (whether or not a layout comes ahead) */
+	rdmig_heap_warm(8u << 20);
 	/* kept open after the switch, for a source that has to reconnect */
 	if (o->retry_ms <= 0) {
 		rdmig_tp_close_listener(d->lis);

@@ -807,9 +807,11 @@ static void check_stack_top(struct rdmig_tracee *t, const struct rdmig_image *im
 		        (unsigned long)pg);
 		T_CHECK(v && v->kind == RDMIG_VMA_ANON && !bit(v->touched, (pg - v->start) / 4096),
 		        "thread %u: its stack page is also marked for fetching", i);
-		if (c && !rdmig_tracee_read(t, pg, now, sizeof(now)))
-			T_CHECK(!memcmp(c->data, now, sizeof(now)),
-			        "thread %u: the stack page's copy differs from the process's", i);
+		if (!c)
+			continue;
+		T_OK(rdmig_tracee_read(t, pg, now, sizeof(now)));
+		T_CHECK(!memcmp(c->data, now, sizeof(now)),
+		        "thread %u: the stack page's copy differs from the process's", i);
 	}
 }
 
