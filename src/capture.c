@@ -4,20 +4,34 @@
  * rdmig_capture_check() reads /proc/PID only and refuses, with one sentence,
  * what this version cannot move. rdmig_capture() runs the same check again (the
  * process may have changed since), then, with the thread frozen:
- *   1. injected calls through the scratch area: every signal's sigaction, the
- *      alternate stack, clear_child_tid (PR_GET_TID_ADDRESS), brk(0); then the
- *      scratch is unmapped, so it never shows in the map read below;
- *   2. ptrace: registers (as saved at seize), xstate, signal mask, rseq,
- *      pending signals (thread and process), the robust list;
- *   3. /proc: mm fields, credentials, umask, rlimits (prlimit), cwd, exe,
+ *   1. an injected getpid() is set going in the main thread, and while it runs:
+ *   2. /proc: mm fields, credentials, umask, rlimits (prlimit), cwd, exe,
  *      personality, comm, auxv, the memory map with file identities, the vdso
- *      bytes, descriptors;
- *   4. pages (pagescan.c, big mappings split between helper threads):
- *      PAGEMAP_SCAN on /proc/PID/pagemap marks, per anonymous vma, the
- *      pages present or swapped that are not the shared zero page (the huge zero
- *      page included), and finds in private file mappings the pages that are
- *      anonymous copies (present or swapped, not file pages): those are read
- *      into img->cow.
+ *      bytes, descriptors, and the pages (pagescan.c, big mappings split
+ *      between helper threads): PAGEMAP_SCAN on /proc/PID/pagemap marks, per
+ *      anonymous vma, the pages present or swapped that are not the shared zero
+ *      page (the huge zero page included), and finds in private file mappings
+ *      the pages that are anonymous copies (present or swapped, not file
+ *      pages): those are read into img->cow;
+ *   3. the getpid() is waited for; then, on one CPU with ours, injected calls
+ *      through the scratch area: every signal's sigaction, the alternate
+ *      stack, clear_child_tid (PR_GET_TID_ADDRESS), brk(0) (the scratch is
+ *      mapped after the map was read and unmapped before the end, so it never
+ *      shows in it);
+ *   4. ptrace: registers (as saved at seize), xstate, signal mask, rseq,
+ *      pending signals (thread and process), the robust list;
+ *   5. the eager pages (tid caches, rseq areas, stack tops), read last.
+ *
+ * Why the getpid() first. The thread's first return to user mode after the
+ * freeze is slow here: on a shadow-paging hypervisor (PVM, these machines) the
+ * host re-syncs the entries the process changed since it last entered user
+ * mode (each write-protect fault of the tracking changes one), 0.1-2.4 ms in
+ * one call, where the next calls take 0.02 ms. That first return now runs on
+ * the process's own CPU while we read /proc on ours. Nothing of the process
+ * runs meanwhile but the kernel's entry and exit of getpid(), whose only write
+ * to its memory is the rseq area's cpu fields (kernel-owned, rewritten when the
+ * destination registers rseq; its page is also read last, as an eager page),
+ * so what steps 2 and 5 read is what the frozen process holds.
  *
  * Threads. Every thread is seized (tracee.c); per thread: registers, xstate,
  * mask, pending signals, rseq, robust list (ptrace and get_robust_list by tid),
@@ -1301,7 +1315,8 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	pid_t pid = rdmig_tracee_pid(t);
 	uint32_t files_cap = 0;
 	struct rdmig_laps laps;
-	int ret;
+	long self = 0;
+	int ret, ret2, err;
 
 	rdmig_laps_start(&laps);
 	memset(img, 0, sizeof(*img));
@@ -1326,30 +1341,44 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	for (unsigned i = 0; i < img->nthreads; i++)
 		img->threads[i].tid = rdmig_tracee_tid(t, i);
 	rdmig_laps_mark(&laps, "check");
-	ret = capture_injected(t, img);
+	/* The thread's first return to user mode after the freeze costs what the
+	 * host makes it cost (see the file comment): it runs a getpid() on its own
+	 * CPU while we read /proc here, and the injections that need their answers
+	 * come after. */
+	ret = rdmig_tracee_call_begin(t, "getpid", SYS_getpid, 0, 0, 0, 0, 0, 0);
 	if (ret)
 		goto out_free_image;
-	rdmig_laps_mark(&laps, "injected");
-	ret = capture_ptrace(t, img, why, whylen);
-	if (ret)
-		goto out_free_image;
-	rdmig_laps_mark(&laps, "ptrace");
 	ret = capture_proc(pid, img);
 	if (!ret)
 		ret = capture_thread_names(pid, img);
-	if (ret)
-		goto out_free_image;
-	rdmig_laps_mark(&laps, "proc");
-	ret = capture_maps(pid, t, img, &files_cap, why, whylen);
 	if (!ret)
-		ret = capture_eager_pages(t, img);
+		ret = capture_maps(pid, t, img, &files_cap, why, whylen);
+	if (!ret)
+		ret = capture_fds(pid, img, &files_cap, why, whylen);
+	rdmig_laps_mark(&laps, "proc");
+	ret2 = rdmig_tracee_call_end(t, "getpid", &self);
+	if (!ret && !ret2 && self != pid) {
+		pr_err("pid %d: an injected getpid() answered %ld", pid, self);
+		ret2 = -EIO;
+	}
+	rdmig_laps_mark(&laps, "resumed");
+	if (ret || (ret = ret2))
+		goto out_free_image;
+	/* Injected calls on one CPU with ours: two wake-ups each (tracee.c). */
+	err = rdmig_tracee_colocate(t);
+	if (err)
+		pr_info("pid %d: injected calls not kept on one CPU: %s", pid, strerror(-err));
+	ret = capture_injected(t, img);
+	if (!ret)
+		ret = capture_ptrace(t, img, why, whylen);
+	(void)rdmig_tracee_uncolocate(t); /* a failure is logged: a speed-up's */
 	if (ret)
 		goto out_free_image;
-	rdmig_laps_mark(&laps, "maps");
-	ret = capture_fds(pid, img, &files_cap, why, whylen);
+	rdmig_laps_mark(&laps, "injected");
+	ret = capture_eager_pages(t, img);
 	if (ret)
 		goto out_free_image;
-	rdmig_laps_mark(&laps, "fds");
+	rdmig_laps_mark(&laps, "eager");
 	if (rdmig_log_get_level() >= RDMIG_LOG_INFO) {
 		char line[512];
 

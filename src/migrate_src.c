@@ -265,8 +265,9 @@ static uint64_t cpu_ns(pid_t pid)
  * Each round write-protects the pages it copied. On a shadow-paging hypervisor
  * (this project's machines: PVM) the process's first return to user mode after
  * that pays for the host's re-sync of those entries: 0.1-2.4 ms here. A process
- * that slept through the round would pay it in our first injected call, inside
- * the freeze; once it has run, that call costs what it should. A process that
+ * that slept through the round would pay it all in the capture's first injected
+ * call (started ahead of the capture's /proc reads, capture.c, which hides what
+ * they take); once it has run, it pays only for its own writes since. A process that
  * runs all the time ends the wait at once; one that sleeps longer than WARM_MS
  * is frozen anyway. What it writes meanwhile goes in the last copy. */
 #define WARM_MS 25
@@ -595,7 +596,7 @@ static int run(struct src *s)
 	const struct rdmig_migrate_opts *o = s->o;
 	struct rdmig_mirror_view *views = NULL;
 	uint32_t nviews = 0;
-	int ret, err;
+	int ret;
 
 	s->t_start = rdmig_now_ns();
 	ret = rdmig_capture_check(o->pid, s->why, sizeof(s->why));
@@ -686,18 +687,11 @@ static int run(struct src *s)
 	if (ret < 0)
 		return rollback(s, "cannot stop the process", ret);
 	s->t_seized = rdmig_now_ns();
-	/* The capture's injected calls on one CPU with ours; the process's own
-	 * affinity goes back right after (and at any release). */
-	err = rdmig_tracee_colocate(s->t);
-	if (err)
-		pr_info("pid %d: injected calls not kept on one CPU: %s", (int)o->pid,
-		        strerror(-err));
 	ret = src_set_state(s, SRC_FROZEN);
 	if (ret == 0)
 		ret = rdmig_inject("src.capture");
 	if (ret == 0)
 		ret = rdmig_capture(s->t, &s->img, s->why, sizeof(s->why));
-	(void)rdmig_tracee_uncolocate(s->t); /* a failure is logged: a speed-up's */
 	if (ret < 0)
 		return rollback(s, "cannot capture the process", ret);
 	s->t_captured = rdmig_now_ns();

@@ -109,6 +109,8 @@ struct rdmig_tracee {
 	size_t cur;          /* the thread injections run in */
 	pid_t clone_tid;     /* set by a PTRACE_EVENT_CLONE seen during an injection */
 	uint64_t syscall_ip; /* 0: none found */
+	bool inflight;       /* rdmig_tracee_call_begin: the current thread runs a call */
+	long inflight_nr;
 	uint64_t scratch_addr;
 	size_t scratch_len;
 	struct tracee_range *avoid;
@@ -201,16 +203,14 @@ static int tracee_ptrace(struct rdmig_tracee *t, int req, void *addr, void *data
 	return 0;
 }
 
-/* Resume with req (PTRACE_SYSCALL or PTRACE_CONT) until a stop that want()
- * accepts: stopped at status 'want_sig' when event is 0, or at an event stop
- * when want_event. Stops on the way are handled per the file comment. */
-static int tracee_run_until(struct rdmig_tracee *t, int req, int want_sig, bool want_event)
+/* After resuming with req (PTRACE_SINGLESTEP or PTRACE_CONT): wait for a stop
+ * that want() accepts: stopped at status 'want_sig' when event is 0, or at an
+ * event stop when want_event. Stops on the way are handled per the file comment
+ * (and the thread resumed with req again). */
+static int tracee_wait_for(struct rdmig_tracee *t, int req, int want_sig, bool want_event)
 {
 	int status, ret;
 
-	ret = tracee_ptrace(t, req, NULL, NULL);
-	if (ret)
-		return ret;
 	for (;;) {
 		ret = tracee_wait(t, &status);
 		if (ret)
@@ -246,7 +246,16 @@ static int tracee_run_until(struct rdmig_tracee *t, int req, int want_sig, bool 
 	}
 }
 
-int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], long *ret)
+static int tracee_run_until(struct rdmig_tracee *t, int req, int want_sig, bool want_event)
+{
+	int ret = tracee_ptrace(t, req, NULL, NULL);
+
+	return ret ? ret : tracee_wait_for(t, req, want_sig, want_event);
+}
+
+/* Set the registers for syscall nr and step over the [vdso]'s syscall
+ * instruction: the thread runs from here until tracee_syscall_end() waits. */
+static int tracee_syscall_begin(struct rdmig_tracee *t, long nr, const long args[6])
 {
 	struct tracee_thread *th = CUR(t);
 	struct user_regs_struct r = th->saved;
@@ -254,6 +263,8 @@ int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], lo
 
 	if (t->dead)
 		return -ESRCH;
+	if (t->inflight)
+		return -EBUSY;
 	if (!t->syscall_ip)
 		return -ENOENT;
 	r.rax = (unsigned long long)nr;
@@ -272,7 +283,24 @@ int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], lo
 	/* One single step over the syscall instruction: the kernel reports the step
 	 * at the syscall's exit, one stop where PTRACE_SYSCALL takes two (entry and
 	 * exit). Injections are most of the freeze's and the restore's cost. */
-	err = tracee_run_until(t, PTRACE_SINGLESTEP, SIGTRAP, false);
+	err = tracee_ptrace(t, PTRACE_SINGLESTEP, NULL, NULL);
+	if (err)
+		return err;
+	t->inflight = true;
+	t->inflight_nr = nr;
+	return 0;
+}
+
+static int tracee_syscall_end(struct rdmig_tracee *t, long *ret)
+{
+	struct user_regs_struct r;
+	long nr = t->inflight_nr;
+	int err;
+
+	if (!t->inflight)
+		return -EINVAL;
+	t->inflight = false;
+	err = tracee_wait_for(t, PTRACE_SINGLESTEP, SIGTRAP, false);
 	if (err)
 		return err;
 	err = tracee_ptrace(t, PTRACE_GETREGS, NULL, &r);
@@ -280,12 +308,48 @@ int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], lo
 		return err;
 	if (r.rip != t->syscall_ip + 2) {
 		pr_err("pid %d: injected syscall %ld ended at rip %#llx, not after %#" PRIx64,
-		       th->tid, nr, r.rip, t->syscall_ip);
+		       CUR(t)->tid, nr, r.rip, t->syscall_ip);
 		return -EIO;
 	}
 	*ret = (long)r.rax;
 	/* The saved registers go back once, at release (or the next injection sets
 	 * its own): not after every call. */
+	return 0;
+}
+
+int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], long *ret)
+{
+	int err = tracee_syscall_begin(t, nr, args);
+
+	return err ? err : tracee_syscall_end(t, ret);
+}
+
+int rdmig_tracee_call_begin(struct rdmig_tracee *t, const char *what, long nr, long a0, long a1,
+                            long a2, long a3, long a4, long a5)
+{
+	long args[6] = {a0, a1, a2, a3, a4, a5};
+	int err = tracee_syscall_begin(t, nr, args);
+
+	if (err)
+		pr_err("pid %d: injecting %s failed: %s", CUR(t)->tid, what, strerror(-err));
+	return err;
+}
+
+int rdmig_tracee_call_end(struct rdmig_tracee *t, const char *what, long *ret)
+{
+	long r;
+	int err = tracee_syscall_end(t, &r);
+
+	if (err) {
+		pr_err("pid %d: injecting %s failed: %s", CUR(t)->tid, what, strerror(-err));
+		return err;
+	}
+	if (r < 0 && r >= -4095) {
+		pr_err("pid %d: injected %s failed: %s", CUR(t)->tid, what, strerror((int)-r));
+		return (int)r;
+	}
+	if (ret)
+		*ret = r;
 	return 0;
 }
 
@@ -604,6 +668,8 @@ pid_t rdmig_tracee_tid(const struct rdmig_tracee *t, unsigned i)
 
 int rdmig_tracee_select(struct rdmig_tracee *t, unsigned i)
 {
+	if (t->inflight)
+		return -EBUSY; /* the call left running is the current thread's */
 	if (i >= t->nth)
 		return -EINVAL;
 	t->cur = i;
@@ -1108,11 +1174,18 @@ int rdmig_tracee_release(struct rdmig_tracee *t, bool resume)
 
 	if (!t)
 		return 0;
+	if (t->inflight) {
+		long ignored;
+
+		ret = tracee_syscall_end(t, &ignored); /* a call left running stops first */
+	}
 	if (t->dead) {
 		ret = -ESRCH;
 		goto out_free;
 	}
-	ret = rdmig_tracee_uncolocate(t);
+	r = rdmig_tracee_uncolocate(t);
+	if (r && !ret)
+		ret = r;
 	for (size_t i = 0; i < t->nth; i++) {
 		t->cur = i;
 		r = t->th[i].seized ? tracee_requeue(t) : 0; /* only when seize failed half-way */

@@ -170,6 +170,17 @@ static void tracee_inject_loop(void)
 	/* an error comes back as -errno */
 	T_CHECK(rdmig_tracee_call(t, "close(-1)", NULL, SYS_close, -1, 0, 0, 0, 0, 0) == -EBADF,
 	        "close(-1)");
+	/* in two halves: nothing else is driven while the call runs */
+	r = 0;
+	T_OK(rdmig_tracee_call_begin(t, "getpid", SYS_getpid, 0, 0, 0, 0, 0, 0));
+	T_CHECK(rdmig_tracee_call(t, "getppid", NULL, SYS_getppid, 0, 0, 0, 0, 0, 0) == -EBUSY,
+	        "a second call while one runs");
+	T_CHECK(rdmig_tracee_select(t, 0) == -EBUSY, "select while a call runs");
+	T_OK(rdmig_tracee_call_end(t, "getpid", &r));
+	T_CHECK(r == pid, "getpid in two halves %ld, child %d", r, pid);
+	T_CHECK(rdmig_tracee_call_end(t, "getpid", &r) == -EINVAL, "end without a call");
+	T_OK(rdmig_tracee_call_begin(t, "close(-1)", SYS_close, -1, 0, 0, 0, 0, 0));
+	T_CHECK(rdmig_tracee_call_end(t, "close(-1)", NULL) == -EBADF, "close(-1) in two halves");
 
 	/* mmap / munmap, then memory through /proc/PID/mem */
 	T_OK(rdmig_tracee_call(t, "mmap", &r, SYS_mmap, 0, 8192, PROT_READ,
@@ -213,6 +224,8 @@ static void tracee_inject_loop(void)
 	}
 	T_CHECK(rdmig_tracee_scratch(t, (2u << 20), &a) == -EINVAL, "scratch over 1 MiB");
 
+	/* released with a call left running: it is waited for, the child goes on */
+	T_OK(rdmig_tracee_call_begin(t, "getpid", SYS_getpid, 0, 0, 0, 0, 0, 0));
 	T_OK(rdmig_tracee_release(t, true)); /* unmaps the scratch itself */
 	t = NULL;
 	drain(rfd, &before);

@@ -73,6 +73,16 @@ RDMIG_TRACEE_WUR int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const
 RDMIG_TRACEE_WUR int rdmig_tracee_call(struct rdmig_tracee *t, const char *what, long *ret, long nr,
                                        long a0, long a1, long a2, long a3, long a4, long a5);
 
+/* The same call in two halves: _begin sets it going in the current thread and
+ * returns while the thread runs it; _end waits for it and gives its result as
+ * rdmig_tracee_call does. Between the two, only /proc reads and memory reads of
+ * the tracee are allowed (no other call, no ptrace request, no select); release
+ * waits for a call left running. For work to do while the thread's first
+ * return to user mode is slow (see capture.c). */
+RDMIG_TRACEE_WUR int rdmig_tracee_call_begin(struct rdmig_tracee *t, const char *what, long nr,
+                                             long a0, long a1, long a2, long a3, long a4, long a5);
+RDMIG_TRACEE_WUR int rdmig_tracee_call_end(struct rdmig_tracee *t, const char *what, long *ret);
+
 /* Read/write the tracee's memory through /proc/PID/mem (works on read-only and
  * PROT_NONE mappings; a write to a private file mapping breaks COW as a
  * debugger's does). Short transfers are errors (-EFAULT). */
