@@ -2,10 +2,10 @@
  * The capture's page walk (pagescan.h). PAGEMAP_SCAN walks the page
  * tables under the mmap lock taken for reading, so walks of disjoint parts of
  * one mapping run side by side: 1 GiB took ~1.35 ms alone here and ~0.7 ms in
- * two halves. A mapping is split into equal parts of at least SCAN_PIECE, each
- * a whole number of 8-page groups from the mapping's start, so that no two
- * threads write the same byte of a bitmap; the caller walks the first part and
- * the helpers the others.
+ * two halves. A mapping of SCAN_SPLIT or more is cut into pieces of
+ * SCAN_PIECE, each a whole number of 8-page groups from the mapping's start,
+ * so that no two threads write the same byte of a bitmap; the caller and the
+ * helpers take the pieces in turn (struct scan_job).
  */
 #define LOG_SUBSYS "capture"
 #include "pagescan.h"
@@ -24,7 +24,9 @@
 #include <unistd.h>
 
 #define SCAN_THREADS 4            /* the caller and 3 helpers */
-#define SCAN_PIECE (128ull << 20) /* a smaller part costs more to hand over */
+#define SCAN_SPLIT (256ull << 20) /* smaller mappings are walked by the caller alone */
+#define SCAN_PIECE (64ull << 20)  /* ~0.08 ms of walk here; taking one is a mutex */
+#define SCAN_MAX_PIECES 256u      /* beyond 8 GiB the pieces grow */
 #define SCAN_GROUP (8ull * 4096)  /* a bitmap byte's pages */
 
 /* Kernels before 6.7 have no PAGEMAP_SCAN: read the pagemap entries themselves
@@ -126,30 +128,30 @@ static int scan_one(int pm_fd, uint64_t base, uint64_t start, uint64_t end, bool
 	return 0;
 }
 
-struct scan_part {
+/* One mapping's walk, cut in pieces the caller and the helpers take in turn:
+ * whoever is on a CPU takes the next one, so a helper that the freeze's first
+ * injected call keeps off its CPU (capture.c) leaves its share to the caller
+ * instead of making it wait. Everything here is under pool.mu but the walks. */
+struct scan_job {
 	int pm_fd;
-	uint64_t base, start, end;
-	bool anon_only, known;
+	uint64_t base, end, piece;
+	bool anon_only;
 	uint8_t *bits, *written;
+	unsigned npieces, next, done;
 	uint64_t count;
+	bool known;
 	int ret;
 };
 
-static void scan_part_run(struct scan_part *p)
-{
-	p->ret = scan_one(p->pm_fd, p->base, p->start, p->end, p->anon_only, p->bits, &p->count,
-	                  p->written, &p->known);
-}
-
-/* The helpers: job[i] is helper i's part, NULL when it has none; pending
- * counts the parts handed over and not done. `use` keeps one walk at a time. */
+/* The helpers wait for a new generation; `use` keeps one walk at a time. */
 static struct {
 	pthread_mutex_t use, mu;
 	pthread_cond_t work, done;
-	unsigned n, pending;
+	unsigned n;
 	bool quit;
+	uint64_t gen;
+	struct scan_job *cur; /* NULL once its pieces are all done */
 	pthread_t th[SCAN_THREADS - 1];
-	struct scan_part *job[SCAN_THREADS - 1];
 } pool = {
     .use = PTHREAD_MUTEX_INITIALIZER,
     .mu = PTHREAD_MUTEX_INITIALIZER,
@@ -157,29 +159,49 @@ static struct {
     .done = PTHREAD_COND_INITIALIZER,
 };
 
+/* Take and walk pieces of pool.cur until none is left; called and returns
+ * with pool.mu held. */
+static void take_pieces(void)
+{
+	struct scan_job *j = pool.cur;
+
+	while (j && j->next < j->npieces) {
+		uint64_t s = j->base + (uint64_t)j->next++ * j->piece, e = s + j->piece, count = 0;
+		bool known = false;
+		int ret;
+
+		if (e > j->end)
+			e = j->end;
+		pthread_mutex_unlock(&pool.mu);
+		ret = scan_one(j->pm_fd, j->base, s, e, j->anon_only, j->bits, &count, j->written,
+		               &known);
+		pthread_mutex_lock(&pool.mu);
+		j->count += count;
+		j->known = j->known && known;
+		if (ret && !j->ret)
+			j->ret = ret;
+		if (++j->done == j->npieces)
+			pthread_cond_signal(&pool.done);
+	}
+}
+
 static void *helper(void *arg)
 {
-	unsigned i = (unsigned)(uintptr_t)arg;
+	uint64_t seen = 0;
 
+	(void)arg;
 	pthread_mutex_lock(&pool.mu);
 	for (;;) {
-		while (!pool.quit && !pool.job[i])
+		while (!pool.quit && pool.gen == seen)
 			pthread_cond_wait(&pool.work, &pool.mu);
 		if (pool.quit)
 			break;
-		struct scan_part *p = pool.job[i];
-
-		pthread_mutex_unlock(&pool.mu);
-		scan_part_run(p);
-		pthread_mutex_lock(&pool.mu);
-		pool.job[i] = NULL;
-		if (--pool.pending == 0)
-			pthread_cond_signal(&pool.done);
+		seen = pool.gen;
+		take_pieces(); /* a late helper finds none left, or no job at all */
 	}
 	pthread_mutex_unlock(&pool.mu);
 	return NULL;
 }
-
 int rdmig_pagescan_helpers_start(void)
 {
 	int cpus = get_nprocs();
@@ -223,50 +245,40 @@ void rdmig_pagescan_helpers_stop(void)
 int rdmig_pagescan(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
                    uint64_t *count, uint8_t *written, bool *written_known)
 {
-	struct scan_part parts[SCAN_THREADS];
-	uint64_t len = end - start, piece;
-	unsigned n = (unsigned)(len / SCAN_PIECE);
-	int ret = 0;
+	static struct scan_job job; /* outlives a late helper's look at it */
+	uint64_t len = end - start, piece = SCAN_PIECE;
+	int ret;
 
-	if (n > pool.n + 1)
-		n = pool.n + 1;
-	if (n < 2)
+	if (!pool.n || len < SCAN_SPLIT)
 		return scan_one(pm_fd, start, start, end, anon_only, bits, count, written,
 		                written_known);
+	/* at most SCAN_MAX_PIECES, each whole 8-page groups from the start */
+	if (len / piece > SCAN_MAX_PIECES)
+		piece = (len / SCAN_MAX_PIECES + SCAN_GROUP - 1) / SCAN_GROUP * SCAN_GROUP;
 	pthread_mutex_lock(&pool.use);
-	piece = (len / n + SCAN_GROUP - 1) / SCAN_GROUP * SCAN_GROUP;
-	for (unsigned i = 0; i < n; i++) {
-		uint64_t s = start + i * piece;
-
-		parts[i] = (struct scan_part){
-		    .pm_fd = pm_fd,
-		    .base = start,
-		    .start = s,
-		    .end = i == n - 1 ? end : s + piece,
-		    .anon_only = anon_only,
-		    .bits = bits,
-		    .written = written,
-		};
-	}
 	pthread_mutex_lock(&pool.mu);
-	pool.pending = n - 1;
-	for (unsigned i = 1; i < n; i++)
-		pool.job[i - 1] = &parts[i];
+	job = (struct scan_job){
+	    .pm_fd = pm_fd,
+	    .base = start,
+	    .end = end,
+	    .piece = piece,
+	    .anon_only = anon_only,
+	    .bits = bits,
+	    .written = written,
+	    .npieces = (unsigned)((len + piece - 1) / piece),
+	    .known = true,
+	};
+	pool.cur = &job;
+	pool.gen++;
 	pthread_cond_broadcast(&pool.work);
-	pthread_mutex_unlock(&pool.mu);
-	scan_part_run(&parts[0]);
-	pthread_mutex_lock(&pool.mu);
-	while (pool.pending)
+	take_pieces();
+	while (job.done < job.npieces)
 		pthread_cond_wait(&pool.done, &pool.mu);
+	pool.cur = NULL;
+	*count = job.count;
+	*written_known = job.known;
+	ret = job.ret;
 	pthread_mutex_unlock(&pool.mu);
 	pthread_mutex_unlock(&pool.use);
-	*count = 0;
-	*written_known = true;
-	for (unsigned i = 0; i < n; i++) {
-		if (parts[i].ret && !ret)
-			ret = parts[i].ret;
-		*count += parts[i].count;
-		*written_known = *written_known && parts[i].known;
-	}
 	return ret;
 }

@@ -944,6 +944,10 @@ static void pagescan_split(void)
 			for (int d = -9; d <= 9; d++)
 				rdmig_bitmap_set(want, k * piece + (uint64_t)d, 1);
 	}
+	/* around every piece the caller and the helpers take (32 and 64 MiB) */
+	for (uint64_t k = 8192; k < pages; k += 8192)
+		for (int d = -9; d <= 9; d++)
+			rdmig_bitmap_set(want, k + (uint64_t)d, 1);
 	rdmig_bitmap_set(want, 0, 1);
 	rdmig_bitmap_set(want, pages - 1, 1);
 	for (int i = 0; i < 4000; i++) {
