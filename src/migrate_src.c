@@ -267,9 +267,16 @@ static uint64_t cpu_ns(pid_t pid)
  * that pays for the host's re-sync of those entries: 0.1-2.4 ms here. A process
  * that slept through the round would pay it all in the capture's first injected
  * call (started ahead of the capture's /proc reads, capture.c, which hides what
- * they take); once it has run, it pays only for its own writes since. A process that
- * runs all the time ends the wait at once; one that sleeps longer than WARM_MS
- * is frozen anyway. What it writes meanwhile goes in the last copy. */
+ * they take); once it has run, it pays only for its own writes since. One that
+ * sleeps longer than WARM_MS is frozen anyway. What it writes meanwhile goes in
+ * the last copy.
+ *
+ * A process found running or runnable (state R) is not waited for: it takes
+ * the round's changes as it runs, and /proc/PID/schedstat moves only at a tick
+ * (4 ms), during which it dirtied pages for the last copy. 256 MiB random
+ * writer, 6 alternating pairs: pages the freeze copied 65-184 -> 51-79, last
+ * copy 0.83 -> 0.37 ms, downtime 8.1 -> 7.65 ms (medians); the capture's first
+ * call stayed hidden. */
 #define WARM_MS 25
 /* Heap made resident for the freeze (rdmig_heap_warm): the capture and the image
  * of a 1 GiB process allocate ~0.5 MiB inside it; one with many threads and
@@ -279,9 +286,14 @@ static uint64_t cpu_ns(pid_t pid)
 static void let_it_run(struct src *s)
 {
 	uint64_t t0 = rdmig_now_ns(), was = cpu_ns(s->o->pid);
+	struct procfs_stat st;
 
 	if (!was)
 		return;
+	if (procfs_stat(s->o->pid, &st) == 0 && st.state == 'R') {
+		pr_info("pid %d is running: frozen without waiting", (int)s->o->pid);
+		return;
+	}
 	while (rdmig_now_ns() - t0 < WARM_MS * 1000000ull) {
 		usleep(200);
 		if (cpu_ns(s->o->pid) != was) {
