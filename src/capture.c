@@ -700,6 +700,30 @@ static int peek_siginfo(pid_t pid, unsigned flags, uint8_t **out, uint32_t *n)
 	return 0;
 }
 
+/* SIGTRAPs sent to the thread while we held it: the kernel dequeued them at a
+ * stop of ours (tracee.c), so PEEKSIGINFO misses them; they are pending all the
+ * same, after the ones it lists. */
+static int add_held_signals(struct rdmig_tracee *t, unsigned i, struct rdmig_img_thread *th)
+{
+	const siginfo_t *held;
+	unsigned n;
+	uint8_t *nb;
+	int ret = rdmig_tracee_held_signals(t, i, &held, &n);
+
+	if (ret || !n)
+		return ret;
+	_Static_assert(sizeof(siginfo_t) == RDMIG_IMG_SIGINFO, "siginfo_t");
+	if (th->nsiginfo + n > RDMIG_IMG_MAX_SIGINFO)
+		return -E2BIG;
+	nb = realloc(th->siginfo, (size_t)(th->nsiginfo + n) * RDMIG_IMG_SIGINFO);
+	if (!nb)
+		return -ENOMEM;
+	memcpy(nb + (size_t)th->nsiginfo * RDMIG_IMG_SIGINFO, held, (size_t)n * RDMIG_IMG_SIGINFO);
+	th->siginfo = nb;
+	th->nsiginfo += n;
+	return 0;
+}
+
 static int capture_ptrace_thread(struct rdmig_tracee *t, struct rdmig_image *img, unsigned i)
 {
 	pid_t pid = rdmig_tracee_tid(t, i);
@@ -735,6 +759,9 @@ static int capture_ptrace_thread(struct rdmig_tracee *t, struct rdmig_image *img
 		th->rseq_sig = rc.signature;
 	}
 	ret = peek_siginfo(pid, 0, &th->siginfo, &th->nsiginfo);
+	if (ret)
+		return ret;
+	ret = add_held_signals(t, i, th);
 	if (ret)
 		return ret;
 	if (i == 0) {

@@ -12,11 +12,24 @@
  * again into the thread by an injected rt_tgsigqueueinfo() (a process may queue
  * any siginfo to itself), so it is pending again exactly as before: a capture
  * sees it with PTRACE_PEEKSIGINFO and a release delivers it. While seized, every
- * blockable signal is blocked with PTRACE_SETSIGMASK, so no handler runs and no
- * signal-delivery-stop interrupts an injection; the thread's own mask is kept
- * here (get/set_sigmask read and change that copy) and put back at release.
- * A SIGSTOP (not blockable) that arrives during an injection is suppressed and
- * sent again at release.
+ * blockable signal but SIGTRAP is blocked with PTRACE_SETSIGMASK, so no handler
+ * runs and no signal-delivery-stop interrupts an injection; the thread's own mask
+ * is kept here (get/set_sigmask read and change that copy) and put back at
+ * release. A SIGSTOP (not blockable) that arrives during an injection is
+ * suppressed and sent again at release.
+ *
+ * SIGTRAP. The kernel reports a single step by forcing a SIGTRAP on the thread,
+ * and a forced signal that is blocked or ignored has its action reset to SIG_DFL
+ * (force_sig_info_to_task): blocked, one injection would silently take away the
+ * process's SIGTRAP handler (a Go runtime's, a debugger stub's) on the source and
+ * in the restored process. So SIGTRAP stays unblocked while we hold the thread,
+ * and while the process ignores it (SigIgn in /proc/PID/status, read at seize and
+ * after every injected rt_sigaction of SIGTRAP, which itself goes this way: it
+ * may have just set SIG_IGN) calls are injected with PTRACE_SYSCALL instead: two
+ * stops a call, no signal. A SIGTRAP that is not our
+ * step's report (si_code TRAP_BRKPT) is someone else's: it is held, not
+ * delivered, given to the capture (rdmig_tracee_held_signals) and queued again
+ * at release, blocked until the thread's own mask is back.
  *
  * Syscall restart. Injections leave the thread in a syscall-exit-stop. Were it
  * released from there, the kernel would not run its restart logic and the
@@ -95,6 +108,9 @@ struct tracee_thread {
 	struct user_regs_struct saved;
 	siginfo_t pending[TRACEE_MAX_PENDING]; /* suppressed at seize, to queue again */
 	int npending;
+	siginfo_t held[TRACEE_MAX_PENDING]; /* SIGTRAPs held until the release */
+	unsigned nheld;
+	bool trap_blocked; /* SIGTRAP blocked again (release): inject with PTRACE_SYSCALL */
 };
 
 struct rdmig_tracee {
@@ -111,6 +127,8 @@ struct rdmig_tracee {
 	uint64_t syscall_ip; /* 0: none found */
 	bool inflight;       /* rdmig_tracee_call_begin: the current thread runs a call */
 	long inflight_nr;
+	bool trap_ignored; /* SIGTRAP is SIG_IGN: inject with PTRACE_SYSCALL (file comment) */
+	int inflight_req;  /* PTRACE_SINGLESTEP, or PTRACE_SYSCALL while SIGTRAP is ignored */
 	uint64_t scratch_addr;
 	size_t scratch_len;
 	struct tracee_range *avoid;
@@ -150,6 +168,43 @@ static pid_t procfs_ppid(pid_t pid)
 	if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
 		return -1;
 	return ppid;
+}
+
+/* Whether the process ignores SIGTRAP (SigIgn of /proc/PID/status); true when
+ * that cannot be read, the safe answer. */
+static bool tracee_trap_ignored(pid_t pid)
+{
+	char path[64], line[256];
+	unsigned long long ign = ~0ull;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return true;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "SigIgn: %llx", &ign) == 1)
+			break;
+	fclose(f);
+	return ign >> (SIGTRAP - 1) & 1;
+}
+
+/* At a SIGTRAP signal-delivery-stop that is not our step's report: keep its
+ * siginfo (the kernel has dequeued it) for the capture and the release. */
+static int tracee_hold_trap(struct rdmig_tracee *t)
+{
+	struct tracee_thread *th = &t->th[t->cur];
+
+	if (th->nheld == TRACEE_MAX_PENDING) {
+		pr_err("pid %d: more than %d SIGTRAPs sent to it while it was held", th->tid,
+		       TRACEE_MAX_PENDING);
+		return -EIO;
+	}
+	if (ptrace(PTRACE_GETSIGINFO, th->tid, NULL, &th->held[th->nheld]) < 0)
+		return -errno;
+	th->nheld++;
+	pr_info("pid %d: a SIGTRAP sent to it while held is kept for after the release", th->tid);
+	return 0;
 }
 
 static int tracee_wait(struct rdmig_tracee *t, int *status)
@@ -219,9 +274,20 @@ static int tracee_wait_for(struct rdmig_tracee *t, int req, int want_sig, bool w
 
 		if (event == PTRACE_EVENT_STOP && want_event)
 			return 0;
-		if (!event && sig == want_sig)
+		if (!event && sig == SIGTRAP) {
+			siginfo_t si;
+
+			ret = tracee_ptrace(t, PTRACE_GETSIGINFO, NULL, &si);
+			if (ret)
+				return ret;
+			if (want_sig == SIGTRAP && si.si_code == TRAP_BRKPT)
+				return 0; /* our step's report */
+			ret = tracee_hold_trap(t);
+			if (ret)
+				return ret;
+		} else if (!event && sig == want_sig) {
 			return 0;
-		if (event == PTRACE_EVENT_CLONE) {
+		} else if (event == PTRACE_EVENT_CLONE) {
 			unsigned long msg = 0;
 
 			ret = tracee_ptrace(t, PTRACE_GETEVENTMSG, NULL, &msg);
@@ -282,8 +348,14 @@ static int tracee_syscall_begin(struct rdmig_tracee *t, long nr, const long args
 	th->in_syscall_stop = true; /* from here on the registers need restoring */
 	/* One single step over the syscall instruction: the kernel reports the step
 	 * at the syscall's exit, one stop where PTRACE_SYSCALL takes two (entry and
-	 * exit). Injections are most of the freeze's and the restore's cost. */
-	err = tracee_ptrace(t, PTRACE_SINGLESTEP, NULL, NULL);
+	 * exit). Injections are most of the freeze's and the restore's cost. But
+	 * the report is a forced SIGTRAP, which resets an ignored SIGTRAP's action
+	 * (file comment): then PTRACE_SYSCALL. */
+	t->inflight_req =
+	    t->trap_ignored || th->trap_blocked || (nr == SYS_rt_sigaction && args[0] == SIGTRAP)
+	        ? PTRACE_SYSCALL
+	        : PTRACE_SINGLESTEP;
+	err = tracee_ptrace(t, t->inflight_req, NULL, NULL);
 	if (err)
 		return err;
 	t->inflight = true;
@@ -300,7 +372,14 @@ static int tracee_syscall_end(struct rdmig_tracee *t, long *ret)
 	if (!t->inflight)
 		return -EINVAL;
 	t->inflight = false;
-	err = tracee_wait_for(t, PTRACE_SINGLESTEP, SIGTRAP, false);
+	if (t->inflight_req == PTRACE_SYSCALL) {
+		/* the entry stop, then on to the exit stop */
+		err = tracee_wait_for(t, PTRACE_SYSCALL, SIGTRAP | 0x80, false);
+		if (!err)
+			err = tracee_run_until(t, PTRACE_SYSCALL, SIGTRAP | 0x80, false);
+	} else {
+		err = tracee_wait_for(t, PTRACE_SINGLESTEP, SIGTRAP, false);
+	}
 	if (err)
 		return err;
 	err = tracee_ptrace(t, PTRACE_GETREGS, NULL, &r);
@@ -321,7 +400,12 @@ int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], lo
 {
 	int err = tracee_syscall_begin(t, nr, args);
 
-	return err ? err : tracee_syscall_end(t, ret);
+	if (!err)
+		err = tracee_syscall_end(t, ret);
+	/* a new action for SIGTRAP decides how the next calls are injected */
+	if (!err && nr == SYS_rt_sigaction && args[0] == SIGTRAP && args[1])
+		t->trap_ignored = tracee_trap_ignored(t->pid);
+	return err;
 }
 
 int rdmig_tracee_call_begin(struct rdmig_tracee *t, const char *what, long nr, long a0, long a1,
@@ -737,6 +821,35 @@ static int tracee_requeue(struct rdmig_tracee *t)
 	return 0;
 }
 
+/* At release: queue the held SIGTRAPs into the thread again, as they were
+ * (a process may queue any siginfo to itself). SIGTRAP is blocked first, so they
+ * stay pending until the thread's own mask and registers are back, and the
+ * calls go with PTRACE_SYSCALL, whose stops force no SIGTRAP (file comment). */
+static int tracee_requeue_held(struct rdmig_tracee *t)
+{
+	struct tracee_thread *th = CUR(t);
+	uint64_t all = ~0ull, a;
+	int ret;
+
+	if (!th->nheld)
+		return 0;
+	ret = tracee_ptrace(t, PTRACE_SETSIGMASK, (void *)sizeof(uint64_t), &all);
+	th->trap_blocked = !ret;
+	for (unsigned i = 0; !ret && i < th->nheld; i++) {
+		ret = rdmig_tracee_scratch(t, sizeof(th->held[i]), &a);
+		if (!ret)
+			ret = rdmig_tracee_write(t, a, &th->held[i], sizeof(th->held[i]));
+		if (!ret)
+			ret = rdmig_tracee_call(t, "rt_tgsigqueueinfo", NULL, SYS_rt_tgsigqueueinfo,
+			                        t->pid, th->tid, SIGTRAP, (long)a, 0, 0);
+	}
+	if (ret)
+		pr_err("pid %d: a SIGTRAP sent to it while it was held could not be queued again",
+		       th->tid);
+	th->nheld = 0;
+	return ret;
+}
+
 /* Wait for the interrupt stop after PTRACE_SEIZE + PTRACE_INTERRUPT. */
 static int tracee_wait_interrupt(struct rdmig_tracee *t)
 {
@@ -758,6 +871,11 @@ static int tracee_wait_interrupt(struct rdmig_tracee *t)
 		/* a signal-delivery-stop for a signal dequeued before the interrupt */
 		if (sig == SIGSTOP) {
 			th->stop_pending = true;
+		} else if (sig == SIGTRAP) {
+			/* queued again it would be delivered at our first call: held */
+			ret = tracee_hold_trap(t);
+			if (ret)
+				return ret;
 		} else {
 			if (th->npending == TRACEE_MAX_PENDING) {
 				pr_err("pid %d: too many signal-delivery-stops at seize", th->tid);
@@ -793,11 +911,11 @@ static int tracee_grow(struct rdmig_tracee *t)
 }
 
 /* At the interrupt stop of the current thread: save its registers and mask,
- * block every signal, queue again what was being delivered. */
+ * block every signal but SIGTRAP, queue again what was being delivered. */
 static int tracee_take_state(struct rdmig_tracee *t)
 {
 	struct tracee_thread *th = CUR(t);
-	uint64_t all = ~0ull;
+	uint64_t all = ~(1ull << (SIGTRAP - 1)); /* but SIGTRAP: see the file comment */
 	int ret;
 
 	ret = tracee_ptrace(t, PTRACE_GETREGS, NULL, &th->saved);
@@ -925,6 +1043,7 @@ int rdmig_tracee_seize(pid_t pid, unsigned flags, struct rdmig_tracee **out)
 		ret = tracee_seize_rest(t);
 	if (ret)
 		goto out_detach;
+	t->trap_ignored = tracee_trap_ignored(pid);
 	snprintf(path, sizeof(path), "/proc/%d/mem", pid);
 	t->mem_fd = open(path, O_RDWR | O_CLOEXEC);
 	if (t->mem_fd < 0) {
@@ -1141,6 +1260,40 @@ static int tracee_restore_thread(struct rdmig_tracee *t)
 	return ret;
 }
 
+/* A SIGTRAP held during the release's own last stops (after the held ones were
+ * queued again): sent from outside once detached. Another process may only
+ * queue a negative si_code: it arrives as SI_QUEUE with its sender's pid, uid
+ * and value. */
+static int tracee_send_held(pid_t pid, struct tracee_thread *th)
+{
+	int ret = 0;
+
+	for (unsigned i = 0; i < th->nheld; i++) {
+		siginfo_t si = th->held[i];
+
+		if (si.si_code >= 0 || si.si_code == SI_TKILL)
+			si.si_code = SI_QUEUE;
+		if (syscall(SYS_rt_tgsigqueueinfo, pid, th->tid, SIGTRAP, &si) < 0 && !ret) {
+			ret = -errno;
+			pr_err("pid %d: a SIGTRAP held while it was stopped could not be sent "
+			       "again: %s",
+			       th->tid, strerror(-ret));
+		}
+	}
+	th->nheld = 0;
+	return ret;
+}
+
+int rdmig_tracee_held_signals(const struct rdmig_tracee *t, unsigned i, const siginfo_t **si,
+                              unsigned *n)
+{
+	if (i >= t->nth)
+		return -EINVAL;
+	*si = t->th[i].held;
+	*n = t->th[i].nheld;
+	return 0;
+}
+
 static void tracee_free(struct rdmig_tracee *t)
 {
 	if (t->mem_fd >= 0)
@@ -1174,6 +1327,9 @@ int rdmig_tracee_release(struct rdmig_tracee *t, bool resume)
 		r = t->th[i].seized ? tracee_requeue(t) : 0; /* only when seize failed half-way */
 		if (r && !ret)
 			ret = r;
+		r = t->th[i].seized ? tracee_requeue_held(t) : 0;
+		if (r && !ret)
+			ret = r;
 	}
 	t->cur = 0;
 	if (t->nth && t->th[0].seized) {
@@ -1205,6 +1361,11 @@ int rdmig_tracee_release(struct rdmig_tracee *t, bool resume)
 			if (!ret)
 				ret = r;
 		}
+	}
+	for (size_t i = 0; i < t->nth; i++) {
+		r = tracee_send_held(t->pid, &t->th[i]);
+		if (r && !ret)
+			ret = r;
 	}
 out_free:
 	if (t->colocated && sched_setaffinity(0, sizeof(t->own_cpus), &t->own_cpus) < 0)

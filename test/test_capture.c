@@ -264,6 +264,123 @@ out_kill:
 	close(rfd);
 }
 
+static volatile sig_atomic_t g_trap_code = 1000, g_trap_pid;
+
+static void trap_handler(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	g_trap_code = si->si_code;
+	g_trap_pid = si->si_pid;
+}
+
+/* A child whose SIGTRAP action is `how` (0: SIG_IGN, 1: a handler): reports
+ * through rfd 'c' when the action changed, 'T' with si_code and si_pid when the
+ * handler ran; exits 0 on a byte on its stdin-like pipe. */
+static pid_t spawn_trapper(int how, int *rfd, int *wfd)
+{
+	int up[2], down[2];
+
+	if (pipe(up) || pipe(down))
+		return -1;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		struct sigaction sa = {0}, now;
+
+		close(up[0]);
+		close(down[1]);
+		fcntl(down[0], F_SETFL, O_NONBLOCK);
+		if (how) {
+			sa.sa_sigaction = trap_handler;
+			sa.sa_flags = SA_SIGINFO;
+		} else {
+			sa.sa_handler = SIG_IGN;
+		}
+		if (sigaction(SIGTRAP, &sa, NULL))
+			_exit(9);
+		if (write(up[1], "r", 1) != 1)
+			_exit(9);
+		for (;;) {
+			char c;
+
+			usleep(1000);
+			sigaction(SIGTRAP, NULL, &now);
+			if (how ? now.sa_sigaction != trap_handler : now.sa_handler != SIG_IGN) {
+				if (write(up[1], "c", 1) != 1)
+					_exit(9);
+				_exit(1);
+			}
+			if (g_trap_code != 1000) {
+				int rep[2] = {g_trap_code, g_trap_pid};
+
+				if (write(up[1], "T", 1) != 1 ||
+				    write(up[1], rep, sizeof(rep)) != sizeof(rep))
+					_exit(9);
+				g_trap_code = 1000;
+			}
+			if (read(down[0], &c, 1) == 1)
+				_exit(0);
+		}
+	}
+	close(up[1]);
+	close(down[0]);
+	*rfd = up[0];
+	*wfd = down[1];
+	return pid;
+}
+
+/* Injected calls leave a SIGTRAP handler and an ignored SIGTRAP as they were
+ * (the kernel resets a blocked or ignored action when it forces the step's
+ * SIGTRAP); a SIGTRAP sent while the process is held is kept and delivered,
+ * with its sender, after the release. */
+static void tracee_keeps_sigtrap(void)
+{
+	for (int how = 0; how <= 1; how++) {
+		struct rdmig_tracee *t = NULL;
+		int rfd = -1, wfd = -1;
+		char c = 0;
+		long r = 0;
+		pid_t pid = spawn_trapper(how, &rfd, &wfd);
+
+		T_CHECK(pid > 0, "fork");
+		if (pid <= 0)
+			return;
+		T_CHECK(read_full(rfd, &c, 1, 5000) == 0 && c == 'r', "child ready");
+		T_OK(rdmig_tracee_seize(pid, 0, &t));
+		if (t) {
+			const siginfo_t *held = NULL;
+			unsigned n = 9;
+
+			if (how)
+				T_OK(kill(pid, SIGTRAP)); /* while held: kept for after */
+			T_OK(rdmig_tracee_call(t, "getpid", &r, SYS_getpid, 0, 0, 0, 0, 0, 0));
+			T_CHECK(r == pid, "getpid %ld", r);
+			T_OK(rdmig_tracee_call(t, "getppid", &r, SYS_getppid, 0, 0, 0, 0, 0, 0));
+			T_OK(rdmig_tracee_held_signals(t, 0, &held, &n));
+			T_CHECK(n == (unsigned)how && (!n || (held[0].si_signo == SIGTRAP &&
+			                                      held[0].si_code == SI_USER &&
+			                                      held[0].si_pid == getpid())),
+			        "%s: %u SIGTRAPs held", how ? "handler" : "ignored", n);
+			T_OK(rdmig_tracee_release(t, true));
+		}
+		if (how) {
+			int rep[2] = {0, 0};
+
+			T_CHECK(read_full(rfd, &c, 1, 5000) == 0 && c == 'T' &&
+			            read_full(rfd, rep, sizeof(rep), 5000) == 0,
+			        "the held SIGTRAP reached the handler (got '%c')", c);
+			T_CHECK(rep[0] == SI_USER && rep[1] == getpid(), "si_code %d si_pid %d",
+			        rep[0], rep[1]);
+		}
+		T_CHECK(write(wfd, "q", 1) == 1, "tell the child to exit");
+		T_CHECK(wait_exit(pid, 5000) == 0, "%s: SIGTRAP's action kept (child exit)",
+		        how ? "handler" : "ignored");
+		close(rfd);
+		close(wfd);
+	}
+}
+
 /* A child blocked in read() keeps waiting and gets the data written later. */
 static void tracee_blocked_read(void)
 {
@@ -513,6 +630,9 @@ static void cap_child(const char *fpath, const char *mpath)
 	sigaddset(&sa.sa_mask, SIGHUP);
 	if (sigaction(SIGUSR1, &sa, NULL))
 		_exit(10);
+	/* a SIGTRAP handler survives the injected calls (tracee.c) */
+	if (sigaction(SIGTRAP, &sa, NULL))
+		_exit(10);
 	stack_t ss = {.ss_sp = altstack, .ss_size = sizeof(altstack), .ss_flags = 0};
 
 	if (sigaltstack(&ss, NULL))
@@ -632,6 +752,9 @@ static void check_image(const struct rdmig_image *img, const struct cap_info *in
 	T_CHECK(a->mask == ((b << (SIGUSR2 - 1)) | (b << (SIGHUP - 1))), "mask %#lx",
 	        (unsigned long)a->mask);
 	T_CHECK(img->sigactions[SIGUSR2 - 1].handler == 0, "SIGUSR2 default");
+	T_CHECK(img->sigactions[SIGTRAP - 1].handler == (uint64_t)(uintptr_t)cap_handler,
+	        "SIGTRAP handler %#lx after the injected calls",
+	        (unsigned long)img->sigactions[SIGTRAP - 1].handler);
 	T_CHECK(img->threads[0].sigmask == ((b << (SIGUSR2 - 1)) | (b << (SIGTERM - 1))),
 	        "sigmask %#lx", (unsigned long)img->threads[0].sigmask);
 	T_CHECK(img->threads[0].altstack_sp == info->altstack &&
@@ -1136,6 +1259,7 @@ int main(int argc, char **argv)
 		t_state.only = argv[1];
 	signal(SIGPIPE, SIG_IGN);
 	T_RUN(tracee_inject_loop);
+	T_RUN(tracee_keeps_sigtrap);
 	T_RUN(tracee_colocate_puts_back);
 	T_RUN(tracee_blocked_read);
 	T_RUN(tracee_blocked_sleep);

@@ -286,6 +286,8 @@ static void hand_image(struct hand_image *h, const char *outpath)
 		img->rlim_max[i] = rl.rlim_max;
 	}
 	img->sigactions[SIGUSR1 - 1].handler = 1; /* SIG_IGN */
+	/* ignored too: the injected calls after the sigactions must not reset it */
+	img->sigactions[SIGTRAP - 1].handler = 1;
 
 	/* Stopped "inside" write(): rip past the syscall, -ERESTARTSYS in rax. */
 	regs.rip = HB_CODE + 24;
@@ -379,6 +381,20 @@ static void hand_built(void)
 	if (f)
 		fclose(f);
 	T_CHECK(moved, "[vdso] was not moved to %#llx", HB_SPECIALS);
+	{
+		unsigned long long ign = 0;
+		char st_path[64];
+
+		snprintf(st_path, sizeof(st_path), "/proc/%d/status", (int)pid);
+		f = fopen(st_path, "re");
+		while (f && fgets(line, sizeof(line), f))
+			if (sscanf(line, "SigIgn: %llx", &ign) == 1)
+				break;
+		if (f)
+			fclose(f);
+		T_CHECK((ign >> (SIGUSR1 - 1) & 1) && (ign >> (SIGTRAP - 1) & 1),
+		        "SigIgn %#llx: SIGUSR1 and SIGTRAP ignored as in the image", ign);
+	}
 	{
 		char exe[512], link[64];
 		ssize_t n;

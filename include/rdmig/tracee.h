@@ -30,6 +30,7 @@
 #ifndef RDMIG_TRACEE_H
 #define RDMIG_TRACEE_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -82,6 +83,12 @@ RDMIG_TRACEE_WUR int rdmig_tracee_call(struct rdmig_tracee *t, const char *what,
 RDMIG_TRACEE_WUR int rdmig_tracee_call_begin(struct rdmig_tracee *t, const char *what, long nr,
                                              long a0, long a1, long a2, long a3, long a4, long a5);
 RDMIG_TRACEE_WUR int rdmig_tracee_call_end(struct rdmig_tracee *t, const char *what, long *ret);
+
+/* Thread i's SIGTRAPs sent by someone else while we held it (tracee.c): the
+ * kernel dequeued them, so PTRACE_PEEKSIGINFO does not list them; release queues
+ * them again. *si stays valid until the next call on t. */
+RDMIG_TRACEE_WUR int rdmig_tracee_held_signals(const struct rdmig_tracee *t, unsigned i,
+                                               const siginfo_t **si, unsigned *n);
 
 /* Read/write the tracee's memory through /proc/PID/mem (works on read-only and
  * PROT_NONE mappings; a write to a private file mapping breaks COW as a
