@@ -576,24 +576,18 @@ static uint64_t le64_at(const uint8_t *p)
 	return v;
 }
 
-static int capture_injected(struct rdmig_tracee *t, struct rdmig_image *img)
+/* set_sigs: SigCgt | SigIgn, as capture_proc read them. */
+static int capture_injected(struct rdmig_tracee *t, struct rdmig_image *img, uint64_t set_sigs)
 {
 	uint8_t buf[SCRATCH_LEN];
 	uint64_t s;
 	long brk;
 	int ret, ret2;
-
-	struct procfs_status sta;
-	uint64_t ask;
-
 	/* Injections are most of the freeze: ask only about signals with a handler
-	 * or ignored (SigCgt | SigIgn), and SIGCHLD, whose flags matter even at
-	 * SIG_DFL. The others are SIG_DFL with no flags: left zero. */
-	ret = procfs_status(rdmig_tracee_pid(t), &sta);
-	if (ret)
-		return ret;
-	ask = sta.sig_cgt | sta.sig_ign | (1ull << (SIGCHLD - 1));
-	procfs_status_free(&sta);
+	 * or ignored, and SIGCHLD, whose flags matter even at SIG_DFL. The others
+	 * are SIG_DFL with no flags: left zero. */
+	uint64_t ask = set_sigs | (1ull << (SIGCHLD - 1));
+
 	ret = rdmig_tracee_scratch(t, SCRATCH_LEN, &s);
 	if (ret)
 		return ret;
@@ -961,7 +955,9 @@ static int capture_eager_pages(struct rdmig_tracee *t, struct rdmig_image *img)
 
 /* ---- capture: /proc ---- */
 
-static int capture_proc(pid_t pid, struct rdmig_image *img)
+/* *set_sigs: the signals with a handler or ignored (SigCgt | SigIgn), for
+ * capture_injected. */
+static int capture_proc(pid_t pid, struct rdmig_image *img, uint64_t *set_sigs)
 {
 	struct procfs_status sta;
 	struct procfs_stat stt;
@@ -989,6 +985,7 @@ static int capture_proc(pid_t pid, struct rdmig_image *img)
 	img->creds.cap_amb = sta.cap_amb;
 	img->creds.no_new_privs = sta.no_new_privs;
 	img->umask = sta.umask;
+	*set_sigs = sta.sig_cgt | sta.sig_ign;
 	procfs_status_free(&sta);
 
 	for (int r = 0; r < (int)RDMIG_IMG_NRLIMIT; r++) {
@@ -1342,6 +1339,7 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	pid_t pid = rdmig_tracee_pid(t);
 	uint32_t files_cap = 0;
 	struct rdmig_laps laps;
+	uint64_t set_sigs = 0;
 	long self = 0;
 	int ret, ret2, err;
 
@@ -1375,7 +1373,7 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	ret = rdmig_tracee_call_begin(t, "getpid", SYS_getpid, 0, 0, 0, 0, 0, 0);
 	if (ret)
 		goto out_free_image;
-	ret = capture_proc(pid, img);
+	ret = capture_proc(pid, img, &set_sigs);
 	if (!ret)
 		ret = capture_thread_names(pid, img);
 	if (!ret)
@@ -1395,7 +1393,7 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	err = rdmig_tracee_colocate(t);
 	if (err)
 		pr_info("pid %d: injected calls not kept on one CPU: %s", pid, strerror(-err));
-	ret = capture_injected(t, img);
+	ret = capture_injected(t, img, set_sigs);
 	if (!ret)
 		ret = capture_ptrace(t, img, why, whylen);
 	(void)rdmig_tracee_uncolocate(t); /* a failure is logged: a speed-up's */
@@ -1422,6 +1420,7 @@ out_free_image:
 int rdmig_capture_layout(pid_t pid, struct rdmig_image *img, char *why, size_t whylen)
 {
 	uint32_t files_cap = 0;
+	uint64_t set_sigs; /* the layout has no signal actions */
 	int ret;
 
 	memset(img, 0, sizeof(*img));
@@ -1435,7 +1434,7 @@ int rdmig_capture_layout(pid_t pid, struct rdmig_image *img, char *why, size_t w
 		return -ENOMEM;
 	img->nthreads = 1;
 	img->threads[0].tid = pid;
-	ret = capture_proc(pid, img);
+	ret = capture_proc(pid, img, &set_sigs);
 	if (ret)
 		goto out_free_image;
 	/* brk needs a call in the process; the map's heap is what the prebuild needs */

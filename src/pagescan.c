@@ -245,7 +245,8 @@ void rdmig_pagescan_helpers_stop(void)
 int rdmig_pagescan(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint8_t *bits,
                    uint64_t *count, uint8_t *written, bool *written_known)
 {
-	static struct scan_job job; /* outlives a late helper's look at it */
+	/* helpers reach it only through pool.cur, cleared before we return */
+	struct scan_job job;
 	uint64_t len = end - start, piece = SCAN_PIECE;
 	int ret;
 

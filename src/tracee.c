@@ -58,6 +58,8 @@
 #define LOG_SUBSYS "tracee"
 #include "rdmig/tracee.h"
 
+#include "procfs.h"
+
 #include "rdmig/log.h"
 
 #include <dirent.h>
@@ -127,8 +129,9 @@ struct rdmig_tracee {
 	uint64_t syscall_ip; /* 0: none found */
 	bool inflight;       /* rdmig_tracee_call_begin: the current thread runs a call */
 	long inflight_nr;
-	bool trap_ignored; /* SIGTRAP is SIG_IGN: inject with PTRACE_SYSCALL (file comment) */
-	int inflight_req;  /* PTRACE_SINGLESTEP, or PTRACE_SYSCALL while SIGTRAP is ignored */
+	bool trap_ignored;       /* SIGTRAP is SIG_IGN: inject with PTRACE_SYSCALL (file comment) */
+	int inflight_req;        /* PTRACE_SINGLESTEP, or PTRACE_SYSCALL while SIGTRAP is ignored */
+	bool inflight_sets_trap; /* the call in flight sets SIGTRAP's action */
 	uint64_t scratch_addr;
 	size_t scratch_len;
 	struct tracee_range *avoid;
@@ -174,19 +177,14 @@ static pid_t procfs_ppid(pid_t pid)
  * that cannot be read, the safe answer. */
 static bool tracee_trap_ignored(pid_t pid)
 {
-	char path[64], line[256];
-	unsigned long long ign = ~0ull;
-	FILE *f;
+	struct procfs_status st;
+	bool ign;
 
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "re");
-	if (!f)
+	if (procfs_status(pid, &st))
 		return true;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "SigIgn: %llx", &ign) == 1)
-			break;
-	fclose(f);
-	return ign >> (SIGTRAP - 1) & 1;
+	ign = st.sig_ign >> (SIGTRAP - 1) & 1;
+	procfs_status_free(&st);
+	return ign;
 }
 
 /* At a SIGTRAP signal-delivery-stop that is not our step's report: keep its
@@ -360,6 +358,7 @@ static int tracee_syscall_begin(struct rdmig_tracee *t, long nr, const long args
 		return err;
 	t->inflight = true;
 	t->inflight_nr = nr;
+	t->inflight_sets_trap = nr == SYS_rt_sigaction && args[0] == SIGTRAP && args[1];
 	return 0;
 }
 
@@ -391,6 +390,9 @@ static int tracee_syscall_end(struct rdmig_tracee *t, long *ret)
 		return -EIO;
 	}
 	*ret = (long)r.rax;
+	/* a new action for SIGTRAP decides how the next calls are injected */
+	if (t->inflight_sets_trap)
+		t->trap_ignored = tracee_trap_ignored(t->pid);
 	/* The saved registers go back once, at release (or the next injection sets
 	 * its own): not after every call. */
 	return 0;
@@ -400,12 +402,24 @@ int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const long args[6], lo
 {
 	int err = tracee_syscall_begin(t, nr, args);
 
-	if (!err)
-		err = tracee_syscall_end(t, ret);
-	/* a new action for SIGTRAP decides how the next calls are injected */
-	if (!err && nr == SYS_rt_sigaction && args[0] == SIGTRAP && args[1])
-		t->trap_ignored = tracee_trap_ignored(t->pid);
-	return err;
+	return err ? err : tracee_syscall_end(t, ret);
+}
+
+/* What rdmig_tracee_call and _call_end give back: err from driving the thread,
+ * else the call's own -errno, else 0 with *ret set; either failure logged. */
+static int tracee_call_result(struct rdmig_tracee *t, const char *what, int err, long r, long *ret)
+{
+	if (err) {
+		pr_err("pid %d: injecting %s failed: %s", CUR(t)->tid, what, strerror(-err));
+		return err;
+	}
+	if (r < 0 && r >= -4095) {
+		pr_err("pid %d: injected %s failed: %s", CUR(t)->tid, what, strerror((int)-r));
+		return (int)r;
+	}
+	if (ret)
+		*ret = r;
+	return 0;
 }
 
 int rdmig_tracee_call_begin(struct rdmig_tracee *t, const char *what, long nr, long a0, long a1,
@@ -421,39 +435,19 @@ int rdmig_tracee_call_begin(struct rdmig_tracee *t, const char *what, long nr, l
 
 int rdmig_tracee_call_end(struct rdmig_tracee *t, const char *what, long *ret)
 {
-	long r;
+	long r = 0;
 	int err = tracee_syscall_end(t, &r);
 
-	if (err) {
-		pr_err("pid %d: injecting %s failed: %s", CUR(t)->tid, what, strerror(-err));
-		return err;
-	}
-	if (r < 0 && r >= -4095) {
-		pr_err("pid %d: injected %s failed: %s", CUR(t)->tid, what, strerror((int)-r));
-		return (int)r;
-	}
-	if (ret)
-		*ret = r;
-	return 0;
+	return tracee_call_result(t, what, err, r, ret);
 }
 
 int rdmig_tracee_call(struct rdmig_tracee *t, const char *what, long *ret, long nr, long a0,
                       long a1, long a2, long a3, long a4, long a5)
 {
-	long args[6] = {a0, a1, a2, a3, a4, a5}, r;
+	long args[6] = {a0, a1, a2, a3, a4, a5}, r = 0;
 	int err = rdmig_tracee_syscall(t, nr, args, &r);
 
-	if (err) {
-		pr_err("pid %d: injecting %s failed: %s", CUR(t)->tid, what, strerror(-err));
-		return err;
-	}
-	if (r < 0 && r >= -4095) {
-		pr_err("pid %d: injected %s failed: %s", CUR(t)->tid, what, strerror((int)-r));
-		return (int)r;
-	}
-	if (ret)
-		*ret = r;
-	return 0;
+	return tracee_call_result(t, what, err, r, ret);
 }
 
 pid_t rdmig_tracee_pid(const struct rdmig_tracee *t)
@@ -796,24 +790,31 @@ int rdmig_tracee_set_sigmask(struct rdmig_tracee *t, uint64_t mask)
 }
 
 /* Queue the signals suppressed at seize into the thread again. */
+/* Queue si into the current thread by an injected rt_tgsigqueueinfo() (a
+ * process may queue any siginfo to itself), so it is pending exactly as it was. */
+static int tracee_queue_self(struct rdmig_tracee *t, const siginfo_t *si)
+{
+	uint64_t a;
+	int ret = rdmig_tracee_scratch(t, sizeof(*si), &a);
+
+	if (!ret)
+		ret = rdmig_tracee_write(t, a, si, sizeof(*si));
+	if (!ret)
+		ret = rdmig_tracee_call(t, "rt_tgsigqueueinfo", NULL, SYS_rt_tgsigqueueinfo, t->pid,
+		                        CUR(t)->tid, si->si_signo, (long)a, 0, 0);
+	return ret;
+}
+
 static int tracee_requeue(struct rdmig_tracee *t)
 {
 	struct tracee_thread *th = CUR(t);
-	uint64_t a;
 	int ret;
 
 	for (int i = 0; i < th->npending; i++) {
-		siginfo_t *si = &th->pending[i];
-
-		ret = rdmig_tracee_scratch(t, sizeof(*si), &a);
-		if (!ret)
-			ret = rdmig_tracee_write(t, a, si, sizeof(*si));
-		if (!ret)
-			ret = rdmig_tracee_call(t, "rt_tgsigqueueinfo", NULL, SYS_rt_tgsigqueueinfo,
-			                        t->pid, th->tid, si->si_signo, (long)a, 0, 0);
+		ret = tracee_queue_self(t, &th->pending[i]);
 		if (ret) {
 			pr_err("pid %d: signal %d taken at seize could not be queued again",
-			       th->tid, si->si_signo);
+			       th->tid, th->pending[i].si_signo);
 			return ret;
 		}
 	}
@@ -828,21 +829,15 @@ static int tracee_requeue(struct rdmig_tracee *t)
 static int tracee_requeue_held(struct rdmig_tracee *t)
 {
 	struct tracee_thread *th = CUR(t);
-	uint64_t all = ~0ull, a;
+	uint64_t all = ~0ull;
 	int ret;
 
 	if (!th->nheld)
 		return 0;
 	ret = tracee_ptrace(t, PTRACE_SETSIGMASK, (void *)sizeof(uint64_t), &all);
 	th->trap_blocked = !ret;
-	for (unsigned i = 0; !ret && i < th->nheld; i++) {
-		ret = rdmig_tracee_scratch(t, sizeof(th->held[i]), &a);
-		if (!ret)
-			ret = rdmig_tracee_write(t, a, &th->held[i], sizeof(th->held[i]));
-		if (!ret)
-			ret = rdmig_tracee_call(t, "rt_tgsigqueueinfo", NULL, SYS_rt_tgsigqueueinfo,
-			                        t->pid, th->tid, SIGTRAP, (long)a, 0, 0);
-	}
+	for (unsigned i = 0; !ret && i < th->nheld; i++)
+		ret = tracee_queue_self(t, &th->held[i]);
 	if (ret)
 		pr_err("pid %d: a SIGTRAP sent to it while it was held could not be queued again",
 		       th->tid);
