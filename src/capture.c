@@ -870,6 +870,7 @@ static int add_eager_page(struct rdmig_tracee *t, struct rdmig_image *img, uint6
 		return -ENOMEM;
 	img->cow = n;
 	n[img->ncow].addr = pg;
+	n[img->ncow].ahead = false;
 	ret = rdmig_tracee_read(t, pg, n[img->ncow].data, RDMIG_IMG_PAGE);
 	if (ret)
 		return ret;
@@ -1095,8 +1096,10 @@ static int file_index(struct rdmig_image *img, uint32_t *cap, const char *path,
 	return 0;
 }
 
-/* Copy the anonymous pages of a private file mapping into img->cow. */
-static int capture_cow(struct rdmig_tracee *t, struct rdmig_image *img, uint32_t *cap,
+/* Copy the anonymous pages of a private file mapping into img->cow: through
+ * the tracee, or (t NULL, the layout of a process that runs) from mem_fd, where
+ * a page that cannot be read is left out (it travels with the image). */
+static int capture_cow(struct rdmig_tracee *t, int mem_fd, struct rdmig_image *img, uint32_t *cap,
                        const struct rdmig_img_vma *v, const uint8_t *bits)
 {
 	uint64_t pages = (v->end - v->start) / 4096;
@@ -1121,6 +1124,13 @@ static int capture_cow(struct rdmig_tracee *t, struct rdmig_image *img, uint32_t
 		struct rdmig_img_cow_page *c = &img->cow[img->ncow];
 
 		c->addr = v->start + i * 4096;
+		c->ahead = false;
+		if (!t) {
+			if (pread(mem_fd, c->data, sizeof(c->data), (off_t)c->addr) ==
+			    (ssize_t)sizeof(c->data))
+				img->ncow++;
+			continue;
+		}
 		int ret = rdmig_tracee_read(t, c->addr, c->data, sizeof(c->data));
 
 		if (ret) {
@@ -1151,7 +1161,9 @@ static int read_vdso(pid_t pid, struct rdmig_tracee *t, uint64_t addr, void *buf
 	return n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
 }
 
-/* With t NULL (rdmig_capture_layout): the map and its files only, no pages. */
+/* With t NULL (rdmig_capture_layout): the map, its files, and the written pages
+ * of private file mappings as they are now (the source compares them at the
+ * freeze and sends only those that changed); no anonymous pages. */
 static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *img,
                         uint32_t *files_cap, char *why, size_t whylen)
 {
@@ -1161,14 +1173,23 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 	uint32_t cow_cap = 0;
 	uint8_t *bits = NULL, *written = NULL;
 	char path[64];
-	int pm_fd, ret;
+	int pm_fd, mem_fd = -1, ret;
 
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
-	pm_fd = -1;
-	if (t && (pm_fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+	pm_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (pm_fd < 0) {
 		ret = -errno;
 		pr_err("opening %s failed: %s", path, strerror(-ret));
 		return ret;
+	}
+	if (!t) {
+		snprintf(path, sizeof(path), "/proc/%d/mem", pid);
+		mem_fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (mem_fd < 0) {
+			ret = -errno;
+			pr_err("opening %s failed: %s", path, strerror(-ret));
+			goto out_close;
+		}
 	}
 	ret = procfs_maps(pid, &maps, &nmaps);
 	if (ret)
@@ -1237,7 +1258,7 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 			if (ret)
 				goto out_free;
 		}
-		if (!t || (kind != RDMIG_VMA_ANON && kind != RDMIG_VMA_FILE_PRIVATE))
+		if (kind != RDMIG_VMA_FILE_PRIVATE && (!t || kind != RDMIG_VMA_ANON))
 			continue;
 		uint64_t pages = (m->end - m->start) / 4096, count;
 
@@ -1255,7 +1276,7 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 		if (ret)
 			goto out_free;
 		if (kind == RDMIG_VMA_FILE_PRIVATE) {
-			ret = capture_cow(t, img, &cow_cap, v, bits);
+			ret = capture_cow(t, mem_fd, img, &cow_cap, v, bits);
 			if (ret)
 				goto out_free;
 		} else if (count) {
@@ -1278,6 +1299,8 @@ out_free:
 	map_file_cache_free(&fc);
 	procfs_maps_free(maps, nmaps);
 out_close:
+	if (mem_fd >= 0)
+		close(mem_fd);
 	if (pm_fd >= 0)
 		close(pm_fd);
 	return ret;

@@ -40,12 +40,17 @@
  *  14  FD          no    fd i32, kind, flags, cloexec u32, pos u64, file u32, 0 u32
  *                                                                           (32)
  *  15  COW         no    1..256 x {addr u64, page[4096]}                    (4104*n)
+ *  16  COW_AHEAD   no    1..4096 x addr u64: written pages of private file
+ *                        mappings whose bytes are the LAYOUT's               (8*n)
  *
  * Version 2 (threads): THREAD repeats, its reserved word became the tid, and it
  * gained tid_cache and comm; COW pages may lie in ANON vmas (never touched ones).
  * Version 3: a VMA's touched pages may come as runs (a dense 4 GiB process's
  * bitmap was 128 KiB of the freeze's send), whichever is smaller; the rseq
  * area's page(s) must be among the COW pages.
+ * Version 4: COW_AHEAD. The written pages of private file mappings travel in
+ * the LAYOUT while the process runs; the image names those whose bytes did not
+ * change (the eager pages' rule accepts them there too).
  *
  * Decoding runs in three steps: a scan of the record framing (lengths inside
  * the buffer, flags zero, known tags in order, singletons once, counts under the
@@ -84,7 +89,8 @@ enum img_tag {
 	TAG_VMA,
 	TAG_FD,
 	TAG_COW,
-	TAG_MAX = TAG_COW,
+	TAG_COW_AHEAD,
+	TAG_MAX = TAG_COW_AHEAD,
 };
 
 #define TAG_BIT(t) (1u << (t))
@@ -93,8 +99,8 @@ enum img_tag {
 #define TAGS_REQUIRED (TAGS_ONCE | TAG_BIT(TAG_THREAD))
 
 static const char *const tag_names[TAG_MAX + 1] = {
-    "?",          "PROC",    "EXE",    "CWD",  "MM",   "AUXV", "CREDS", "RLIMITS",
-    "SIGACTIONS", "SIGINFO", "THREAD", "VDSO", "FILE", "VMA",  "FD",    "COW",
+    "?",       "PROC",   "EXE",  "CWD",  "MM",  "AUXV", "CREDS", "RLIMITS",   "SIGACTIONS",
+    "SIGINFO", "THREAD", "VDSO", "FILE", "VMA", "FD",   "COW",   "COW_AHEAD",
 };
 
 #define HDR_LEN 16u
@@ -112,6 +118,7 @@ static const char *const tag_names[TAG_MAX + 1] = {
 #define FD_LEN 32u
 #define COW_ENTRY_LEN (8u + RDMIG_IMG_PAGE)
 #define COW_BATCH 256u
+#define AHEAD_BATCH 4096u /* addresses per COW_AHEAD record */
 
 _Static_assert(THREAD_FIXED_LEN == 320, "THREAD record layout");
 _Static_assert(sizeof(((struct rdmig_image *)0)->comm) == 16, "comm is 16 bytes on the wire");
@@ -299,21 +306,45 @@ static int check_thread(const struct rdmig_image *img, uint32_t i)
 	return 0;
 }
 
-static bool cow_page_at(const struct rdmig_image *img, uint64_t page)
+const struct rdmig_img_cow_page *rdmig_image_cow_find(const struct rdmig_img_cow_page *lay,
+                                                      uint32_t nlay, uint64_t addr)
 {
-	uint32_t lo = 0, hi = img->ncow;
+	uint32_t lo = 0, hi = nlay;
 
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
 
-		if (img->cow[mid].addr == page)
+		if (lay[mid].addr == addr)
+			return &lay[mid];
+		if (lay[mid].addr < addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+static bool ahead_at(const struct rdmig_image *img, uint64_t page)
+{
+	uint32_t lo = 0, hi = img->nahead;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (img->ahead[mid] == page)
 			return true;
-		if (img->cow[mid].addr < page)
+		if (img->ahead[mid] < page)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
 	return false;
+}
+
+/* Sent eagerly: with its bytes, or named as the layout's. */
+static bool cow_page_at(const struct rdmig_image *img, uint64_t page)
+{
+	return rdmig_image_cow_find(img->cow, img->ncow, page) || ahead_at(img, page);
 }
 
 /* After vmas and COW pages are checked: a tid cache is an aligned int, an rseq
@@ -472,6 +503,26 @@ static int check_cow(const struct rdmig_image *img, uint32_t i)
 	return 0;
 }
 
+static int check_ahead(const struct rdmig_image *img, uint32_t i)
+{
+	uint64_t a = img->ahead[i];
+	const struct rdmig_img_vma *v = rdmig_image_vma_at(img, a);
+
+	if (!page_aligned(a) || (i > 0 && a <= img->ahead[i - 1])) {
+		pr_err("layout page %u at %#" PRIx64 ": unaligned, unsorted or repeated", i, a);
+		return -1;
+	}
+	if (!v || v->kind != RDMIG_VMA_FILE_PRIVATE) {
+		pr_err("layout page %u at %#" PRIx64 " is not in a private file mapping", i, a);
+		return -1;
+	}
+	if (rdmig_image_cow_find(img->cow, img->ncow, a)) {
+		pr_err("layout page %u at %#" PRIx64 " also comes with its bytes", i, a);
+		return -1;
+	}
+	return 0;
+}
+
 /* Every rule the decoder enforces past the framing. Logs one line and returns -1
  * on the first violation. */
 static int check_image(const struct rdmig_image *img)
@@ -549,6 +600,14 @@ static int check_image(const struct rdmig_image *img)
 		if (check_cow(img, i))
 			return -1;
 	}
+	if (img->nahead > RDMIG_IMG_MAX_COW_PAGES - img->ncow || (img->nahead && !img->ahead)) {
+		pr_err("bad layout page list (%u, with %u cow pages)", img->nahead, img->ncow);
+		return -1;
+	}
+	for (uint32_t i = 0; i < img->nahead; i++) {
+		if (check_ahead(img, i))
+			return -1;
+	}
 	for (uint32_t i = 0; i < img->nthreads; i++) {
 		if (check_eager(img, i))
 			return -1;
@@ -587,6 +646,7 @@ void rdmig_image_free(struct rdmig_image *img)
 	free(img->files);
 	free(img->fds);
 	free(img->cow);
+	free(img->ahead);
 	memset(img, 0, sizeof(*img));
 }
 
@@ -833,6 +893,13 @@ static void emit(struct writer *w, const struct rdmig_image *img, uint64_t total
 			w_u64(w, img->cow[j].addr);
 			w_bytes(w, img->cow[j].data, RDMIG_IMG_PAGE);
 		}
+	}
+	for (uint32_t i = 0; i < img->nahead; i += AHEAD_BATCH) {
+		uint32_t n = img->nahead - i < AHEAD_BATCH ? img->nahead - i : AHEAD_BATCH;
+
+		w_rec(w, TAG_COW_AHEAD, (uint64_t)n * 8);
+		for (uint32_t j = i; j < i + n; j++)
+			w_u64(w, img->ahead[j]);
 	}
 }
 
@@ -1246,7 +1313,7 @@ static int parse_single(const struct rec *rc, struct reader *r, struct rdmig_ima
 }
 
 struct counts {
-	uint32_t threads, files, vmas, fds, cow;
+	uint32_t threads, files, vmas, fds, cow, ahead;
 };
 
 static int count_up(uint32_t *n, uint32_t add, uint32_t max, const char *what)
@@ -1321,6 +1388,14 @@ static int scan_records(const uint8_t *p, size_t len, struct counts *c)
 			ret = count_up(&c->cow, rlen / COW_ENTRY_LEN, RDMIG_IMG_MAX_COW_PAGES,
 			               "cow pages");
 			break;
+		case TAG_COW_AHEAD:
+			if (rlen == 0 || rlen % 8 || rlen / 8 > AHEAD_BATCH) {
+				pr_err("record COW_AHEAD at offset %zu: bad length %u", at, rlen);
+				return -EBADMSG;
+			}
+			ret =
+			    count_up(&c->ahead, rlen / 8, RDMIG_IMG_MAX_COW_PAGES, "layout pages");
+			break;
 		default:
 			break;
 		}
@@ -1349,6 +1424,8 @@ static int alloc_tables(struct rdmig_image *img, const struct counts *c)
 	if (c->fds && !(img->fds = calloc(c->fds, sizeof(*img->fds))))
 		return -ENOMEM;
 	if (c->cow && !(img->cow = calloc(c->cow, sizeof(*img->cow))))
+		return -ENOMEM;
+	if (c->ahead && !(img->ahead = calloc(c->ahead, sizeof(*img->ahead))))
 		return -ENOMEM;
 	return 0;
 }
@@ -1379,6 +1456,10 @@ static int parse_repeated(const struct rec *rc, struct reader *r, struct rdmig_i
 			pg->addr = r_u64(r);
 			r_bytes(r, pg->data, RDMIG_IMG_PAGE);
 		}
+		return 0;
+	case TAG_COW_AHEAD:
+		for (i = 0; i < rc->len / 8; i++)
+			img->ahead[img->nahead++] = r_u64(r);
 		return 0;
 	default:
 		return parse_single(rc, r, img);
@@ -1454,4 +1535,100 @@ int rdmig_image_decode(const uint8_t *buf, size_t len, struct rdmig_image *img)
 out_free:
 	rdmig_image_free(img);
 	return ret;
+}
+
+/* ---- the layout's written pages (COW_AHEAD) ---- */
+
+int rdmig_image_mark_ahead(struct rdmig_image *img, const struct rdmig_img_cow_page *lay,
+                           uint32_t nlay)
+{
+	uint32_t same = 0, kept = 0, n = 0;
+	uint64_t *ahead;
+	bool *is_same;
+
+	if (img->nahead)
+		return -EINVAL; /* marked once: ahead stays sorted */
+	if (!nlay || !img->ncow)
+		return 0;
+	is_same = calloc(img->ncow, sizeof(*is_same));
+	if (!is_same)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < img->ncow; i++) {
+		const struct rdmig_img_cow_page *c = &img->cow[i], *l;
+		const struct rdmig_img_vma *v = rdmig_image_vma_at(img, c->addr);
+
+		/* anonymous eager pages never travel with the layout */
+		if (!v || v->kind != RDMIG_VMA_FILE_PRIVATE)
+			continue;
+		l = rdmig_image_cow_find(lay, nlay, c->addr);
+		if (l && !memcmp(l->data, c->data, RDMIG_IMG_PAGE)) {
+			is_same[i] = true;
+			same++;
+		}
+	}
+	if (!same) {
+		free(is_same);
+		return 0;
+	}
+	ahead = malloc((size_t)same * sizeof(*ahead));
+	if (!ahead) {
+		free(is_same);
+		return -ENOMEM;
+	}
+	/* both stay sorted: ahead takes cow's pages in cow's order */
+	for (uint32_t i = 0; i < img->ncow; i++) {
+		if (is_same[i])
+			ahead[n++] = img->cow[i].addr;
+		else if (kept++ != i)
+			img->cow[kept - 1] = img->cow[i];
+	}
+	img->ahead = ahead;
+	img->nahead = n;
+	img->ncow = kept;
+	free(is_same);
+	return (int)same;
+}
+
+int rdmig_image_fill_ahead(struct rdmig_image *img, const struct rdmig_img_cow_page *lay,
+                           uint32_t nlay)
+{
+	struct rdmig_img_cow_page *cow;
+	uint32_t i, j, k;
+
+	if (!img->nahead)
+		return 0;
+	for (i = 0; i < img->nahead; i++) {
+		if (!rdmig_image_cow_find(lay, nlay, img->ahead[i])) {
+			pr_err("the image names the page at %#" PRIx64
+			       " as sent with the layout, which did not carry it",
+			       img->ahead[i]);
+			return -EBADMSG;
+		}
+	}
+	cow = realloc(img->cow, ((size_t)img->ncow + img->nahead) * sizeof(*cow));
+	if (!cow)
+		return -ENOMEM;
+	img->cow = cow;
+	/* merge from the top down, in place: both lists ascend and are disjoint
+	 * (check_image) */
+	i = img->ncow;
+	j = img->nahead;
+	k = img->ncow + img->nahead;
+	while (j > 0) {
+		if (i > 0 && cow[i - 1].addr > img->ahead[j - 1]) {
+			cow[--k] = cow[--i];
+		} else {
+			const struct rdmig_img_cow_page *l =
+			    rdmig_image_cow_find(lay, nlay, img->ahead[--j]);
+
+			cow[--k].addr = l->addr;
+			cow[k].ahead = true;
+			memcpy(cow[k].data, l->data, RDMIG_IMG_PAGE);
+		}
+	}
+	img->ncow += img->nahead;
+	free(img->ahead);
+	img->ahead = NULL;
+	img->nahead = 0;
+	return 0;
 }

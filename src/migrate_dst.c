@@ -79,7 +79,11 @@ struct dst {
 	struct rdmig_image img;
 	struct rdmig_restored r;
 	bool restored, resumed;
-	bool got_layout;                     /* a LAYOUT came (at most one) */
+	bool got_layout; /* a LAYOUT came (at most one) */
+	/* its written file pages: the image names those unchanged since
+	 * (rdmig_image_fill_ahead), whether or not the prebuild worked */
+	struct rdmig_img_cow_page *lay_cow;
+	uint32_t nlay_cow;
 	struct rdmig_page_source *src;       /* the current transport source */
 	struct rdmig_page_source *pager_src; /* what the loop uses: src behind a switch */
 	void *staging;                       /* the first source's, made ahead */
@@ -167,7 +171,20 @@ out_free:
 
 static int recv_image(struct dst *d, const struct rdmig_msg *first)
 {
-	return recv_chunks(d, first, &d->img);
+	int ret = recv_chunks(d, first, &d->img);
+
+	if (ret < 0)
+		return ret;
+	ret = rdmig_image_fill_ahead(&d->img, d->lay_cow, d->nlay_cow);
+	if (ret < 0)
+		snprintf(d->why, sizeof(d->why),
+		         ret == -EBADMSG ? "the process image from the source names pages its "
+		                           "layout did not carry"
+		                         : "out of memory for the process image");
+	free(d->lay_cow);
+	d->lay_cow = NULL;
+	d->nlay_cow = 0;
+	return ret;
 }
 
 /* The running process's layout: built into the husk now, out of the downtime.
@@ -187,6 +204,15 @@ static int recv_layout(struct dst *d, const struct rdmig_msg *first)
 	ret = recv_chunks(d, first, &lay);
 	if (ret < 0)
 		return ret;
+	if (lay.ncow) {
+		d->lay_cow = malloc((size_t)lay.ncow * sizeof(*lay.cow));
+		if (!d->lay_cow) {
+			rdmig_image_free(&lay);
+			return -ENOMEM;
+		}
+		memcpy(d->lay_cow, lay.cow, (size_t)lay.ncow * sizeof(*lay.cow));
+		d->nlay_cow = lay.ncow;
+	}
 	ret = rdmig_inject("dst.prebuild");
 	if (ret < 0) {
 		rdmig_image_free(&lay);
@@ -1073,6 +1099,7 @@ int rdmig_dst_run(const struct rdmig_migrate_opts *o)
 	rdmig_arena_destroy(d.arena);
 	free(d.regions);
 	rdmig_image_free(&d.img);
+	free(d.lay_cow);
 	rdmig_husk_destroy(d.husk);
 	rdmig_tp_close(d.data);
 	rdmig_tp_close(d.ctl);

@@ -246,8 +246,8 @@ int rdmig_husk_prebuild(struct rdmig_husk *h, struct rdmig_image *layout, char *
 	/* the fresh build's order (top of this file), up to the pages; the scratch
 	 * area stays (the build's avoid step moves it if the image needs its place) */
 	if (!(err = rst_move_specials(&r)) && !(err = rst_avoid_layout(&r)) &&
-	    !(err = rst_set_mm(&r)) && !(err = rst_map_vmas(&r)))
-		err = rst_nohugepage(&r);
+	    !(err = rst_set_mm(&r)) && !(err = rst_map_vmas(&r)) && !(err = rst_nohugepage(&r)))
+		err = rst_prewrite_pages(&r);
 	(void)rdmig_tracee_uncolocate(r.t);
 	if (!err) {
 		rdmig_laps_mark(&laps, "prebuilt");
@@ -455,6 +455,8 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	}
 	if (!err)
 		err = build_steps(&r, prepared ? 1 : 0);
+	free(r.kept);
+	r.kept = NULL;
 	r.pre = NULL;
 	free_pre(pre);
 	if (!err)

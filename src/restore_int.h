@@ -33,6 +33,9 @@ struct rst {
 	 * follows it (same exe and special mappings): rst_relayout instead of the
 	 * specials and vmas steps, and rst_set_mm leaves the exe as it is. */
 	const struct rdmig_image *pre;
+	/* rst_relayout: kept[i] when the image's vma i is pre's, left in place
+	 * (with the pages the prebuild wrote into it) */
+	bool *kept;
 };
 
 /* Record the first failure as a sentence in r->why and log it; returns err. */
@@ -62,6 +65,8 @@ bool rst_can_relayout(const struct rdmig_image *pre, const struct rdmig_image *i
 int rst_relayout(struct rst *r);
 int rst_nohugepage(struct rst *r);
 int rst_eager_pages(struct rst *r);
+/* rdmig_husk_prebuild: the layout's written pages of private file mappings. */
+int rst_prewrite_pages(struct rst *r);
 
 /* restore_task.c */
 int rst_rlimits(struct rst *r);

@@ -483,17 +483,80 @@ static int map_one(struct rst *r, const struct rdmig_img_vma *v, int *hfd, bool 
 	return 0;
 }
 
+/* The layout's written pages of private file mappings, written into the
+ * prebuilt husk (the restore then writes only those that changed since). A
+ * layout page elsewhere is not written (the source sends none; the restore
+ * never counts on one). */
+int rst_prewrite_pages(struct rst *r)
+{
+	const struct rdmig_image *img = r->img;
+
+	for (uint32_t i = 0; i < img->ncow; i++) {
+		const struct rdmig_img_vma *v = rdmig_image_vma_at(img, img->cow[i].addr);
+		int err;
+
+		if (!v || v->kind != RDMIG_VMA_FILE_PRIVATE)
+			continue;
+		err = rdmig_tracee_write(r->t, img->cow[i].addr, img->cow[i].data, RDMIG_IMG_PAGE);
+		if (err)
+			return rst_fail(r, err,
+			                "writing the layout's page at %#" PRIx64 " failed: %s",
+			                img->cow[i].addr, strerror(-err));
+	}
+	return 0;
+}
+
+/* The page at a, in the image's vma vi, as the prebuild wrote it and still there:
+ * the vma was kept, and the layout had the page in a private file mapping. */
+static bool prewritten(const struct rst *r, uint32_t vi, uint64_t a)
+{
+	return r->pre && r->kept && r->kept[vi] &&
+	       r->img->vmas[vi].kind == RDMIG_VMA_FILE_PRIVATE &&
+	       rdmig_image_cow_find(r->pre->cow, r->pre->ncow, a);
+}
+
+/* Pages the prebuild wrote that the process no longer has as its own copies (it
+ * dropped them with madvise, or mapped the file again in the same place): back
+ * to the file's bytes, in runs. */
+static int drop_stale_prewritten(struct rst *r)
+{
+	const struct rdmig_image *img = r->img, *pre = r->pre;
+	uint64_t first = 0, n = 0;
+	int err = 0;
+
+	if (!pre || !r->kept)
+		return 0;
+	for (uint32_t i = 0; i <= pre->ncow && !err; i++) {
+		uint64_t a = i < pre->ncow ? pre->cow[i].addr : 0;
+		const struct rdmig_img_vma *v = i < pre->ncow ? rdmig_image_vma_at(img, a) : NULL;
+		bool stale = v && prewritten(r, (uint32_t)(v - img->vmas), a) &&
+		             !rdmig_image_cow_find(img->cow, img->ncow, a);
+
+		if (stale && n && a == first + n * RDMIG_IMG_PAGE) {
+			n++;
+			continue;
+		}
+		if (n)
+			err = rst_call(r, "madvise(MADV_DONTNEED) of a page the layout had written",
+			               NULL, SYS_madvise, (long)first, (long)(n * RDMIG_IMG_PAGE),
+			               MADV_DONTNEED, 0, 0, 0);
+		first = a;
+		n = stale ? 1 : 0;
+	}
+	return err;
+}
+
 /* After rst_nohugepage: with THP "always", the first write into an anonymous
  * range that may hold a huge page fills all 2 MiB of it, and every other page
  * of that block is then present, zero, and never fetched. */
 int rst_eager_pages(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
-	uint32_t vi = 0;
+	uint32_t vi = 0, skipped = 0;
+	int err;
 
 	for (uint32_t i = 0; i < img->ncow; i++) {
 		uint64_t a = img->cow[i].addr;
-		int err;
 
 		while (vi < img->nvmas && img->vmas[vi].end <= a)
 			vi++;
@@ -506,12 +569,21 @@ int rst_eager_pages(struct rst *r)
 			                "the image has a written page at %#" PRIx64
 			                " outside private memory",
 			                a);
+		/* the layout's bytes, written there by the prebuild already */
+		if (img->cow[i].ahead && prewritten(r, vi, a)) {
+			skipped++;
+			continue;
+		}
 		err = rdmig_tracee_write(r->t, a, img->cow[i].data, RDMIG_IMG_PAGE);
 		if (err)
 			return rst_fail(r, err, "writing the page at %#" PRIx64 " failed: %s", a,
 			                strerror(-err));
 	}
-	return 0;
+	err = drop_stale_prewritten(r);
+	if (!err && r->pre)
+		pr_info("pid %d: %u of %u written pages were in place since the prebuild",
+		        (int)r->pid, skipped, img->ncow);
+	return err;
 }
 
 /* The image's non-special vmas, but those with keep[i] set. */
@@ -629,7 +701,7 @@ int rst_relayout(struct rst *r)
 	}
 	if (!err)
 		err = map_vmas(r, keep, &mapped);
-	free(keep);
+	r->kept = keep; /* rst_eager_pages: the prebuild's pages there are in place */
 	if (!err)
 		pr_info("pid %d: prebuilt map followed: %u vmas kept, %u unmapped, %u mapped",
 		        (int)r->pid, kept, unmapped, mapped);

@@ -41,6 +41,7 @@ enum {
 	TAG_VMA,
 	TAG_FD,
 	TAG_COW,
+	TAG_COW_AHEAD,
 };
 
 #define HDR_LEN 16u
@@ -413,6 +414,9 @@ static const char *diff_tables(const struct rdmig_image *a, const struct rdmig_i
 		DIFF(cow[i].addr);
 		DIFF_BYTES(a->cow[i].data, b->cow[i].data, PAGE, "cow[i].data");
 	}
+	DIFF(nahead);
+	for (uint32_t i = 0; i < a->nahead; i++)
+		DIFF(ahead[i]);
 	return NULL;
 }
 
@@ -1112,6 +1116,25 @@ static void replace_str(char **s, const char *v)
 	*s = v ? dup_str(v) : NULL;
 }
 
+/* A page named as the layout's, into an image / as a COW_AHEAD record at the
+ * end (one address, or two when b is not 0). */
+static void add_ahead(struct rdmig_image *img, uint64_t a)
+{
+	img->ahead = realloc(img->ahead, (img->nahead + 1) * sizeof(*img->ahead));
+	if (!img->ahead)
+		abort();
+	img->ahead[img->nahead++] = a;
+}
+
+static void ahead_rec(struct recs *rs, uint64_t a, uint64_t b)
+{
+	uint8_t p[16];
+
+	set_le64(p, a);
+	set_le64(p + 8, b);
+	recs_insert(rs, rs->n, TAG_COW_AHEAD, b ? 16 : 8, p);
+}
+
 /* The cases the brief names, each as a struct and as bytes. */
 static void malformed(void)
 {
@@ -1217,6 +1240,31 @@ static void malformed(void)
 	        recs_resize(rs, recs_find(rs, TAG_COW, 0), 2 * COW_ENTRY + 1));
 	BAD_REC("COW record over the batch size", "bad length",
 	        recs_resize(rs, recs_find(rs, TAG_COW, 0), 257 * COW_ENTRY));
+
+	/* pages named as the layout's (vma 8 is libc's data, pages 0x7ffff7f14000..;
+	 * 0x7ffff7f16000 comes with its bytes) */
+	BAD_IMG("layout page in anonymous memory", "not in a private file mapping",
+	        add_ahead(im, 0x7ffff7f19000));
+	BAD_REC("layout page in anonymous memory", "not in a private file mapping",
+	        ahead_rec(rs, 0x7ffff7f19000, 0));
+	BAD_REC("layout page in a gap", "not in a private file mapping",
+	        ahead_rec(rs, 0x7ffff7f26000, 0));
+	BAD_IMG("layout page also with its bytes", "also comes with its bytes",
+	        add_ahead(im, 0x7ffff7f16000));
+	BAD_REC("layout page also with its bytes", "also comes with its bytes",
+	        ahead_rec(rs, 0x7ffff7f16000, 0));
+	BAD_REC("unaligned layout page", "unaligned", ahead_rec(rs, 0x7ffff7f14008, 0));
+	BAD_REC("unsorted layout pages", "unsorted", ahead_rec(rs, 0x7ffff7f15000, 0x7ffff7f14000));
+	BAD_REC("repeated layout page", "repeated", ahead_rec(rs, 0x7ffff7f15000, 0x7ffff7f15000));
+	BAD_REC("empty COW_AHEAD record", "bad length",
+	        recs_insert(rs, rs->n, TAG_COW_AHEAD, 0, NULL));
+	BAD_REC("COW_AHEAD record of a partial address", "bad length",
+	        recs_insert(rs, rs->n, TAG_COW_AHEAD, 4, "abcd"));
+	BAD_REC("COW_AHEAD record over the batch size", "bad length",
+	        ahead_rec(rs, 0x7ffff7f14000, 0);
+	        recs_resize(rs, rs->n - 1, 4097 * 8));
+	BAD_REC("COW_AHEAD before COW", "out of order", ahead_rec(rs, 0x7ffff7f14000, 0);
+	        recs_swap(rs, rs->n - 1, recs_find(rs, TAG_COW, 0)));
 
 	/* paths */
 	BAD_IMG("control char in a path", "control character",
@@ -1357,7 +1405,7 @@ static void huge_and_framing(void)
 	        recs_insert_n(rs, at + 1, RDMIG_IMG_MAX_FDS + 1, TAG_FD, 32, rs->r[at].p));
 
 	/* framing */
-	BAD_REC("unknown tag", "unknown record tag", recs_insert(rs, rs->n, 16, 4, "abcd"));
+	BAD_REC("unknown tag", "unknown record tag", recs_insert(rs, rs->n, 17, 4, "abcd"));
 	BAD_REC("tag 0", "unknown record tag", recs_insert(rs, 0, 0, 0, NULL));
 	BAD_REC("record flags", "flags", REC(TAG_MM, 0).flags = 1);
 	/* touched pages as runs (vma 4: {0, 100}, {200, 312}) */
@@ -1447,8 +1495,10 @@ static void huge_and_framing(void)
 	buf[0] = 'X';
 	expect_decode_refused(buf, good_len, -EBADMSG, "wrong magic", "magic");
 	memcpy(buf, good, good_len);
-	set_le32(buf + 4, 4);
-	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 4", "version 4");
+	set_le32(buf + 4, 5);
+	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 5", "version 5");
+	set_le32(buf + 4, 3); /* no COW_AHEAD */
+	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 3", "version 3");
 	set_le32(buf + 4, 2); /* touched pages as bitmaps only, rseq pages not sent */
 	expect_decode_refused(buf, good_len, -EPROTONOSUPPORT, "version 2", "version 2");
 	set_le32(buf + 4, 1); /* single-threaded images from before */
@@ -1524,13 +1574,93 @@ static void write_seeds(void)
 	encode_ok(&img, &buf, &len);
 	T_OK(write_file(dir, "small_runs", buf, len));
 	free(buf);
+	/* its written page named as the layout's (a COW_AHEAD record, no COW) */
+	img.ncow = 0;
+	add_ahead(&img, 0x401000);
+	encode_ok(&img, &buf, &len);
+	T_OK(write_file(dir, "small_ahead", buf, len));
+	free(buf);
 	rdmig_image_free(&img);
+}
+
+/* The written file pages the layout carried: the source names those unchanged
+ * (mark), the destination gets their bytes back from its copy of the layout
+ * (fill), and the image it restores is the one the source captured. */
+static void layout_pages(void)
+{
+	struct rdmig_image img, full, got, bad;
+	struct rdmig_img_cow_page lay[4];
+	uint8_t *buf, *fullbuf;
+	size_t len, fulllen;
+	const char *d;
+	int ret;
+
+	build_image(&full);
+	build_image(&img);
+	encode_ok(&full, &fullbuf, &fulllen);
+	/* the layout: libc's page 0x7ffff7f16000 and the app's 0x55555555a000 as
+	 * they are now, 0x55555555b000 as it was before the process wrote it,
+	 * 0x7ffff7f14000 dropped since; the tid cache's ANON page 0x7ffff7f18000
+	 * with the same bytes (never named: anonymous pages are not the layout's) */
+	memset(lay, 0, sizeof(lay));
+	lay[0] = img.cow[0];
+	lay[1] = img.cow[1];
+	lay[1].data[100] ^= 1;
+	lay[2].addr = 0x7ffff7f14000;
+	memset(lay[2].data, 7, PAGE);
+	lay[3] = img.cow[2];
+	ret = rdmig_image_mark_ahead(&img, lay, 4);
+	T_CHECK(ret == 2, "mark moved %d pages, want 2", ret);
+	T_CHECK(img.nahead == 2 && img.ahead[0] == 0x55555555a000 && img.ahead[1] == 0x7ffff7f16000,
+	        "ahead: %u pages", img.nahead);
+	T_CHECK(img.ncow == 2 && img.cow[0].addr == 0x55555555b000 &&
+	            img.cow[1].addr == 0x7ffff7f18000 &&
+	            !memcmp(img.cow[0].data, full.cow[1].data, PAGE),
+	        "cow after mark: %u pages", img.ncow);
+	T_CHECK(rdmig_image_mark_ahead(&img, lay, 4) == -EINVAL, "a second mark");
+
+	encode_ok(&img, &buf, &len);
+	/* two COW entries fewer, one COW_AHEAD record of two addresses more */
+	T_CHECK(fulllen - len == 2 * (8 + PAGE) - (8 + 2 * 8), "%zu bytes named against %zu sent",
+	        len, fulllen);
+	T_OK(rdmig_image_decode(buf, len, &got));
+	d = diff_image(&img, &got);
+	T_CHECK(!d, "decoded image differs in %s", d);
+
+	/* a layout without one of them: refused, the image unchanged */
+	T_OK(rdmig_image_decode(buf, len, &bad));
+	T_CHECK(rdmig_image_fill_ahead(&bad, lay + 1, 3) == -EBADMSG, "fill without 0x...a000");
+	T_CHECK(bad.nahead == 2 && bad.ncow == 2, "a refused fill changed the image");
+	T_CHECK(rdmig_image_fill_ahead(&bad, NULL, 0) == -EBADMSG, "fill without a layout");
+	rdmig_image_free(&bad);
+
+	T_OK(rdmig_image_fill_ahead(&got, lay, 4));
+	T_CHECK(!got.nahead && !got.ahead && got.ncow == 4, "after fill: %u ahead, %u cow",
+	        got.nahead, got.ncow);
+	d = diff_image(&full, &got);
+	T_CHECK(!d, "filled image differs from the captured one in %s", d);
+	for (uint32_t i = 0; i < got.ncow; i++)
+		T_CHECK(got.cow[i].ahead == (i == 0 || i == 2), "page %u ahead %d", i,
+		        got.cow[i].ahead);
+	/* filled: as if the bytes had come (an encoding equal to the full one) */
+	free(buf);
+	encode_ok(&got, &buf, &len);
+	T_CHECK(len == fulllen && !memcmp(buf, fullbuf, len), "filled image encodes otherwise");
+	T_OK(rdmig_image_fill_ahead(&got, lay, 4)); /* nothing left to fill */
+	T_CHECK(got.ncow == 4, "a second fill changed the image");
+
+	free(buf);
+	free(fullbuf);
+	rdmig_image_free(&got);
+	rdmig_image_free(&img);
+	rdmig_image_free(&full);
 }
 
 int main(int argc, char **argv)
 {
 	t_state.only = argc > 1 ? argv[1] : NULL;
 	T_RUN(roundtrip);
+	T_RUN(layout_pages);
 	T_RUN(roundtrip_edges);
 	T_RUN(truncations);
 	T_RUN(flips);

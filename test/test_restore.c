@@ -930,6 +930,89 @@ static void perturb_layout(struct rdmig_image *lay, enum pre_mode mode)
 	lay->nvmas++;
 }
 
+/* The written file pages the layout carried, as the daemons use them: the
+ * prebuild writes them, the image names those still the same, and the restore
+ * must leave each page as the frozen original has it. Before the prebuild, two
+ * of them become what the process could have done since: one page rewritten
+ * (the layout's bytes differ from the freeze's), and one page the layout has
+ * and the process does not (dropped with madvise since; here, the first page of
+ * a mapping of its exe, with bytes the file does not have). */
+static void perturb_layout_pages(struct rdmig_image *lay, uint64_t *changed, uint64_t *dropped)
+{
+	const struct rdmig_img_vma *v = NULL;
+	struct rdmig_img_cow_page *n;
+	uint32_t at = 0;
+
+	*changed = *dropped = 0;
+	T_CHECK(lay->ncow > 0, "the layout has no written file pages");
+	for (uint32_t i = 0; i < lay->ncow; i++) {
+		v = rdmig_image_vma_at(lay, lay->cow[i].addr);
+		T_CHECK(v && v->kind == RDMIG_VMA_FILE_PRIVATE,
+		        "layout page %#llx outside a "
+		        "private file mapping",
+		        (unsigned long long)lay->cow[i].addr);
+	}
+	if (!lay->ncow)
+		return;
+	lay->cow[0].data[123] ^= 0x5a;
+	*changed = lay->cow[0].addr;
+	for (uint32_t i = 0; i < lay->nvmas && !*dropped; i++) {
+		v = &lay->vmas[i];
+		if (v->kind == RDMIG_VMA_FILE_PRIVATE && v->file < lay->nfiles && lay->exe &&
+		    !strcmp(lay->files[v->file].path, lay->exe) &&
+		    !rdmig_image_cow_find(lay->cow, lay->ncow, v->start))
+			*dropped = v->start;
+	}
+	T_CHECK(*dropped, "no page of the exe's mappings to drop");
+	if (!*dropped)
+		return;
+	n = realloc(lay->cow, (lay->ncow + 1) * sizeof(*n));
+	T_CHECK(n != NULL, "realloc");
+	if (!n)
+		return;
+	lay->cow = n;
+	while (at < lay->ncow && n[at].addr < *dropped)
+		at++;
+	memmove(&n[at + 1], &n[at], (lay->ncow - at) * sizeof(*n));
+	n[at].addr = *dropped;
+	n[at].ahead = false;
+	memset(n[at].data, 0xa5, RDMIG_IMG_PAGE);
+	lay->ncow++;
+}
+
+/* Each of these pages that lies in a private file mapping of img reads the same
+ * in the restored process as in the frozen original. */
+static void same_layout_pages(pid_t orig, pid_t restored, const struct rdmig_image *img,
+                              const struct rdmig_img_cow_page *lay, uint32_t n)
+{
+	static uint8_t a[RDMIG_IMG_PAGE], b[RDMIG_IMG_PAGE];
+	char pa[64], pb[64];
+	int fa, fb;
+
+	snprintf(pa, sizeof(pa), "/proc/%d/mem", (int)orig);
+	snprintf(pb, sizeof(pb), "/proc/%d/mem", (int)restored);
+	fa = open(pa, O_RDONLY | O_CLOEXEC);
+	fb = open(pb, O_RDONLY | O_CLOEXEC);
+	T_CHECK(fa >= 0 && fb >= 0, "open /proc/PID/mem");
+	for (uint32_t i = 0; fa >= 0 && fb >= 0 && i < n; i++) {
+		const struct rdmig_img_vma *v = rdmig_image_vma_at(img, lay[i].addr);
+		off_t at = (off_t)lay[i].addr;
+
+		if (!v || v->kind != RDMIG_VMA_FILE_PRIVATE)
+			continue;
+		T_CHECK(pread(fa, a, sizeof(a), at) == (ssize_t)sizeof(a) &&
+		            pread(fb, b, sizeof(b), at) == (ssize_t)sizeof(b),
+		        "reading the page at %#llx", (unsigned long long)lay[i].addr);
+		T_CHECK(!memcmp(a, b, sizeof(a)),
+		        "the page at %#llx differs from the original's after the build",
+		        (unsigned long long)lay[i].addr);
+	}
+	if (fa >= 0)
+		close(fa);
+	if (fb >= 0)
+		close(fb);
+}
+
 /* Does pid map anything at addr? */
 static bool maps_has(pid_t pid, uint64_t addr)
 {
@@ -969,7 +1052,9 @@ static void roundtrip(bool nobody, bool threads, enum pre_mode pre)
 	struct rdmig_tracee *t = NULL;
 	char out[256], why[512] = "", desc[1024], st_orig[2048], st_new[2048];
 	pid_t orig, hpid = rdmig_husk_pid(husk);
-	uint64_t pages = 0;
+	uint64_t pages = 0, changed = 0, dropped = 0;
+	struct rdmig_img_cow_page *lay_cow = NULL; /* the daemons' copy of the layout's */
+	uint32_t nlay_cow = 0;
 	double t0;
 	int ret, st;
 
@@ -1005,12 +1090,19 @@ static void roundtrip(bool nobody, bool threads, enum pre_mode pre)
 		if (ret)
 			goto out_kill;
 		T_CHECK(lay.nthreads == 1 && lay.threads[0].tid == orig && lay.nfds == 0 &&
-		            lay.ncow == 0 && lay.nvmas > 3 && lay.vdso_len,
-		        "layout: %u threads, %u fds, %u cow pages, %u vmas", lay.nthreads, lay.nfds,
-		        lay.ncow, lay.nvmas);
+		            lay.nvmas > 3 && lay.vdso_len,
+		        "layout: %u threads, %u fds, %u vmas", lay.nthreads, lay.nfds, lay.nvmas);
 		for (uint32_t i = 0; i < lay.nvmas; i++)
 			T_CHECK(!lay.vmas[i].touched, "the layout's vma %u has pages", i);
 		perturb_layout(&lay, pre);
+		if (pre == PRE_FOLLOW)
+			perturb_layout_pages(&lay, &changed, &dropped);
+		nlay_cow = lay.ncow;
+		lay_cow = malloc((nlay_cow + 1) * sizeof(*lay_cow));
+		T_CHECK(lay_cow != NULL, "malloc");
+		if (!lay_cow)
+			goto out_kill;
+		memcpy(lay_cow, lay.cow, nlay_cow * sizeof(*lay_cow));
 		ret = rdmig_husk_prebuild(husk, &lay, why, sizeof(why));
 		T_CHECK(ret == 0, "prebuild: %d %s", ret, why);
 		T_CHECK(lay.nvmas == 0 && !lay.vmas, "the layout was not taken");
@@ -1028,6 +1120,21 @@ static void roundtrip(bool nobody, bool threads, enum pre_mode pre)
 	T_CHECK(ret == 0, "capture: %d %s", ret, why);
 	if (ret)
 		goto out_kill;
+	if (pre != PRE_NONE) {
+		/* what the daemons do with the image: the source names the pages that
+		 * did not change, the destination fills them back in */
+		uint32_t ncow = img.ncow;
+
+		ret = rdmig_image_mark_ahead(&img, lay_cow, nlay_cow);
+		T_CHECK(ret > 0 && (uint32_t)ret + img.ncow == ncow && img.nahead == (uint32_t)ret,
+		        "%d of %u pages marked as the layout's", ret, ncow);
+		T_CHECK(!rdmig_image_cow_find(img.cow, img.ncow, dropped),
+		        "the original has a written page where the test drops one");
+		if (changed)
+			T_CHECK(rdmig_image_cow_find(img.cow, img.ncow, changed) != NULL,
+			        "the page the layout has otherwise is not sent with its bytes");
+		T_OK(rdmig_image_fill_ahead(&img, lay_cow, nlay_cow));
+	}
 	rdmig_image_describe(&img, desc, sizeof(desc));
 	{
 		struct user_regs_struct regs;
@@ -1085,6 +1192,10 @@ static void roundtrip(bool nobody, bool threads, enum pre_mode pre)
 	if (pre != PRE_NONE) {
 		T_CHECK(!maps_has(r.pid, FAKE_VMA), "a mapping the image lacks was left in place");
 		same_exe(r.pid, orig);
+		/* the image's anonymous eager pages differ by design (the tid cache,
+		 * the rseq area's cpu): only the file pages */
+		same_layout_pages(orig, r.pid, &img, lay_cow, nlay_cow);
+		same_layout_pages(orig, r.pid, &img, img.cow, img.ncow);
 	}
 	status_creds(r.pid, st_new, sizeof(st_new));
 	T_CHECK(!strcmp(st_orig, st_new), "credentials differ:\noriginal:\n%srestored:\n%s",
@@ -1130,6 +1241,7 @@ out_kill:
 		rdmig_husk_destroy(husk);
 	T_CHECK(hpid <= 0 || pid_gone(hpid) || waitpid(hpid, NULL, WNOHANG) >= 0, "husk left");
 	rdmig_image_free(&img);
+	free(lay_cow);
 }
 
 static void roundtrip_root(void)

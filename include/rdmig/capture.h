@@ -66,10 +66,13 @@ RDMIG_CAPTURE_WUR int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *
 
 /*
  * The layout of a process that keeps running (nothing stops it): an image whose
- * memory map (no pages), files, vdso, exe, cwd, mm fields (brk = start_brk),
- * auxv, credentials and rlimits are read from /proc; its one thread record holds
- * the pid only, it has no descriptors, signals or pages. The destination builds
- * the map into its husk before the freeze (rdmig_husk_prebuild). The same
+ * memory map, files, vdso, exe, cwd, mm fields (brk = start_brk), auxv,
+ * credentials and rlimits are read from /proc, with the written pages of its
+ * private file mappings as they are now (img->cow; a page that cannot be read is
+ * left out); no anonymous pages, and its one thread record holds the pid only;
+ * no descriptors or signals. The destination builds the map into its husk, and
+ * writes those pages there, before the freeze (rdmig_husk_prebuild); the image
+ * then names the pages that did not change (rdmig_image_mark_ahead). The same
  * refusals as rdmig_capture_check. On failure img is freed (zeroed).
  */
 RDMIG_CAPTURE_WUR int rdmig_capture_layout(pid_t pid, struct rdmig_image *img, char *why,

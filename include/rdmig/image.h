@@ -38,7 +38,7 @@
 #define RDMIG_IMG_WUR __attribute__((warn_unused_result))
 
 #define RDMIG_IMG_MAGIC 0x494d4452u /* "RDMI" on the wire */
-#define RDMIG_IMG_VERSION 3u
+#define RDMIG_IMG_VERSION 4u
 
 /* Limits the decoder enforces (a well-formed image from a real process stays far
  * below them). */
@@ -187,6 +187,10 @@ struct rdmig_img_creds {
 
 struct rdmig_img_cow_page {
 	uint64_t addr; /* page aligned, inside a FILE_PRIVATE vma */
+	/* In memory only, never on the wire: the bytes are the LAYOUT's (set by
+	 * rdmig_image_fill_ahead), so a husk prebuilt from that layout may hold
+	 * them already. */
+	bool ahead;
 	uint8_t data[RDMIG_IMG_PAGE];
 };
 
@@ -228,6 +232,13 @@ struct rdmig_image {
 	 * Sorted by addr, unique. */
 	uint32_t ncow;
 	struct rdmig_img_cow_page *cow;
+	/* Written pages of private file mappings whose bytes at the freeze were
+	 * those the LAYOUT carried (the source compares them): addresses only,
+	 * sorted, unique, none also in cow; in FILE_PRIVATE vmas. The destination
+	 * turns them back into cow pages (rdmig_image_fill_ahead) before the
+	 * restore. */
+	uint32_t nahead;
+	uint64_t *ahead;
 };
 
 /* Frees everything the image points to (not the struct itself); accepts a zeroed
@@ -242,6 +253,26 @@ RDMIG_IMG_WUR int rdmig_image_encode(const struct rdmig_image *img, uint8_t **ou
 /* Check and decode: 0, -EBADMSG (malformed, with a log line saying what),
  * -EPROTONOSUPPORT (another version), -ENOMEM. On failure *img is zeroed. */
 RDMIG_IMG_WUR int rdmig_image_decode(const uint8_t *buf, size_t len, struct rdmig_image *img);
+
+/* The written pages of private file mappings that travel ahead of the freeze,
+ * in the LAYOUT (src/migrate_src.c): most never change while the process runs
+ * (a library's data), so the image names them instead of carrying 4 KiB each.
+ * lay is a layout's cow list (sorted by addr).
+ * mark: on the source, after the capture: each cow page of a FILE_PRIVATE vma
+ *   whose bytes equal lay's page at its address moves to img->ahead (once:
+ *   -EINVAL when img has ahead pages already). Returns how many moved, or
+ *   -ENOMEM (img unchanged).
+ * fill: on the destination, after the decode: each ahead address becomes a cow
+ *   page again with lay's bytes and .ahead set. -EBADMSG (logged) when lay lacks
+ *   one: the source named a page it never sent. -ENOMEM. img unchanged on
+ *   failure. */
+RDMIG_IMG_WUR int rdmig_image_mark_ahead(struct rdmig_image *img,
+                                         const struct rdmig_img_cow_page *lay, uint32_t nlay);
+RDMIG_IMG_WUR int rdmig_image_fill_ahead(struct rdmig_image *img,
+                                         const struct rdmig_img_cow_page *lay, uint32_t nlay);
+/* lay's page at addr (binary search), or NULL. */
+const struct rdmig_img_cow_page *rdmig_image_cow_find(const struct rdmig_img_cow_page *lay,
+                                                      uint32_t nlay, uint64_t addr);
 
 /* The vma holding addr, or NULL. */
 const struct rdmig_img_vma *rdmig_image_vma_at(const struct rdmig_image *img, uint64_t addr);
