@@ -385,23 +385,94 @@ struct status_creds {
 	uint32_t uid[4], gid[4];
 	uint64_t inh, prm, eff, bnd, amb;
 	uint32_t nnp;
+	uint32_t ngroups; /* as the kernel prints them: sorted */
+	uint32_t *groups;
 };
 
+static void free_status(struct status_creds *s)
+{
+	free(s->groups);
+	s->groups = NULL;
+	s->ngroups = 0;
+}
+
+/* The "Groups:" line's numbers (the kernel keeps them sorted). */
+static int parse_groups(const char *p, struct status_creds *s)
+{
+	uint32_t cap = 0;
+
+	for (;;) {
+		char *end;
+		unsigned long g;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\n' || *p == '\0')
+			return 0;
+		errno = 0;
+		g = strtoul(p, &end, 10);
+		if (end == p || errno || g > UINT32_MAX || s->ngroups >= RDMIG_IMG_MAX_GROUPS)
+			return -EBADMSG;
+		if (s->ngroups == cap) {
+			uint32_t *n = realloc(s->groups, (cap ? 2 * cap : 16) * sizeof(*n));
+
+			if (!n)
+				return -ENOMEM;
+			s->groups = n;
+			cap = cap ? 2 * cap : 16;
+		}
+		s->groups[s->ngroups++] = (uint32_t)g;
+		p = end;
+	}
+}
+
+/* Whole, not by lines of a fixed size: the Groups line has up to 65536 numbers. */
 static int read_status(struct rst *r, struct status_creds *s)
 {
-	char path[64], line[512];
+	char path[64], *buf = NULL, *line, *save = NULL;
+	size_t len = 0, cap = 0;
 	unsigned long long v;
-	int seen = 0;
-	FILE *f;
+	int seen = 0, fd, err = 0;
 
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)r->pid);
-	f = fopen(path, "re");
-	if (!f)
-		return rst_fail(r, -errno, "cannot read %s: %s", path, strerror(errno));
 	memset(s, 0, sizeof(*s));
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "Uid: %u %u %u %u", &s->uid[0], &s->uid[1], &s->uid[2],
-		           &s->uid[3]) == 4)
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return rst_fail(r, -errno, "cannot read %s: %s", path, strerror(errno));
+	for (;;) {
+		ssize_t n;
+
+		if (cap - len < 4096) {
+			char *nb = realloc(buf, cap + 8192);
+
+			if (!nb) {
+				err = -ENOMEM;
+				break;
+			}
+			buf = nb;
+			cap += 8192;
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			err = -errno;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	if (err) {
+		free(buf);
+		return rst_fail(r, err, "cannot read %s: %s", path, strerror(-err));
+	}
+	buf[len] = '\0';
+	for (line = strtok_r(buf, "\n", &save); line && !err; line = strtok_r(NULL, "\n", &save)) {
+		if (!strncmp(line, "Groups:", 7)) {
+			err = parse_groups(line + 7, s);
+			seen |= 256;
+		} else if (sscanf(line, "Uid: %u %u %u %u", &s->uid[0], &s->uid[1], &s->uid[2],
+		                  &s->uid[3]) == 4)
 			seen |= 1;
 		else if (sscanf(line, "Gid: %u %u %u %u", &s->gid[0], &s->gid[1], &s->gid[2],
 		                &s->gid[3]) == 4)
@@ -419,9 +490,43 @@ static int read_status(struct rst *r, struct status_creds *s)
 		else if (sscanf(line, "NoNewPrivs: %llu", &v) == 1)
 			s->nnp = (uint32_t)v, seen |= 128;
 	}
-	fclose(f);
-	if (seen != 255)
-		return rst_fail(r, -EBADMSG, "%s lacks a credentials line", path);
+	free(buf);
+	if (!err && seen != 511)
+		err = -EBADMSG;
+	if (err) {
+		free_status(s);
+		return rst_fail(r, err, "%s lacks a credentials line or has a bad one", path);
+	}
+	return 0;
+}
+
+static int u32_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* The image's supplementary groups (in the source kernel's order) against the
+ * process's; -ENOMEM when they cannot be compared. */
+static int same_groups(const struct status_creds *s, const struct rdmig_img_creds *c, bool *same)
+{
+	uint32_t *g;
+
+	*same = false;
+	if (s->ngroups != c->ngroups)
+		return 0;
+	if (!c->ngroups) {
+		*same = true;
+		return 0;
+	}
+	g = malloc((size_t)c->ngroups * sizeof(*g));
+	if (!g)
+		return -ENOMEM;
+	memcpy(g, c->groups, (size_t)c->ngroups * sizeof(*g));
+	qsort(g, c->ngroups, sizeof(*g), u32_cmp);
+	*same = !memcmp(g, s->groups, (size_t)c->ngroups * sizeof(*g));
+	free(g);
 	return 0;
 }
 
@@ -448,10 +553,19 @@ static int set_caps(struct rst *r, const struct rdmig_img_creds *c)
 static int check_creds(struct rst *r, const struct rdmig_img_creds *c)
 {
 	struct status_creds s;
+	bool groups_ok;
 	int err = read_status(r, &s);
 
 	if (err)
 		return err;
+	err = same_groups(&s, c, &groups_ok);
+	free_status(&s);
+	if (err)
+		return rst_fail(r, err, "out of memory");
+	if (!groups_ok)
+		return rst_fail(r, -EPERM,
+		                "the supplementary groups set do not match the image's %u groups",
+		                c->ngroups);
 	if (memcmp(s.uid, c->uid, sizeof(s.uid)) || memcmp(s.gid, c->gid, sizeof(s.gid)) ||
 	    s.inh != c->cap_inh || s.prm != c->cap_prm || s.eff != c->cap_eff ||
 	    s.amb != c->cap_amb || (s.bnd & ~c->cap_bnd) || s.nnp < c->no_new_privs)
@@ -476,41 +590,56 @@ int rst_creds(struct rst *r)
 	const struct rdmig_img_creds *c = &r->img->creds;
 	struct status_creds s;
 	bool keep = c->cap_prm && (c->uid[0] && c->uid[1] && c->uid[2]);
+	bool groups_same, gid_same, uid_same, caps_same;
 	uint64_t at;
 	int err;
 
 	if ((err = read_status(r, &s)))
 		return err;
+	err = same_groups(&s, c, &groups_same);
+	free_status(&s);
+	if (err)
+		return rst_fail(r, err, "out of memory");
 	if (c->cap_prm & ~s.prm)
 		return rst_fail(r, -EPERM,
 		                "the process had capabilities %#" PRIx64
 		                " that the daemon does not hold here; it would not get them back",
 		                c->cap_prm & ~s.prm);
+	/* What the husk (the daemon's fork) has already is not set again: a call
+	 * each inside the downtime, and a process that ran as the daemon's user
+	 * (root, often) needs none of them. check_creds reads the result either
+	 * way. */
+	gid_same = !memcmp(s.gid, c->gid, sizeof(s.gid));
+	uid_same = !memcmp(s.uid, c->uid, sizeof(s.uid));
+	caps_same = uid_same && s.inh == c->cap_inh && s.prm == c->cap_prm && s.eff == c->cap_eff;
 	/* Bounding set first: dropping needs CAP_SETPCAP, gone after the uid switch. */
 	for (int cap = 0; cap < 64; cap++)
 		if ((s.bnd >> cap & 1) && !(c->cap_bnd >> cap & 1) &&
 		    (err = rst_call(r, "prctl(PR_CAPBSET_DROP)", NULL, SYS_prctl, PR_CAPBSET_DROP,
 		                    cap, 0, 0, 0, 0)))
 			return err;
+	keep = keep && !uid_same;
 	if (keep && (err = rst_call(r, "prctl(PR_SET_KEEPCAPS, 1)", NULL, SYS_prctl,
 	                            PR_SET_KEEPCAPS, 1, 0, 0, 0, 0)))
 		return err;
-	if (c->ngroups) {
+	if (c->ngroups && !groups_same) {
 		if ((err =
 		         rst_to_scratch(r, c->groups, (size_t)c->ngroups * sizeof(uint32_t), &at)))
 			return err;
 	} else {
 		at = 0;
 	}
-	if ((err =
-	         rst_call(r, "setgroups", NULL, SYS_setgroups, c->ngroups, (long)at, 0, 0, 0, 0)) ||
-	    (err = rst_call(r, "setresgid", NULL, SYS_setresgid, c->gid[0], c->gid[1], c->gid[2], 0,
-	                    0, 0)) ||
-	    (err = rst_call(r, "setresuid", NULL, SYS_setresuid, c->uid[0], c->uid[1], c->uid[2], 0,
-	                    0, 0)) ||
-	    (err = rst_call(r, "setfsgid", NULL, SYS_setfsgid, c->gid[3], 0, 0, 0, 0, 0)) ||
-	    (err = rst_call(r, "setfsuid", NULL, SYS_setfsuid, c->uid[3], 0, 0, 0, 0, 0)) ||
-	    (err = set_caps(r, c)))
+	if ((!groups_same && (err = rst_call(r, "setgroups", NULL, SYS_setgroups, c->ngroups,
+	                                     (long)at, 0, 0, 0, 0))) ||
+	    (!gid_same && (err = rst_call(r, "setresgid", NULL, SYS_setresgid, c->gid[0], c->gid[1],
+	                                  c->gid[2], 0, 0, 0))) ||
+	    (!uid_same && (err = rst_call(r, "setresuid", NULL, SYS_setresuid, c->uid[0], c->uid[1],
+	                                  c->uid[2], 0, 0, 0))) ||
+	    (!gid_same &&
+	     (err = rst_call(r, "setfsgid", NULL, SYS_setfsgid, c->gid[3], 0, 0, 0, 0, 0))) ||
+	    (!uid_same &&
+	     (err = rst_call(r, "setfsuid", NULL, SYS_setfsuid, c->uid[3], 0, 0, 0, 0, 0))) ||
+	    (!caps_same && (err = set_caps(r, c))))
 		return err;
 	if (keep && (err = rst_call(r, "prctl(PR_SET_KEEPCAPS, 0)", NULL, SYS_prctl,
 	                            PR_SET_KEEPCAPS, 0, 0, 0, 0, 0)))
