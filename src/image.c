@@ -8,7 +8,8 @@
  * written and read byte by byte. Records come in tag order (a tag never follows
  * a larger one); the ones marked "once" are required exactly once, the others
  * repeat (zero or more times) and fill their arrays in order. Counts are never
- * sent: they follow from the record length, which must match exactly.
+ * sent: they follow from the record length, which must match exactly. COW and
+ * COW_AHEAD records are full batches but the last.
  *
  *  tag name        once  payload
  *   1  PROC        yes   pid i32, comm[16], umask u32, personality u32      (28)
@@ -1333,6 +1334,9 @@ static int scan_records(const uint8_t *p, size_t len, struct counts *c)
 	unsigned prev = 0;
 	size_t off = 0;
 	int ret = 0;
+	/* COW and COW_AHEAD come in full batches but the last (one encoding per
+	 * image: the encoder would merge two partial ones) */
+	bool cow_partial = false, ahead_partial = false;
 
 	while (off < len) {
 		size_t at = HDR_LEN + off; /* for messages: offset in the image */
@@ -1385,6 +1389,11 @@ static int scan_records(const uint8_t *p, size_t len, struct counts *c)
 				pr_err("record COW at offset %zu: bad length %u", at, rlen);
 				return -EBADMSG;
 			}
+			if (cow_partial) {
+				pr_err("record COW at offset %zu follows a partial one", at);
+				return -EBADMSG;
+			}
+			cow_partial = rlen / COW_ENTRY_LEN < COW_BATCH;
 			ret = count_up(&c->cow, rlen / COW_ENTRY_LEN, RDMIG_IMG_MAX_COW_PAGES,
 			               "cow pages");
 			break;
@@ -1393,6 +1402,11 @@ static int scan_records(const uint8_t *p, size_t len, struct counts *c)
 				pr_err("record COW_AHEAD at offset %zu: bad length %u", at, rlen);
 				return -EBADMSG;
 			}
+			if (ahead_partial) {
+				pr_err("record COW_AHEAD at offset %zu follows a partial one", at);
+				return -EBADMSG;
+			}
+			ahead_partial = rlen / 8 < AHEAD_BATCH;
 			ret =
 			    count_up(&c->ahead, rlen / 8, RDMIG_IMG_MAX_COW_PAGES, "layout pages");
 			break;

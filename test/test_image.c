@@ -1263,6 +1263,13 @@ static void malformed(void)
 	BAD_REC("COW_AHEAD record over the batch size", "bad length",
 	        ahead_rec(rs, 0x7ffff7f14000, 0);
 	        recs_resize(rs, rs->n - 1, 4097 * 8));
+	BAD_REC("two partial COW_AHEAD records", "follows a partial one",
+	        ahead_rec(rs, 0x7ffff7f14000, 0);
+	        ahead_rec(rs, 0x7ffff7f15000, 0));
+	BAD_REC("two partial COW records", "follows a partial one",
+	        size_t at = recs_find(rs, TAG_COW, 0);
+	        recs_insert(rs, at + 1, TAG_COW, COW_ENTRY, rs->r[at].p + 3 * COW_ENTRY);
+	        recs_resize(rs, at, 3 * COW_ENTRY));
 	BAD_REC("COW_AHEAD before COW", "out of order", ahead_rec(rs, 0x7ffff7f14000, 0);
 	        recs_swap(rs, rs->n - 1, recs_find(rs, TAG_COW, 0)));
 
