@@ -137,14 +137,14 @@ int rst_task_misc(struct rst *r)
 	                0);
 }
 
-/* Move tmp to number fd (close-on-exec as given) and close tmp. */
+/* Move tmp (opened with O_CLOEXEC as the image's fd has it) to number fd and
+ * close tmp; nothing to do when the open gave that number already. */
 static int place_fd(struct rst *r, int tmp, int fd, bool cloexec)
 {
 	int err;
 
 	if (tmp == fd)
-		return rst_call(r, "fcntl(F_SETFD)", NULL, SYS_fcntl, fd, F_SETFD,
-		                cloexec ? FD_CLOEXEC : 0, 0, 0, 0);
+		return 0;
 	err = rst_call(r, "dup3", NULL, SYS_dup3, tmp, fd, cloexec ? O_CLOEXEC : 0, 0, 0, 0);
 	rst_close(r, tmp);
 	return err;
@@ -176,8 +176,10 @@ static int restore_stdio(struct rst *r, const struct rdmig_img_fd *f)
 			                strerror(-err));
 		return 0;
 	}
-	if ((err = rst_open(r, path, f->fd == 0 ? O_RDONLY : O_WRONLY | O_CREAT | O_APPEND, 0644,
-	                    &tmp)))
+	if ((err = rst_open(r, path,
+	                    (f->fd == 0 ? O_RDONLY : O_WRONLY | O_CREAT | O_APPEND) |
+	                        (f->cloexec ? O_CLOEXEC : 0),
+	                    0644, &tmp)))
 		return err;
 	return place_fd(r, tmp, f->fd, f->cloexec);
 }
@@ -203,9 +205,11 @@ static int restore_file_fd(struct rst *r, const struct rdmig_img_fd *f)
 			                file->path, (int)f->fd);
 	}
 	if ((err = rst_open(r, file->path,
-	                    (int)(f->flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC)), 0, &tmp)))
+	                    (int)(f->flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC)) |
+	                        (f->cloexec ? O_CLOEXEC : 0),
+	                    0, &tmp)))
 		return err;
-	if (f->kind == RDMIG_FD_FILE &&
+	if (f->kind == RDMIG_FD_FILE && f->pos && /* an open file is at 0 */
 	    (err = rst_call(r, "lseek", NULL, SYS_lseek, tmp, (long)f->pos, SEEK_SET, 0, 0, 0))) {
 		rst_close(r, tmp);
 		return err;
@@ -213,17 +217,47 @@ static int restore_file_fd(struct rst *r, const struct rdmig_img_fd *f)
 	return place_fd(r, tmp, f->fd, f->cloexec);
 }
 
+/* The husk's own 0-2 (the daemon's, inherited) that the image's descriptors
+ * replace: closed first, in runs, so each open lands on its number (the husk
+ * has nothing else open) instead of an open, a dup3 and a close. */
+static int close_replaced_stdio(struct rst *r)
+{
+	const struct rdmig_image *img = r->img;
+	bool replaced[4] = {false, false, false, false};
+	int err = 0;
+
+	for (uint32_t i = 0; i < img->nfds; i++) {
+		const struct rdmig_img_fd *f = &img->fds[i];
+
+		if (f->fd >= 0 && f->fd <= 2 &&
+		    (f->kind != RDMIG_FD_STDIO || r->o->stdio_path[f->fd]))
+			replaced[f->fd] = true;
+	}
+	for (int lo = 0; lo <= 2 && !err; lo++) {
+		int hi = lo;
+
+		if (!replaced[lo])
+			continue;
+		while (replaced[hi + 1])
+			hi++;
+		err = rst_call(r, "close_range(stdio)", NULL, SYS_close_range, lo, hi, 0, 0, 0, 0);
+		lo = hi;
+	}
+	return err;
+}
+
 int rst_fds(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
 	bool has[3] = {false, false, false};
-	int err = 0;
+	int err = close_replaced_stdio(r);
 
 	for (uint32_t i = 0; i < img->nfds && !err; i++) {
 		const struct rdmig_img_fd *f = &img->fds[i];
 
 		if (f->fd >= 0 && f->fd <= 2)
 			has[f->fd] = true;
+		/* ascending: every lower number the image has is open again */
 		switch (f->kind) {
 		case RDMIG_FD_STDIO:
 			err = restore_stdio(r, f);

@@ -169,10 +169,10 @@ struct hand_image {
 	struct rdmig_image img;
 	struct rdmig_img_vma vmas[8];
 	struct rdmig_img_file files[2];
-	struct rdmig_img_fd fds[1];
+	struct rdmig_img_fd fds[3];
 	struct rdmig_img_thread threads[1];
 	uint32_t groups[64];
-	char exe[512], cwd[8], outpath[128];
+	char exe[512], cwd[8], outpath[128], devnull[16];
 };
 
 static void fill_creds(struct rdmig_img_creds *c, uint32_t *groups, size_t maxg)
@@ -330,12 +330,20 @@ static void hand_image(struct hand_image *h, const char *outpath)
 	                                      .mtime_sec = st.st_mtim.tv_sec,
 	                                      .mtime_nsec = (uint32_t)st.st_mtim.tv_nsec,
 	                                      .mode = st.st_mode};
+	snprintf(h->devnull, sizeof(h->devnull), "/dev/null");
+	h->files[1] = (struct rdmig_img_file){.path = h->devnull, .mode = S_IFCHR | 0666};
 	img->files = h->files;
-	img->nfiles = 1;
+	img->nfiles = 2;
+	/* fd 0 replaces the husk's (the daemon's stdin), fd 3 lands where it opens,
+	 * fd 6 does not (the husk has 4 and 5 free): close-on-exec as given */
 	h->fds[0] = (struct rdmig_img_fd){
+	    .fd = 0, .kind = RDMIG_FD_DEVNULL, .flags = O_RDONLY, .cloexec = 1, .file = 1};
+	h->fds[1] = (struct rdmig_img_fd){
 	    .fd = 3, .kind = RDMIG_FD_FILE, .flags = O_WRONLY, .pos = 5, .file = 0};
+	h->fds[2] = (struct rdmig_img_fd){
+	    .fd = 6, .kind = RDMIG_FD_FILE, .flags = O_RDONLY, .cloexec = 1, .pos = 0, .file = 0};
 	img->fds = h->fds;
-	img->nfds = 1;
+	img->nfds = 3;
 }
 
 static void write_file(const char *path, const char *s)
@@ -347,6 +355,34 @@ static void write_file(const char *path, const char *s)
 			perror("write");
 		close(fd);
 	}
+}
+
+/* fd of pid: where it points, its file position and whether it is close-on-exec;
+ * false when it is not open. */
+static bool fd_state(pid_t pid, int fd, char *target, size_t cap, long long *pos, bool *cloexec)
+{
+	char path[64], line[256];
+	unsigned long long flags = 0;
+	ssize_t n;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, fd);
+	n = readlink(path, target, cap - 1);
+	if (n < 0)
+		return false;
+	target[n] = '\0';
+	snprintf(path, sizeof(path), "/proc/%d/fdinfo/%d", (int)pid, fd);
+	f = fopen(path, "re");
+	*pos = -1;
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "pos: %lld", pos) == 1)
+			continue;
+		(void)sscanf(line, "flags: %llo", &flags);
+	}
+	if (f)
+		fclose(f);
+	*cloexec = flags & O_CLOEXEC;
+	return true;
 }
 
 static void hand_built(void)
@@ -381,6 +417,33 @@ static void hand_built(void)
 	if (f)
 		fclose(f);
 	T_CHECK(moved, "[vdso] was not moved to %#llx", HB_SPECIALS);
+	{
+		static const struct {
+			int fd;
+			bool open;
+			const char *target;
+			long long pos;
+			bool cloexec;
+		} want[] = {{0, true, "/dev/null", 0, true}, {1, false, NULL, 0, false},
+		            {2, false, NULL, 0, false},      {3, true, NULL, 5, false},
+		            {4, false, NULL, 0, false},      {5, false, NULL, 0, false},
+		            {6, true, NULL, 0, true},        {7, false, NULL, 0, false}};
+
+		for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+			char target[512];
+			long long pos;
+			bool ce,
+			    open = fd_state(pid, want[i].fd, target, sizeof(target), &pos, &ce);
+
+			T_CHECK(open == want[i].open, "fd %d %s", want[i].fd,
+			        open ? "open, the image has none" : "not open");
+			if (!open || !want[i].open)
+				continue;
+			T_CHECK(!strcmp(target, want[i].target ? want[i].target : out) &&
+			            pos == want[i].pos && ce == want[i].cloexec,
+			        "fd %d: %s at %lld, cloexec %d", want[i].fd, target, pos, ce);
+		}
+	}
 	{
 		unsigned long long ign = 0;
 		char st_path[64];
