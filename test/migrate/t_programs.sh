@@ -72,8 +72,11 @@ python_heap_untracked() {
 # parent's data), and in the arena's modes. A freeze that lands while a worker
 # lives is refused (live children are not migrated), so the source is simply
 # tried again, as a user would.
+# RDMIG_FORKS_STEPS: how long the parent lives (0.25 s a step and a fork): each
+# try refused for a live worker costs a whole tracking and copy, and in pre-copy
+# under emulation (the rxe guest) enough of them outlived 30 steps once.
 forks_mode() { # MODE
-  local mode=$1 name=forks_$1 args=("${RDMIG_FORKS_N:-300000}" 30) try
+  local mode=$1 name=forks_$1 args=("${RDMIG_FORKS_N:-300000}" "${RDMIG_FORKS_STEPS:-30}") try
   python3 "$HERE/forks.py" "${args[@]}" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
   (clean python3 "$HERE/forks.py" "${args[@]}") >"$T/$name.out" </dev/null 2>"$T/$name.proc.err" &
   local pid=$!

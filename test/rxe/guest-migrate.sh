@@ -12,7 +12,8 @@ export RDMIG_BUILD=$build RDMIG_MIG_ADDR=$RDMIG_RXE_ADDR
 export RDMIG_HEAP_N=${RDMIG_HEAP_N:-200000} RDMIG_HEAP_STEPS=${RDMIG_HEAP_STEPS:-20}
 export RDMIG_GZ_LINES=${RDMIG_GZ_LINES:-2000000}
 export RDMIG_THREADS_ROUNDS=${RDMIG_THREADS_ROUNDS:-100} RDMIG_THREADS_CHAIN=${RDMIG_THREADS_CHAIN:-5000}
-export RDMIG_FORKS_N=${RDMIG_FORKS_N:-100000} RDMIG_OPS_MB=${RDMIG_OPS_MB:-16}
+export RDMIG_FORKS_N=${RDMIG_FORKS_N:-100000} RDMIG_FORKS_STEPS=${RDMIG_FORKS_STEPS:-80}
+export RDMIG_OPS_MB=${RDMIG_OPS_MB:-16}
 echo "== migration: verbs on rxe0 ($RDMIG_RXE_ADDR)"
 # First the restore's round trips: this guest's kernel runs THP "always" (the
 # host's: "madvise"), and they check that after a build nothing but the eagerly
