@@ -1143,22 +1143,31 @@ static int capture_cow(struct rdmig_tracee *t, int mem_fd, struct rdmig_image *i
 	return 0;
 }
 
-/* The vdso's bytes: through the tracee, or /proc/PID/mem for a process that runs. */
-static int read_vdso(pid_t pid, struct rdmig_tracee *t, uint64_t addr, void *buf, size_t len)
+/* The vdso's bytes: through the tracee, or mem_fd (/proc/PID/mem) for a process
+ * that runs. */
+static int read_vdso(struct rdmig_tracee *t, int mem_fd, uint64_t addr, void *buf, size_t len)
 {
-	char path[64];
 	ssize_t n;
-	int fd;
 
 	if (t)
 		return rdmig_tracee_read(t, addr, buf, len);
-	snprintf(path, sizeof(path), "/proc/%d/mem", pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = pread(fd, buf, len, (off_t)addr);
-	close(fd);
+	n = pread(mem_fd, buf, len, (off_t)addr);
 	return n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
+}
+
+/* /proc/PID/<name>, read-only: *fd, or -errno (logged). */
+static int open_proc(pid_t pid, const char *name, int *fd)
+{
+	char path[64];
+	int ret;
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", pid, name);
+	*fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (*fd >= 0)
+		return 0;
+	ret = -errno;
+	pr_err("opening %s failed: %s", path, strerror(-ret));
+	return ret;
 }
 
 /* With t NULL (rdmig_capture_layout): the map, its files, and the written pages
@@ -1172,25 +1181,13 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 	size_t nmaps = 0;
 	uint32_t cow_cap = 0;
 	uint8_t *bits = NULL, *written = NULL;
-	char path[64];
 	int pm_fd, mem_fd = -1, ret;
 
-	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
-	pm_fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (pm_fd < 0) {
-		ret = -errno;
-		pr_err("opening %s failed: %s", path, strerror(-ret));
+	ret = open_proc(pid, "pagemap", &pm_fd);
+	if (ret)
 		return ret;
-	}
-	if (!t) {
-		snprintf(path, sizeof(path), "/proc/%d/mem", pid);
-		mem_fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (mem_fd < 0) {
-			ret = -errno;
-			pr_err("opening %s failed: %s", path, strerror(-ret));
-			goto out_close;
-		}
-	}
+	if (!t && (ret = open_proc(pid, "mem", &mem_fd)))
+		goto out_close;
 	ret = procfs_maps(pid, &maps, &nmaps);
 	if (ret)
 		goto out_close;
@@ -1254,7 +1251,7 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 				goto out_free;
 			}
 			img->vdso_len = (uint32_t)len;
-			ret = read_vdso(pid, t, m->start, img->vdso, len);
+			ret = read_vdso(t, mem_fd, m->start, img->vdso, len);
 			if (ret)
 				goto out_free;
 		}

@@ -515,6 +515,16 @@ static bool prewritten(const struct rst *r, uint32_t vi, uint64_t a)
 	       rdmig_image_cow_find(r->pre->cow, r->pre->ncow, a);
 }
 
+/* Give pages [first, first + n pages) back to the file's bytes. */
+static int dontneed_run(struct rst *r, uint64_t first, uint64_t n)
+{
+	if (!n)
+		return 0;
+	return rst_call(r, "madvise(MADV_DONTNEED) of pages the layout had written", NULL,
+	                SYS_madvise, (long)first, (long)(n * RDMIG_IMG_PAGE), MADV_DONTNEED, 0, 0,
+	                0);
+}
+
 /* Pages the prebuild wrote that the process no longer has as its own copies (it
  * dropped them with madvise, or mapped the file again in the same place): back
  * to the file's bytes, in runs. */
@@ -526,24 +536,22 @@ static int drop_stale_prewritten(struct rst *r)
 
 	if (!pre || !r->kept)
 		return 0;
-	for (uint32_t i = 0; i <= pre->ncow && !err; i++) {
-		uint64_t a = i < pre->ncow ? pre->cow[i].addr : 0;
-		const struct rdmig_img_vma *v = i < pre->ncow ? rdmig_image_vma_at(img, a) : NULL;
-		bool stale = v && prewritten(r, (uint32_t)(v - img->vmas), a) &&
-		             !rdmig_image_cow_find(img->cow, img->ncow, a);
+	for (uint32_t i = 0; i < pre->ncow && !err; i++) {
+		uint64_t a = pre->cow[i].addr;
+		const struct rdmig_img_vma *v = rdmig_image_vma_at(img, a);
 
-		if (stale && n && a == first + n * RDMIG_IMG_PAGE) {
+		if (!v || !prewritten(r, (uint32_t)(v - img->vmas), a) ||
+		    rdmig_image_cow_find(img->cow, img->ncow, a))
+			continue;
+		if (n && a == first + n * RDMIG_IMG_PAGE) {
 			n++;
 			continue;
 		}
-		if (n)
-			err = rst_call(r, "madvise(MADV_DONTNEED) of a page the layout had written",
-			               NULL, SYS_madvise, (long)first, (long)(n * RDMIG_IMG_PAGE),
-			               MADV_DONTNEED, 0, 0, 0);
+		err = dontneed_run(r, first, n);
 		first = a;
-		n = stale ? 1 : 0;
+		n = 1;
 	}
-	return err;
+	return err ? err : dontneed_run(r, first, n);
 }
 
 /* After rst_nohugepage: with THP "always", the first write into an anonymous

@@ -18,6 +18,7 @@
 
 #include "restore_int.h"
 
+#include "procfs.h"
 #include "rdmig/log.h"
 
 #include <errno.h>
@@ -460,47 +461,20 @@ static int parse_groups(const char *p, struct status_creds *s)
 	}
 }
 
-/* Whole, not by lines of a fixed size: the Groups line has up to 65536 numbers. */
+/* The whole file (procfs_read), not lines of a fixed size: the Groups line has
+ * up to 65536 numbers. */
 static int read_status(struct rst *r, struct status_creds *s)
 {
-	char path[64], *buf = NULL, *line, *save = NULL;
-	size_t len = 0, cap = 0;
+	char *buf, *line, *save = NULL;
+	size_t len;
 	unsigned long long v;
-	int seen = 0, fd, err = 0;
+	int seen = 0, err;
 
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)r->pid);
 	memset(s, 0, sizeof(*s));
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return rst_fail(r, -errno, "cannot read %s: %s", path, strerror(errno));
-	for (;;) {
-		ssize_t n;
-
-		if (cap - len < 4096) {
-			char *nb = realloc(buf, cap + 8192);
-
-			if (!nb) {
-				err = -ENOMEM;
-				break;
-			}
-			buf = nb;
-			cap += 8192;
-		}
-		n = read(fd, buf + len, cap - len - 1);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			err = -errno;
-		if (n <= 0)
-			break;
-		len += (size_t)n;
-	}
-	close(fd);
-	if (err) {
-		free(buf);
-		return rst_fail(r, err, "cannot read %s: %s", path, strerror(-err));
-	}
-	buf[len] = '\0';
+	err = procfs_read(r->pid, "status", 1u << 20, &buf, &len);
+	if (err)
+		return rst_fail(r, err, "cannot read /proc/%d/status: %s", (int)r->pid,
+		                strerror(-err));
 	for (line = strtok_r(buf, "\n", &save); line && !err; line = strtok_r(NULL, "\n", &save)) {
 		if (!strncmp(line, "Groups:", 7)) {
 			err = parse_groups(line + 7, s);
@@ -529,7 +503,8 @@ static int read_status(struct rst *r, struct status_creds *s)
 		err = -EBADMSG;
 	if (err) {
 		free_status(s);
-		return rst_fail(r, err, "%s lacks a credentials line or has a bad one", path);
+		return rst_fail(r, err, "/proc/%d/status lacks a credentials line or has a bad one",
+		                (int)r->pid);
 	}
 	return 0;
 }
