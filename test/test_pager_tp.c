@@ -225,6 +225,39 @@ static void server_main(struct rdmig_listener *l, uint8_t *mem, size_t len)
 
 /* Fork a server with a mirror of len bytes; its port comes back through a pipe once
  * the mirror is filled and it listens. */
+/*
+ * SIGKILL pid and reap it, waiting at most 10 s. A process that outlives SIGKILL
+ * is stuck in the kernel (an RDMA teardown, a fault nobody wakes): say where,
+ * rather than hang the suite on waitpid until the guest's timeout.
+ */
+static void kill_reap(pid_t pid)
+{
+	char path[64], wchan[64] = "?", state[64] = "?";
+	double end;
+	FILE *f;
+
+	kill(pid, SIGKILL);
+	for (end = t_now_s() + 10; t_now_s() < end; usleep(5000))
+		if (waitpid(pid, NULL, WNOHANG) != 0)
+			return;
+	snprintf(path, sizeof(path), "/proc/%d/wchan", (int)pid);
+	if ((f = fopen(path, "r"))) {
+		if (!fgets(wchan, sizeof(wchan), f))
+			strcpy(wchan, "?");
+		fclose(f);
+	}
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	if ((f = fopen(path, "r"))) {
+		while (fgets(state, sizeof(state), f) && strncmp(state, "State:", 6))
+			;
+		state[strcspn(state, "\n")] = 0;
+		fclose(f);
+	}
+	fprintf(stderr,
+	        "# pid %d still there 10 s after SIGKILL (%s, waiting in %s): left unreaped\n",
+	        (int)pid, state, wchan);
+}
+
 static int start_server(struct server *s, size_t len, const char *tag)
 {
 	int pfd[2], port = -1;
@@ -268,8 +301,7 @@ static int start_server(struct server *s, size_t len, const char *tag)
 	if (port <= 0) {
 		fprintf(stderr, "the %s transport could not serve a mirror on %s: %s\n",
 		        cfg.tp.transport, cfg.addr, strerror(port < 0 ? -port : EINVAL));
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
+		kill_reap(pid);
 		return port < 0 ? port : -EINVAL;
 	}
 	s->pid = pid;
@@ -282,8 +314,7 @@ static int start_server(struct server *s, size_t len, const char *tag)
 static void stop_server(struct server *s)
 {
 	if (s->pid > 0) {
-		kill(s->pid, SIGKILL);
-		waitpid(s->pid, NULL, 0);
+		kill_reap(s->pid);
 		s->pid = 0;
 	}
 }
@@ -953,8 +984,7 @@ static int wait_child(pid_t pid, double timeout_s)
 			return -1;
 		usleep(5000);
 	}
-	kill(pid, SIGKILL);
-	waitpid(pid, &status, 0);
+	kill_reap(pid);
 	return -1;
 }
 
@@ -1934,8 +1964,12 @@ int main(int argc, char **argv)
 	RUN(munmap_during_postcopy);
 	RUN(mremap_during_postcopy);
 	RUN(server_killed);
+	/* the teardown is bounded too: the watchdog names it */
+	current_case = "teardown";
+	alarm(cfg.case_timeout_s);
 	stop_server(&cfg.main);
 	stop_server(&cfg.victim);
+	alarm(0);
 	unlink(cfg.token);
 	rmdir(cfg.dir);
 	if (t_state.only && !t_state.passed && !t_state.failed) {

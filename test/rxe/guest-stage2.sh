@@ -7,7 +7,9 @@
 #
 # Control share ($CTL, written by run-in-vm.sh): config, cmd.sh, workdir.
 # Written here: status (exit status to return), setup_error (why rxe setup
-# failed: status 126 from the harness, not from the command), t_cmd_start.
+# failed: status 126 from the harness, not from the command), t_cmd_start,
+# guest_timeout (the command passed RDMIG_RXE_DEADLINE and was killed) with
+# hang_report (what its processes were waiting on).
 BB=/run/rdmig-rxe-guest/busybox
 CTL=/run/rdmig-rxe
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -15,6 +17,23 @@ say() { echo "rdmig-rxe-stage2[$($BB cut -d' ' -f1 /proc/uptime)]: $*" > /dev/co
 fin() { say "exit status $1"; echo "$1" > $CTL/status; $BB sync; $BB poweroff -f; $BB sleep 10; }
 setup_failed() { say "rxe setup failed: $*"; echo "$*" > $CTL/setup_error; fin 126; }
 trap '' INT TERM
+
+hang_report() {
+  echo "==== rdmig-rxe: the command is still running at guest uptime $($BB cut -d' ' -f1 /proc/uptime) s (deadline $RDMIG_RXE_DEADLINE s); its processes:"
+  for p in /proc/[0-9]*; do
+    pid=${p##*/}
+    cmd=$($BB tr '\0' ' ' < $p/cmdline 2>/dev/null | $BB cut -c1-160)
+    [ -n "$cmd" ] && [ "$pid" != 1 ] || continue     # kernel threads have no command line
+    echo "-- pid $pid ppid $($BB awk '/^PPid/{print $2}' $p/status 2>/dev/null): $cmd"
+    for t in $p/task/*; do
+      echo "   task ${t##*/} $($BB grep '^State' $t/status 2>/dev/null | $BB tr -s '\t' ' ') wchan=$($BB cat $t/wchan 2>/dev/null)"
+      $BB sed 's/^/      /' $t/stack 2>/dev/null | $BB head -n 16
+    done
+  done
+  echo "==== kernel log (tail)"
+  $BB dmesg 2>/dev/null | $BB tail -n 40
+  echo "==== end of the hang report"
+}
 
 port() { # virtio-serial port name -> /dev node (the command's stdout/stderr)
   for d in /sys/class/virtio-ports/*; do
@@ -77,5 +96,25 @@ $BB cut -d' ' -f1 /proc/uptime > $CTL/t_cmd_start
 say "rxe0 ready (${RDMIG_RXE_ADDR:-no address} on ${IF:-no netdev}), running the command"
 # cmd.sh: the caller's environment, cd, exec CMD.  Run by the host's /bin/sh
 # rather than busybox, so that sh, grep, ... in CMD are the real ones.
-/bin/sh $CTL/cmd.sh </dev/null >"$OUTDEV" 2>"$ERRDEV"
-fin $?
+/bin/sh $CTL/cmd.sh </dev/null >"$OUTDEV" 2>"$ERRDEV" &
+CPID=$!
+# The guest's own deadline, ahead of the host's kill: a command that hangs is
+# shown (every process's state, wait channel and kernel stacks, the kernel log)
+# before it is ended, so a hang seen once in CI can be read rather than guessed.
+WPID=
+if [ "${RDMIG_RXE_DEADLINE:-0}" -gt 0 ]; then
+  (
+    now=$($BB cut -d. -f1 /proc/uptime)
+    [ "$now" -lt "$RDMIG_RXE_DEADLINE" ] && $BB sleep $((RDMIG_RXE_DEADLINE - now))
+    # (the command holds the stderr port, which opens only once: a file)
+    hang_report > $CTL/hang_report 2>&1
+    $BB touch $CTL/guest_timeout
+    $BB kill -9 -1    # every process but PID 1 and this one
+  ) &
+  WPID=$!
+fi
+wait $CPID
+rc=$?
+[ -n "$WPID" ] && $BB kill $WPID 2>/dev/null
+[ -f $CTL/guest_timeout ] && rc=124
+fin $rc

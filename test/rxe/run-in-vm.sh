@@ -27,7 +27,9 @@
 #
 # Env knobs:
 #   RDMIG_RXE_SMP      vCPUs (default 2)              RDMIG_RXE_MEM  guest RAM (default 3G)
-#   RDMIG_RXE_TIMEOUT  seconds before the guest is killed (default 900)
+#   RDMIG_RXE_TIMEOUT  seconds before the guest is killed (default 900); 45 s
+#                      before that the guest prints what each of its processes
+#                      waits on (states, kernel stacks, kernel log) and ends CMD: 124
 #   RDMIG_RXE_NETDEV   netdev under rxe0: dummy (default) | veth | lo | none (no rxe0)
 #   RDMIG_RXE_ADDR     IPv4 given to a dummy/veth netdev (default 10.233.0.1; exists only in the guest)
 #   RDMIG_RXE_MTU      netdev MTU (default 9000, so rxe's active_mtu is 4096; 1500 gives 1024)
@@ -106,6 +108,9 @@ printf '%s' "$WORKDIR" > "$RUN/workdir"
   echo "RDMIG_RXE_NETDEV=$(q "$NETDEV")"
   echo "RDMIG_RXE_ADDR=$(q "$ADDR")"
   echo "RDMIG_RXE_MTU=$(q "$MTU")"
+  # The guest ends a hung command itself this long before our kill, after
+  # printing what each of its processes waits on (guest uptime, seconds).
+  echo "RDMIG_RXE_DEADLINE=$(( TIMEOUT > 120 ? TIMEOUT - 45 : 0 ))"
 } > "$RUN/config"
 {
   while IFS= read -r v; do
@@ -156,7 +161,11 @@ tails() {
 }
 if [ -s "$RUN/status" ]; then
   RC=$(cat "$RUN/status")
-  if [ -f "$RUN/setup_error" ]; then
+  if [ -f "$RUN/guest_timeout" ]; then
+    cat "$RUN/hang_report" >&2 2>/dev/null
+    echo "$ME: the command was still running $((TIMEOUT - 45)) s into the guest's life (RDMIG_RXE_TIMEOUT=$TIMEOUT less 45 s): killed; what its processes waited on is above" >&2
+    tails 20; RC=124
+  elif [ -f "$RUN/setup_error" ]; then
     echo "$ME: rxe setup failed in the guest: $(cat "$RUN/setup_error"); CMD did not run" >&2
     tails 40
   fi
