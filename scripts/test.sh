@@ -16,7 +16,24 @@ tier() { # tier NAME CMD...: run one tier, count it
   echo "==== $name"
   local t0=$SECONDS
   if "$@"; then passed=$((passed + 1)); echo "==== $name: ok ($((SECONDS - t0)) s)"
-  else failed=$((failed + 1)); failures+=("$name"); echo "==== $name: FAILED ($((SECONDS - t0)) s)"; fi
+  else failed=$((failed + 1)); failures+=("$name"); echo "==== $name: FAILED ($((SECONDS - t0)) s)"; return 1; fi
+}
+# A failed test's output is printed where it failed, often far above; its end
+# (where a test says why it failed or what hung) is repeated at the very end.
+recaps=$(mktemp); trap 'rm -f "$recaps"' EXIT
+recap() { # recap BUILD_DIR: the last lines of each test that failed in its last ctest run
+  local log=$1/Testing/Temporary/LastTest.log list=$1/Testing/Temporary/LastTestsFailed.log name
+  [ -s "$list" ] && [ -f "$log" ] || return 0
+  while IFS=: read -r _ name; do
+    echo "==== recap: the last 40 lines of $name's output"
+    awk -v t="$name" '$0 ~ "^[0-9]+/[0-9]+ Test: " t "$" {on = 1; next}
+      on && /^<end of output>$/ {exit} on' "$log" | tail -n 40
+  done < "$list"
+}
+ctest_tier() { # ctest_tier NAME BUILD_DIR CTEST_ARGS...
+  local name=$1 dir=$2; shift 2
+  tier "$name" ctest --no-tests=error --test-dir "$dir" --output-on-failure "$@" ||
+    recap "$dir" >> "$recaps"
 }
 format_check() {
   local bad
@@ -26,16 +43,18 @@ format_check() {
 
 tier "build" scripts/build.sh build
 tier "format" format_check
-tier "unit+tcp" ctest --no-tests=error --test-dir build --output-on-failure -L 'unit|tcp'
-tier "rxe" ctest --no-tests=error --test-dir build --output-on-failure -L rxe
+ctest_tier "unit+tcp" build -L 'unit|tcp'
+ctest_tier "rxe" build -L rxe
 tier "asan-build" scripts/build.sh build-asan -DRDMIG_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
-tier "asan unit+tcp" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --no-tests=error --test-dir build-asan --output-on-failure -L 'unit|tcp'
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest_tier "asan unit+tcp" build-asan -L 'unit|tcp'
 tier "fuzz-build" env CC=clang scripts/build.sh build-fuzz -DRDMIG_FUZZ=ON \
   -DRDMIG_FUZZ_SECONDS="${RDMIG_FUZZ_SECONDS:-60}"
-tier "fuzz" ctest --no-tests=error --test-dir build-fuzz --output-on-failure -L fuzz
+ctest_tier "fuzz" build-fuzz -L fuzz
 
-[ ${#failures[@]} -eq 0 ] || echo "failed tiers: ${failures[*]}"
+if [ ${#failures[@]} -ne 0 ]; then
+  cat "$recaps"
+  echo "failed tiers: ${failures[*]}"
+fi
 echo "tests: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

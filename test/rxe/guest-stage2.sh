@@ -18,20 +18,20 @@ fin() { say "exit status $1"; echo "$1" > $CTL/status; $BB sync; $BB poweroff -f
 setup_failed() { say "rxe setup failed: $*"; echo "$*" > $CTL/setup_error; fin 126; }
 trap '' INT TERM
 
-hang_report() {
-  echo "==== rdmig-rxe: the command is still running at guest uptime $($BB cut -d' ' -f1 /proc/uptime) s (deadline $RDMIG_RXE_DEADLINE s); its processes:"
+hang_report() {   # one line per thread: state, wait channel, the top of its kernel stack
+  echo "==== rdmig-rxe: the command is still running at guest uptime $($BB cut -d' ' -f1 /proc/uptime) s (deadline $RDMIG_RXE_DEADLINE s); its threads:"
   for p in /proc/[0-9]*; do
     pid=${p##*/}
-    cmd=$($BB tr '\0' ' ' < $p/cmdline 2>/dev/null | $BB cut -c1-160)
+    cmd=$($BB tr '\0' ' ' < $p/cmdline 2>/dev/null | $BB cut -c1-60)
     [ -n "$cmd" ] && [ "$pid" != 1 ] || continue     # kernel threads have no command line
-    echo "-- pid $pid ppid $($BB awk '/^PPid/{print $2}' $p/status 2>/dev/null): $cmd"
+    echo "pid $pid (ppid $($BB awk '/^PPid/{print $2}' $p/status 2>/dev/null)) $cmd"
     for t in $p/task/*; do
-      echo "   task ${t##*/} $($BB grep '^State' $t/status 2>/dev/null | $BB tr -s '\t' ' ') wchan=$($BB cat $t/wchan 2>/dev/null)"
-      $BB sed 's/^/      /' $t/stack 2>/dev/null | $BB head -n 16
+      echo "  tid ${t##*/} $($BB awk '/^State/{print $2}' $t/status 2>/dev/null) $($BB cat $t/comm 2>/dev/null) in $($BB cat $t/wchan 2>/dev/null):" \
+        "$($BB head -n 6 $t/stack 2>/dev/null | $BB sed 's/^.*] //; s/+0x.*//' | $BB tr '\n' ' ')"
     done
   done
   echo "==== kernel log (tail)"
-  $BB dmesg 2>/dev/null | $BB tail -n 40
+  $BB dmesg 2>/dev/null | $BB tail -n 15
   echo "==== end of the hang report"
 }
 
