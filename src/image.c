@@ -70,6 +70,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,8 @@ static const char *const tag_names[TAG_MAX + 1] = {
 _Static_assert(THREAD_FIXED_LEN == 320, "THREAD record layout");
 _Static_assert(sizeof(((struct rdmig_image *)0)->comm) == 16, "comm is 16 bytes on the wire");
 _Static_assert(TAG_MAX < 32, "tags fit a u32 bit set");
+_Static_assert(offsetof(struct rdmig_img_cow_page, addr) == 0,
+               "addr_index reads a COW page's address first");
 /* A COW record's length fits its u32 field with room to spare. */
 _Static_assert((uint64_t)COW_BATCH *COW_ENTRY_LEN < (1u << 24), "COW batch size");
 
@@ -307,39 +310,38 @@ static int check_thread(const struct rdmig_image *img, uint32_t i)
 	return 0;
 }
 
-const struct rdmig_img_cow_page *rdmig_image_cow_find(const struct rdmig_img_cow_page *lay,
-                                                      uint32_t nlay, uint64_t addr)
+/* The index of addr among n sorted addresses, each the first u64 of an element
+ * of `size` bytes (COW pages, or the bare addresses of COW_AHEAD), or n. */
+static uint32_t addr_index(const void *base, uint32_t n, size_t size, uint64_t addr)
 {
-	uint32_t lo = 0, hi = nlay;
+	uint32_t lo = 0, hi = n;
 
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
+		uint64_t at;
 
-		if (lay[mid].addr == addr)
-			return &lay[mid];
-		if (lay[mid].addr < addr)
+		memcpy(&at, (const uint8_t *)base + (size_t)mid * size, sizeof(at));
+		if (at == addr)
+			return mid;
+		if (at < addr)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
-	return NULL;
+	return n;
+}
+
+const struct rdmig_img_cow_page *rdmig_image_cow_find(const struct rdmig_img_cow_page *lay,
+                                                      uint32_t nlay, uint64_t addr)
+{
+	uint32_t i = addr_index(lay, nlay, sizeof(*lay), addr);
+
+	return i < nlay ? &lay[i] : NULL;
 }
 
 static bool ahead_at(const struct rdmig_image *img, uint64_t page)
 {
-	uint32_t lo = 0, hi = img->nahead;
-
-	while (lo < hi) {
-		uint32_t mid = lo + (hi - lo) / 2;
-
-		if (img->ahead[mid] == page)
-			return true;
-		if (img->ahead[mid] < page)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return false;
+	return addr_index(img->ahead, img->nahead, sizeof(*img->ahead), page) < img->nahead;
 }
 
 /* Sent eagerly: with its bytes, or named as the layout's. */
