@@ -223,8 +223,6 @@ static void server_main(struct rdmig_listener *l, uint8_t *mem, size_t len)
 	}
 }
 
-/* Fork a server with a mirror of len bytes; its port comes back through a pipe once
- * the mirror is filled and it listens. */
 /*
  * SIGKILL pid and reap it, waiting at most 10 s. A process that outlives SIGKILL
  * is stuck in the kernel (an RDMA teardown, a fault nobody wakes): say where,
@@ -258,6 +256,8 @@ static void kill_reap(pid_t pid)
 	        (int)pid, state, wchan);
 }
 
+/* Fork a server with a mirror of len bytes; its port comes back through a pipe once
+ * the mirror is filled and it listens. */
 static int start_server(struct server *s, size_t len, const char *tag)
 {
 	int pfd[2], port = -1;
