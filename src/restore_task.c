@@ -416,97 +416,15 @@ int rst_pending_signals(struct rst *r)
 	                           true);
 }
 
-struct status_creds {
-	uint32_t uid[4], gid[4];
-	uint64_t inh, prm, eff, bnd, amb;
-	uint32_t nnp;
-	uint32_t ngroups; /* as the kernel prints them: sorted */
-	uint32_t *groups;
-};
-
-static void free_status(struct status_creds *s)
+/* The husk's credentials as its kernel reports them (procfs_status: the groups
+ * as the kernel prints them, sorted). */
+static int read_status(struct rst *r, struct procfs_status *s)
 {
-	free(s->groups);
-	s->groups = NULL;
-	s->ngroups = 0;
-}
+	int err = procfs_status(r->pid, s);
 
-/* The "Groups:" line's numbers (the kernel keeps them sorted). */
-static int parse_groups(const char *p, struct status_creds *s)
-{
-	uint32_t cap = 0;
-
-	for (;;) {
-		char *end;
-		unsigned long g;
-
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p == '\n' || *p == '\0')
-			return 0;
-		errno = 0;
-		g = strtoul(p, &end, 10);
-		if (end == p || errno || g > UINT32_MAX || s->ngroups >= RDMIG_IMG_MAX_GROUPS)
-			return -EBADMSG;
-		if (s->ngroups == cap) {
-			uint32_t *n = realloc(s->groups, (cap ? 2 * cap : 16) * sizeof(*n));
-
-			if (!n)
-				return -ENOMEM;
-			s->groups = n;
-			cap = cap ? 2 * cap : 16;
-		}
-		s->groups[s->ngroups++] = (uint32_t)g;
-		p = end;
-	}
-}
-
-/* The whole file (procfs_read), not lines of a fixed size: the Groups line has
- * up to 65536 numbers. */
-static int read_status(struct rst *r, struct status_creds *s)
-{
-	char *buf, *line, *save = NULL;
-	size_t len;
-	unsigned long long v;
-	int seen = 0, err;
-
-	memset(s, 0, sizeof(*s));
-	err = procfs_read(r->pid, "status", 1u << 20, &buf, &len);
-	if (err)
-		return rst_fail(r, err, "cannot read /proc/%d/status: %s", (int)r->pid,
-		                strerror(-err));
-	for (line = strtok_r(buf, "\n", &save); line && !err; line = strtok_r(NULL, "\n", &save)) {
-		if (!strncmp(line, "Groups:", 7)) {
-			err = parse_groups(line + 7, s);
-			seen |= 256;
-		} else if (sscanf(line, "Uid: %u %u %u %u", &s->uid[0], &s->uid[1], &s->uid[2],
-		                  &s->uid[3]) == 4)
-			seen |= 1;
-		else if (sscanf(line, "Gid: %u %u %u %u", &s->gid[0], &s->gid[1], &s->gid[2],
-		                &s->gid[3]) == 4)
-			seen |= 2;
-		else if (sscanf(line, "CapInh: %llx", &v) == 1)
-			s->inh = v, seen |= 4;
-		else if (sscanf(line, "CapPrm: %llx", &v) == 1)
-			s->prm = v, seen |= 8;
-		else if (sscanf(line, "CapEff: %llx", &v) == 1)
-			s->eff = v, seen |= 16;
-		else if (sscanf(line, "CapBnd: %llx", &v) == 1)
-			s->bnd = v, seen |= 32;
-		else if (sscanf(line, "CapAmb: %llx", &v) == 1)
-			s->amb = v, seen |= 64;
-		else if (sscanf(line, "NoNewPrivs: %llu", &v) == 1)
-			s->nnp = (uint32_t)v, seen |= 128;
-	}
-	free(buf);
-	if (!err && seen != 511)
-		err = -EBADMSG;
-	if (err) {
-		free_status(s);
-		return rst_fail(r, err, "/proc/%d/status lacks a credentials line or has a bad one",
-		                (int)r->pid);
-	}
-	return 0;
+	return err ? rst_fail(r, err, "cannot read the credentials in /proc/%d/status: %s",
+	                      (int)r->pid, strerror(-err))
+	           : 0;
 }
 
 static int u32_cmp(const void *a, const void *b)
@@ -518,7 +436,7 @@ static int u32_cmp(const void *a, const void *b)
 
 /* The image's supplementary groups (in the source kernel's order) against the
  * process's; -ENOMEM when they cannot be compared. */
-static int same_groups(const struct status_creds *s, const struct rdmig_img_creds *c, bool *same)
+static int same_groups(const struct procfs_status *s, const struct rdmig_img_creds *c, bool *same)
 {
 	uint32_t *g;
 
@@ -561,69 +479,77 @@ static int set_caps(struct rst *r, const struct rdmig_img_creds *c)
 
 static int check_creds(struct rst *r, const struct rdmig_img_creds *c)
 {
-	struct status_creds s;
+	struct procfs_status s;
 	bool groups_ok;
 	int err = read_status(r, &s);
 
 	if (err)
 		return err;
 	err = same_groups(&s, c, &groups_ok);
-	free_status(&s);
-	if (err)
-		return rst_fail(r, err, "out of memory");
-	if (!groups_ok)
-		return rst_fail(r, -EPERM,
-		                "the supplementary groups set do not match the image's %u groups",
-		                c->ngroups);
-	if (memcmp(s.uid, c->uid, sizeof(s.uid)) || memcmp(s.gid, c->gid, sizeof(s.gid)) ||
-	    s.inh != c->cap_inh || s.prm != c->cap_prm || s.eff != c->cap_eff ||
-	    s.amb != c->cap_amb || (s.bnd & ~c->cap_bnd) || s.nnp < c->no_new_privs)
-		return rst_fail(r, -EPERM,
-		                "the credentials set do not match the image (uid %u/%u, caps "
-		                "prm %#" PRIx64 " eff %#" PRIx64 " bnd %#" PRIx64
-		                " here; uid %u/%u, prm %#" PRIx64 " eff %#" PRIx64 " bnd %#" PRIx64
-		                " in the image)",
-		                s.uid[0], s.uid[1], s.prm, s.eff, s.bnd, c->uid[0], c->uid[1],
-		                c->cap_prm, c->cap_eff, c->cap_bnd);
-	if (s.bnd != c->cap_bnd)
-		pr_warn("pid %d: bounding set %#" PRIx64 " kept smaller than the image's %#" PRIx64
-		        " (this host does not grant the rest)",
-		        (int)r->pid, s.bnd, c->cap_bnd);
-	if (s.nnp && !c->no_new_privs)
-		pr_warn("pid %d: no_new_privs stays set (inherited from the daemon)", (int)r->pid);
-	return 0;
+	if (err) {
+		err = rst_fail(r, err, "out of memory");
+	} else if (!groups_ok) {
+		err = rst_fail(r, -EPERM,
+		               "the supplementary groups set do not match the image's %u groups",
+		               c->ngroups);
+	} else if (memcmp(s.uid, c->uid, sizeof(s.uid)) || memcmp(s.gid, c->gid, sizeof(s.gid)) ||
+	           s.cap_inh != c->cap_inh || s.cap_prm != c->cap_prm || s.cap_eff != c->cap_eff ||
+	           s.cap_amb != c->cap_amb || (s.cap_bnd & ~c->cap_bnd) ||
+	           s.no_new_privs < c->no_new_privs) {
+		err = rst_fail(r, -EPERM,
+		               "the credentials set do not match the image (uid %u/%u, caps "
+		               "prm %#" PRIx64 " eff %#" PRIx64 " bnd %#" PRIx64
+		               " here; uid %u/%u, prm %#" PRIx64 " eff %#" PRIx64 " bnd %#" PRIx64
+		               " in the image)",
+		               s.uid[0], s.uid[1], s.cap_prm, s.cap_eff, s.cap_bnd, c->uid[0],
+		               c->uid[1], c->cap_prm, c->cap_eff, c->cap_bnd);
+	} else {
+		if (s.cap_bnd != c->cap_bnd)
+			pr_warn("pid %d: bounding set %#" PRIx64
+			        " kept smaller than the image's %#" PRIx64
+			        " (this host does not grant the rest)",
+			        (int)r->pid, s.cap_bnd, c->cap_bnd);
+		if (s.no_new_privs && !c->no_new_privs)
+			pr_warn("pid %d: no_new_privs stays set (inherited from the daemon)",
+			        (int)r->pid);
+	}
+	procfs_status_free(&s);
+	return err;
 }
 
 int rst_creds(struct rst *r)
 {
 	const struct rdmig_img_creds *c = &r->img->creds;
-	struct status_creds s;
+	struct procfs_status s;
 	bool keep = c->cap_prm && (c->uid[0] && c->uid[1] && c->uid[2]);
 	bool groups_same, gid_same, uid_same, caps_same;
-	uint64_t at;
+	uint64_t at, prm, bnd;
 	int err;
 
 	if ((err = read_status(r, &s)))
 		return err;
 	err = same_groups(&s, c, &groups_same);
-	free_status(&s);
-	if (err)
-		return rst_fail(r, err, "out of memory");
-	if (c->cap_prm & ~s.prm)
-		return rst_fail(r, -EPERM,
-		                "the process had capabilities %#" PRIx64
-		                " that the daemon does not hold here; it would not get them back",
-		                c->cap_prm & ~s.prm);
 	/* What the husk (the daemon's fork) has already is not set again: a call
 	 * each inside the downtime, and a process that ran as the daemon's user
 	 * (root, often) needs none of them. check_creds reads the result either
 	 * way. */
 	gid_same = !memcmp(s.gid, c->gid, sizeof(s.gid));
 	uid_same = !memcmp(s.uid, c->uid, sizeof(s.uid));
-	caps_same = uid_same && s.inh == c->cap_inh && s.prm == c->cap_prm && s.eff == c->cap_eff;
+	caps_same = uid_same && s.cap_inh == c->cap_inh && s.cap_prm == c->cap_prm &&
+	            s.cap_eff == c->cap_eff;
+	prm = s.cap_prm;
+	bnd = s.cap_bnd;
+	procfs_status_free(&s);
+	if (err)
+		return rst_fail(r, err, "out of memory");
+	if (c->cap_prm & ~prm)
+		return rst_fail(r, -EPERM,
+		                "the process had capabilities %#" PRIx64
+		                " that the daemon does not hold here; it would not get them back",
+		                c->cap_prm & ~prm);
 	/* Bounding set first: dropping needs CAP_SETPCAP, gone after the uid switch. */
 	for (int cap = 0; cap < 64; cap++)
-		if ((s.bnd >> cap & 1) && !(c->cap_bnd >> cap & 1) &&
+		if ((bnd >> cap & 1) && !(c->cap_bnd >> cap & 1) &&
 		    (err = rst_call(r, "prctl(PR_CAPBSET_DROP)", NULL, SYS_prctl, PR_CAPBSET_DROP,
 		                    cap, 0, 0, 0, 0)))
 			return err;
