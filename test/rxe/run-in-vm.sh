@@ -50,6 +50,9 @@ DIR=${RDMIG_RXE_DIR:-/var/tmp/rdmig-rxe}
 SMP=${RDMIG_RXE_SMP:-2} MEM=${RDMIG_RXE_MEM:-3G} TIMEOUT=${RDMIG_RXE_TIMEOUT:-900}
 NETDEV=${RDMIG_RXE_NETDEV:-dummy} ADDR=${RDMIG_RXE_ADDR:-10.233.0.1} MTU=${RDMIG_RXE_MTU:-9000}
 VERBOSE=${RDMIG_RXE_VERBOSE:-0}
+# The guest ends a hung command itself GRACE s before our kill, having written
+# what each of its processes waits on (DEADLINE: guest uptime; 0: no deadline).
+GRACE=45; DEADLINE=$(( TIMEOUT > 120 ? TIMEOUT - GRACE : 0 ))
 fail() { echo "$ME: $1" >&2; exit "${2:-125}"; }
 verbose() { [ "$VERBOSE" = 1 ] && echo "$ME: $*" >&2; return 0; }
 
@@ -108,9 +111,7 @@ printf '%s' "$WORKDIR" > "$RUN/workdir"
   echo "RDMIG_RXE_NETDEV=$(q "$NETDEV")"
   echo "RDMIG_RXE_ADDR=$(q "$ADDR")"
   echo "RDMIG_RXE_MTU=$(q "$MTU")"
-  # The guest ends a hung command itself this long before our kill, after
-  # printing what each of its processes waits on (guest uptime, seconds).
-  echo "RDMIG_RXE_DEADLINE=$(( TIMEOUT > 120 ? TIMEOUT - 45 : 0 ))"
+  echo "RDMIG_RXE_DEADLINE=$DEADLINE"
 } > "$RUN/config"
 {
   while IFS= read -r v; do
@@ -163,7 +164,7 @@ if [ -s "$RUN/status" ]; then
   RC=$(cat "$RUN/status")
   if [ -f "$RUN/guest_timeout" ]; then
     cat "$RUN/hang_report" >&2 2>/dev/null
-    echo "$ME: the command was still running $((TIMEOUT - 45)) s into the guest's life (RDMIG_RXE_TIMEOUT=$TIMEOUT less 45 s): killed; what its processes waited on is above" >&2
+    echo "$ME: the command was still running $DEADLINE s into the guest's life (RDMIG_RXE_TIMEOUT=$TIMEOUT less $GRACE s): killed; what its processes waited on is above" >&2
     tails 20; RC=124
   elif [ -f "$RUN/setup_error" ]; then
     echo "$ME: rxe setup failed in the guest: $(cat "$RUN/setup_error"); CMD did not run" >&2
