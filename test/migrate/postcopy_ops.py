@@ -1,13 +1,14 @@
 # What a process does to its memory while post-copy still owes it pages: a signal
 # whose handler reads the heap (its frame is pushed onto a stack page that may be
 # remote), madvise(DONTNEED), mremap, munmap followed by a new mapping, and a fork
-# whose child reads pages its parent never fetched. Every result is printed, so a
+# whose child reads pages its parent never fetched; and a page it keeps PROT_NONE
+# between writes. Every result is printed, so a
 # migrated run must print exactly what an unmigrated one does.
 #   postcopy_ops.py GO_FILE [MiB]
 # Prints "ready", then waits (silently) for GO_FILE to exist: the test creates it
 # once the process runs on the destination. Then it waits for SIGUSR1, which the
 # test sends until "signal" is printed.
-import hashlib, mmap, os, signal, sys, time
+import ctypes, hashlib, mmap, os, signal, sys, time
 
 go, mb = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 64
 PG = 4096
@@ -47,9 +48,38 @@ def on_usr1(sig, frame):
 
 
 signal.signal(signal.SIGUSR1, on_usr1)
+
+# A page the process keeps PROT_NONE but for the moment it writes it, every ms
+# while it waits: at the freeze it was most likely written since the last copy,
+# which the source cannot read with process_vm_readv (the mapping's protection
+# applies) and must read through /proc/PID/mem.
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+guard = mmap.mmap(-1, PG, flags=PRIV)
+guard_at = ctypes.addressof(ctypes.c_char.from_buffer(guard))
+guard_n = 0
+
+
+def guard_protect(prot):
+    if libc.mprotect(guard_at, PG, prot) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect")
+
+
+def guard_write():
+    global guard_n
+    guard_n += 1
+    guard_protect(mmap.PROT_READ | mmap.PROT_WRITE)
+    guard[:] = page(9, guard_n)
+    guard_protect(0)
+
+
+guard_write()
 print("ready", flush=True)
 while not os.path.exists(go):
-    time.sleep(0.02)
+    guard_write()
+    time.sleep(0.001)
+guard_protect(mmap.PROT_READ | mmap.PROT_WRITE)
+print("guard page wrong", int(guard[:] != page(9, guard_n)), flush=True)
 
 # 1. a signal, handled while the heap is remote
 while not got:
