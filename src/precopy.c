@@ -673,9 +673,10 @@ out_free:
  * per page cost 4-6 us in a microbenchmark here (200 scattered pages), one call
  * for all of them under 1 us a page; the last copy of a 1 GiB random writer,
  * 3 alternating pairs: 8.4-9.5 -> 4.7-10 us a page. Only short runs are
- * gathered (a long one is its own call). A
- * call that comes back short is done again run by run (copy_run: page by page,
- * with /proc/PID/mem behind it), so a run is logged only once it is copied. */
+ * gathered (a long one is its own call). A call that comes back short (a
+ * PROT_NONE page: process_vm_readv honours the protection) is done again run by
+ * run (copy_run: page by page, with /proc/PID/mem behind it), so a run is
+ * logged only once it is copied. */
 #define BATCH_RUNS 1024u        /* IOV_MAX */
 #define BATCH_RUN_MAX (64 * PG) /* longer runs: copy_run */
 

@@ -2,8 +2,8 @@
 # whose handler reads the heap (its frame is pushed onto a stack page that may be
 # remote), madvise(DONTNEED), mremap, munmap followed by a new mapping, and a fork
 # whose child reads pages its parent never fetched; and a page it keeps PROT_NONE
-# between writes. Every result is printed, so a
-# migrated run must print exactly what an unmigrated one does.
+# between writes. Every result is printed, so a migrated run must print exactly
+# what an unmigrated one does.
 #   postcopy_ops.py GO_FILE [MiB]
 # Prints "ready", then waits (silently) for GO_FILE to exist: the test creates it
 # once the process runs on the destination. Then it waits for SIGUSR1, which the
