@@ -1695,6 +1695,65 @@ static void layout_pages(void)
 	rdmig_image_free(&full);
 }
 
+/* rdmig_bitmap_run and rdmig_image_vma_touched against bit-by-bit counts: bitmaps of runs of every length
+ * around the 8- and 64-bit steps (and random ones), at every start bit, from a
+ * buffer at every byte alignment, with nbits cutting a run short; and bits past
+ * nbits set, which must never be counted. */
+static uint64_t run_ref(const uint8_t *bits, uint64_t nbits, uint64_t at, bool set)
+{
+	uint64_t q = at;
+
+	while (q < nbits && ((bits[q / 8] >> (q % 8) & 1) == set))
+		q++;
+	return q - at;
+}
+
+static void bitmap_runs(void)
+{
+	struct rdmig_img_vma v = {.kind = RDMIG_VMA_ANON};
+	static const unsigned lens[] = {1, 7, 8, 9, 56, 63, 64, 65, 127, 128, 129, 200, 300};
+	uint8_t store[96 + 8];
+	unsigned bad = 0;
+
+	for (unsigned shape = 0; shape < 40; shape++) {
+		for (unsigned align = 0; align < 8; align++) {
+			uint8_t *bits = store + align;
+			uint64_t nbits = 96 * 8 - rnd() % 70, b = 0;
+			bool set = shape & 1;
+
+			memset(store, 0, sizeof(store));
+			/* runs of the listed lengths (random ones in later shapes),
+			 * alternating, from bit 0 or a random bit */
+			for (unsigned i = shape % 3 ? rnd() % 13 : 0; b < 96 * 8; i++) {
+				uint64_t len =
+				    shape < 20 ? lens[(i + shape) % 13] : 1 + rnd() % 150;
+
+				if (set)
+					rdmig_bitmap_set(bits, b,
+					                 len > 96 * 8 - b ? 96 * 8 - b : len);
+				b += len;
+				set = !set;
+			}
+			for (uint64_t at = 0; at <= nbits; at++)
+				for (int want = 0; want < 2; want++)
+					if (rdmig_bitmap_run(bits, nbits, at, want) !=
+					    run_ref(bits, nbits, at, want))
+						bad++;
+			/* the touched count, over the same bits */
+			uint64_t want = 0;
+			for (uint64_t i = 0; i < nbits; i++)
+				want += bits[i / 8] >> (i % 8) & 1;
+			v.start = 0x10000000;
+			v.end = v.start + nbits * 4096;
+			v.touched = bits;
+			T_CHECK(rdmig_image_vma_touched(&v) == want,
+			        "touched %" PRIu64 " pages, %" PRIu64 " set",
+			        rdmig_image_vma_touched(&v), want);
+		}
+	}
+	T_CHECK(bad == 0, "%u runs counted wrong", bad);
+}
+
 int main(int argc, char **argv)
 {
 	t_state.only = argc > 1 ? argv[1] : NULL;
@@ -1705,6 +1764,7 @@ int main(int argc, char **argv)
 	T_RUN(flips);
 	T_RUN(malformed);
 	T_RUN(huge_and_framing);
+	T_RUN(bitmap_runs);
 	T_RUN(write_seeds);
 	T_RUN(seeds_current);
 	return t_finish();

@@ -279,7 +279,7 @@ const struct rdmig_img_vma *rdmig_image_vma_at(const struct rdmig_image *img, ui
 /* Pages marked touched in v (ANON). */
 uint64_t rdmig_image_vma_touched(const struct rdmig_img_vma *v);
 
-/* Bitmaps of pages (bit i: byte i/8, bit i%8), a byte at a time where they can
+/* Bitmaps of pages (bit i: byte i/8, bit i%8), 64 bits at a time where they can
  * be. How many bits from bit `at` on (up to nbits) are set (or clear); set bits
  * [first, first + n). */
 uint64_t rdmig_bitmap_run(const uint8_t *bits, uint64_t nbits, uint64_t at, bool set);
