@@ -5,8 +5,8 @@
 #                                        DIRTY_PCT (100) OUT (bench-out)
 #                                        KEEP (set: keep the daemons' logs and
 #                                        --stats-json files, path printed)
-#                                        WARM (1; 0: do not warm guest memory
-#                                        before each run)
+#                                        FLOOR (1; 0: do not measure the local
+#                                        copies' floor before each run)
 # For each size x pattern x mode: the workload fills its memory, runs, and is
 # migrated over libfabric's tcp provider on loopback; it runs until AFTER_S seconds
 # after the source is done (every page home), then SIGUSR1 ends it (a fixed run
@@ -26,6 +26,9 @@
 #   slowdown     the workload's throughput from resume to all-local against before
 #   total/raw    total against bytes / raw READ bandwidth measured in this run
 #                (bench/read_lat, 64 KiB at 16 in flight): the ratio, target <= 1.3
+#   floor        the same bytes' two copies (mirror, install) made locally on fresh
+#                memory just before the run (bench/copy_floor, below), and
+#                total/floor: what the machine's memory allows, beside the transport
 #   sent/mem     bytes that crossed the wire (pre-copy pulls and fetches) against the
 #                memory with data: target <= 1.5 for pre-copy at DIRTY_PCT=1
 # and a plot (PNG, gnuplot) of faults and throughput over time for each run.
@@ -43,35 +46,24 @@ rc=0
 
 echo "## load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores; $(uname -r)"
 mb_of() { case $1 in *G) echo $((${1%G} * 1024)) ;; *M) echo "${1%M}" ;; *) echo "$1" ;; esac; }
-# A virtual machine's host backs guest memory at its first touch, and takes it back
-# some time after the guest frees it (16 GiB touched here were cold again half an
-# hour later, 2 GiB not 10 s later): here the mirror's first copy of 1 GiB took
-# 4.5 s on cold memory and 0.24 s on memory touched just before (populating: 0.4-0.5
-# against 5-20 GB/s), and a 4 GiB run (12 GiB in use: the original, the mirror, the
-# copy) spent most of its pull in the host's faults under UFFDIO_COPY. A host has
-# none of this, and the runs before would decide the result: so before each run, as
-# much memory as it uses (4 x its size, within what is free) is touched and given
-# back. Its first-touch rate is printed per run (warm_MB/s): low means the host was
-# cold. WARM=0 skips it.
-warm() { # warm MB: prints the first touch's MB/s
-  local avail mb
-  avail=$(awk '/^MemAvailable:/ { print int($2 / 1024) - 2048 }' /proc/meminfo)
-  mb=$((4 * $1 < avail ? 4 * $1 : avail))
-  [ "${WARM:-1}" != 0 ] && [ "$mb" -gt 0 ] || { echo 0; return; }
-  python3 - "$mb" <<'PY'
-import mmap, sys, time
-mb = int(sys.argv[1])
-t = time.monotonic()
-m = mmap.mmap(-1, mb << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-try:
-    m.madvise(14)  # MADV_HUGEPAGE: fewer faults; the host backs it all the same
-    m.madvise(23)  # MADV_POPULATE_WRITE
-except OSError:
-    for off in range(0, mb << 20, 4096):
-        m[off] = 1
-m.close()
-print("%.0f" % ((mb << 20) / 1e6 / (time.monotonic() - t)))
-PY
+# A virtual machine's host may back guest memory only when the guest first writes it
+# and take freed memory back within seconds (free page reporting: on the machine
+# this was written on, memory freed 2 s earlier was as slow to write again as memory
+# never touched, 0.4-1.4 against ~20 GB/s). A migration writes twice its memory into
+# fresh pages on one host: the mirror and the restored process's copy. So before
+# each run, after 3 s for what the last run freed to go back to the host,
+# bench/copy_floor makes those two copies locally with no transport (process_vm_readv
+# into a huge-page buffer, UFFDIO_COPY in 64 KiB into a fresh 4 KiB region) and its
+# time is printed beside the total as floor_s, with total/floor. Where the floor is
+# above size / raw bandwidth, it, not the transport, bounds the total time; on
+# hardware without a hypervisor it is the cost of zeroing and copying. FLOOR=0 skips
+# it. Its memory, freed just before the workload starts, is what the workload fills.
+floor() { # floor MB: prints the local copies' seconds, - when skipped, FAILED
+  local out
+  [ "${FLOOR:-1}" != 0 ] || { echo -; return; }
+  sleep 3
+  out=$("$build/bench/copy_floor" --mb "$1" 2>&1) || { echo FAILED; echo "$out" >&2; return; }
+  awk '$1 == "floor" { print $9 }' <<<"$out"
 }
 echo "## raw one-sided READ bandwidth (bench/read_lat, fabric/tcp, 64 KiB, 16 in flight)"
 bw=$("$build/bench/read_lat" --transport fabric --provider tcp --addr 127.0.0.1 2>/dev/null |
@@ -79,13 +71,14 @@ bw=$("$build/bench/read_lat" --transport fabric --provider tcp --addr 127.0.0.1 
 [ -n "$bw" ] || { echo "read_lat failed"; exit 1; }
 echo "raw bandwidth: $bw MB/s"
 echo
-printf '%-6s %-7s %-9s %10s %10s %10s %9s %9s %9s %9s %9s %10s %9s %10s\n' size pattern mode \
+printf '%-6s %-7s %-9s %10s %10s %10s %9s %9s %9s %9s %9s %10s %9s %9s %11s\n' size pattern mode \
   downtime_ms pause_ms maxgap_ms total_s local_s demand prefetch% slowdown total/raw sent/mem \
-  warm_MB/s
+  floor_s total/floor
 IFS=, read -ra sizes <<<"$SIZES"; IFS=, read -ra pats <<<"$PATTERNS"; IFS=, read -ra modes <<<"$MODES"
 for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@]}"; do
   mb=$(mb_of "$size") tag=$size-$pat-$mode
-  warm_rate=$(warm "$mb")
+  floor_s=$(floor "$mb")
+  [ "$floor_s" != FAILED ] || { echo "$tag: copy_floor FAILED"; rc=1; floor_s=-; }
   "$build/rdma_migrate" dst --listen 127.0.0.1:0 --token-file "$T/token" --wait \
     --stats-json "$T/$tag.dst.json" >"$T/$tag.dst.out" 2>"$T/$tag.dst.err" &
   dst=$!
@@ -116,9 +109,9 @@ for size in "${sizes[@]}"; do for pat in "${pats[@]}"; do for mode in "${modes[@
     echo "$tag: FAILED (src $src_rc, dst $dst_rc)"; tail -n 5 "$T/$tag".*.err "$T/$tag.work"; rc=1; continue
   fi
   grep -q '^check ok' "$T/$tag.work" || { echo "$tag: WRONG DATA"; grep check "$T/$tag.work"; rc=1; }
-  python3 - "$T/$tag" "$bw" "$size" "$pat" "$mode" "$mb" "$OUT" "$warm_rate" <<'PY' || rc=1
+  python3 - "$T/$tag" "$bw" "$size" "$pat" "$mode" "$mb" "$OUT" "$floor_s" <<'PY' || rc=1
 import json, sys
-base, bw, size, pat, mode, mb, out, warm = sys.argv[1:]
+base, bw, size, pat, mode, mb, out, floor = sys.argv[1:]
 s = json.load(open(base + ".src.json")); d = json.load(open(base + ".dst.json"))
 work = open(base + ".work").read().split("\n")
 ts = [(int(l.split()[1]), int(l.split()[3])) for l in work if l.startswith("t ")]
@@ -150,9 +143,12 @@ total = s["total_ns"] / 1e9
 # what crossed the wire (rounds pulled into the arena, then fetches) per byte of
 # memory with data at the freeze
 sent = d["bytes_read"] / (s["pages_touched"] * 4096.0) if s["pages_touched"] else 0
-print("%-6s %-7s %-9s %10.2f %10.2f %10.2f %9.3f %9.3f %9d %8.1f%% %8.2fx %9.2fx %8.2fx %10s" % (
+# the floor was measured for the whole size; the run moved the pages with data
+floor_run = float(floor) * s["pages_touched"] * 4096.0 / (int(mb) << 20) if floor != "-" else 0
+print("%-6s %-7s %-9s %10.2f %10.2f %10.2f %9.3f %9.3f %9d %8.1f%% %8.2fx %9.2fx %8.2fx %9s %11s" % (
     size, pat, mode, s["downtime_ns"] / 1e6, sw_ns / 1e6, gap / 1e6, total, all_local_ms / 1e3,
-    fetched, cover, slow, total / ideal if ideal > 0 else 0, sent, warm))
+    fetched, cover, slow, total / ideal if ideal > 0 else 0, sent,
+    "%.3f" % floor_run if floor_run else "-", "%.2fx" % (total / floor_run) if floor_run else "-"))
 with open("%s/%s-%s-%s.dat" % (out, size, pat, mode), "w") as f:
     f.write("# ms_after_resume faults prefetched ops_per_s\n")
     k = i_gap
