@@ -63,6 +63,7 @@
 #include "pagescan.h"
 #include "procfs.h"
 #include "rdmig/log.h"
+#include "uffd_compat.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -74,6 +75,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -1096,11 +1098,55 @@ static int file_index(struct rdmig_image *img, uint32_t *cap, const char *path,
 	return 0;
 }
 
+/* The page at addr among the known ones (sorted by address), or NULL. */
+static const struct rdmig_img_cow_page *known_page(const struct rdmig_capture_known *kn,
+                                                   uint64_t addr)
+{
+	uint32_t lo = 0, hi = kn->n;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (kn->pages[mid].addr == addr)
+			return &kn->pages[mid];
+		if (kn->pages[mid].addr < addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+/* Is every vma of [start, end) still registered for write tracking with the
+ * tracking uffd (WP_ASYNC)? A mapping replaced or moved since
+ * rdmig_precopy_track_files is not: its PAGEMAP_SCAN entries say nothing of
+ * writes since. PM_SCAN_CHECK_WPASYNC refuses (-EPERM) a range that is not, and
+ * one page of output is enough to ask. */
+static bool still_tracked(int pm_fd, uint64_t start, uint64_t end)
+{
+	struct page_region r;
+	struct pm_scan_arg a = {
+	    .size = sizeof(a),
+	    .flags = PM_SCAN_CHECK_WPASYNC,
+	    .start = start,
+	    .end = end,
+	    .vec = (uint64_t)(uintptr_t)&r,
+	    .vec_len = 1,
+	    .max_pages = 1,
+	    .return_mask = PAGE_IS_WRITTEN,
+	};
+
+	return ioctl(pm_fd, PAGEMAP_SCAN, &a) >= 0;
+}
+
 /* Copy the anonymous pages of a private file mapping into img->cow: through
  * the tracee, or (t NULL, the layout of a process that runs) from mem_fd, where
- * a page that cannot be read is left out (it travels with the image). */
+ * a page that cannot be read is left out (it travels with the image). With
+ * written (the mapping still tracked, see rdmig_capture), a page not written
+ * since the known ones were read is taken from them. */
 static int capture_cow(struct rdmig_tracee *t, int mem_fd, struct rdmig_image *img, uint32_t *cap,
-                       const struct rdmig_img_vma *v, const uint8_t *bits)
+                       const struct rdmig_img_vma *v, const uint8_t *bits, const uint8_t *written,
+                       const struct rdmig_capture_known *kn, uint32_t *taken)
 {
 	uint64_t pages = (v->end - v->start) / 4096;
 
@@ -1125,6 +1171,16 @@ static int capture_cow(struct rdmig_tracee *t, int mem_fd, struct rdmig_image *i
 
 		c->addr = v->start + i * 4096;
 		c->ahead = false;
+		if (written && !(written[i / 8] & (1u << (i % 8)))) {
+			const struct rdmig_img_cow_page *k = known_page(kn, c->addr);
+
+			if (k) {
+				memcpy(c->data, k->data, sizeof(c->data));
+				img->ncow++;
+				(*taken)++;
+				continue;
+			}
+		}
 		if (!t) {
 			if (pread(mem_fd, c->data, sizeof(c->data), (off_t)c->addr) ==
 			    (ssize_t)sizeof(c->data))
@@ -1174,12 +1230,13 @@ static int open_proc(pid_t pid, const char *name, int *fd)
  * of private file mappings as they are now (the source compares them at the
  * freeze and sends only those that changed); no anonymous pages. */
 static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *img,
-                        uint32_t *files_cap, char *why, size_t whylen)
+                        const struct rdmig_capture_known *kn, uint32_t *files_cap, char *why,
+                        size_t whylen)
 {
 	struct procfs_map *maps = NULL;
 	struct map_file_cache fc = {0};
 	size_t nmaps = 0;
-	uint32_t cow_cap = 0;
+	uint32_t cow_cap = 0, taken = 0;
 	uint8_t *bits = NULL, *written = NULL;
 	int pm_fd, mem_fd = -1, ret;
 
@@ -1261,10 +1318,14 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 
 		bool known = false;
 
+		/* written for a private file mapping only where known pages may
+		 * spare reading it */
+		bool want_written = kind == RDMIG_VMA_ANON || (t && kn && kn->n);
+
 		bits = calloc((pages + 7) / 8, 1);
-		if (kind == RDMIG_VMA_ANON)
+		if (want_written)
 			written = calloc((pages + 7) / 8, 1);
-		if (!bits || (kind == RDMIG_VMA_ANON && !written)) {
+		if (!bits || (want_written && !written)) {
 			ret = -ENOMEM;
 			goto out_free;
 		}
@@ -1273,7 +1334,11 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 		if (ret)
 			goto out_free;
 		if (kind == RDMIG_VMA_FILE_PRIVATE) {
-			ret = capture_cow(t, mem_fd, img, &cow_cap, v, bits);
+			bool use =
+			    written && known && count && still_tracked(pm_fd, m->start, m->end);
+
+			ret = capture_cow(t, mem_fd, img, &cow_cap, v, bits, use ? written : NULL,
+			                  kn, &taken);
 			if (ret)
 				goto out_free;
 		} else if (count) {
@@ -1289,6 +1354,10 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 		free(written);
 		written = NULL;
 	}
+	if (t && kn && kn->n)
+		pr_info("pid %d: %u of %u written file pages not written since the layout read "
+		        "them: not read again",
+		        pid, taken, img->ncow);
 	ret = 0;
 out_free:
 	free(bits);
@@ -1354,7 +1423,8 @@ out_free:
 	return ret;
 }
 
-int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, size_t whylen)
+int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
+                  const struct rdmig_capture_known *known, char *why, size_t whylen)
 {
 	pid_t pid = rdmig_tracee_pid(t);
 	uint32_t files_cap = 0;
@@ -1397,7 +1467,7 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why, si
 	if (!ret)
 		ret = capture_thread_names(pid, img);
 	if (!ret)
-		ret = capture_maps(pid, t, img, &files_cap, why, whylen);
+		ret = capture_maps(pid, t, img, known, &files_cap, why, whylen);
 	if (!ret)
 		ret = capture_fds(pid, img, &files_cap, why, whylen);
 	rdmig_laps_mark(&laps, "proc");
@@ -1459,7 +1529,7 @@ int rdmig_capture_layout(pid_t pid, struct rdmig_image *img, char *why, size_t w
 		goto out_free_image;
 	/* brk needs a call in the process; the map's heap is what the prebuild needs */
 	img->mm.brk = img->mm.start_brk;
-	ret = capture_maps(pid, NULL, img, &files_cap, why, whylen);
+	ret = capture_maps(pid, NULL, img, NULL, &files_cap, why, whylen);
 	if (ret)
 		goto out_free_image;
 	return 0;

@@ -634,7 +634,7 @@ static int run(struct src *s)
 	const struct rdmig_migrate_opts *o = s->o;
 	struct rdmig_mirror_view *views = NULL;
 	uint32_t nviews = 0;
-	int ret;
+	int ret, err;
 
 	s->t_start = rdmig_now_ns();
 	ret = rdmig_capture_check(o->pid, s->why, sizeof(s->why));
@@ -687,6 +687,13 @@ static int run(struct src *s)
 	if (ret < 0)
 		return rollback(s, "cannot let the process run while its memory is copied", ret);
 	ret = src_set_state(s, SRC_TRACKING);
+	/* Before the layout reads their written pages: the freeze then reads only
+	 * those written since (0.3-0.5 ms of reading for ~17 pages here). Only a
+	 * speed-up: what is not tracked is read at the freeze, as before. */
+	if (ret == 0 && (err = rdmig_precopy_track_files(s->pc)) < 0)
+		pr_info("pid %d: its private file mappings are not tracked (%s): their written "
+		        "pages are all read at the freeze",
+		        (int)o->pid, strerror(-err));
 	/* first, so the destination builds the map while the first round copies */
 	if (ret == 0 && (ret = send_layout(s)) < 0)
 		return rollback(s, "cannot send the process's layout to the destination", ret);
@@ -729,7 +736,9 @@ static int run(struct src *s)
 	if (ret == 0)
 		ret = rdmig_inject("src.capture");
 	if (ret == 0)
-		ret = rdmig_capture(s->t, &s->img, s->why, sizeof(s->why));
+		ret = rdmig_capture(s->t, &s->img,
+		                    &(struct rdmig_capture_known){s->lay_cow, s->nlay_cow}, s->why,
+		                    sizeof(s->why));
 	if (ret < 0)
 		return rollback(s, "cannot capture the process", ret);
 	s->t_captured = rdmig_now_ns();

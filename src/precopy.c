@@ -5,6 +5,10 @@
  *   start   (target seized)  userfaultfd() injected into the target, taken with
  *                            pidfd_getfd, closed in the target; UFFDIO_API with
  *                            WP_ASYNC | WP_UNPOPULATED on our copy
+ *   files   (target runs)    rdmig_precopy_track_files: the private file
+ *                            mappings registered (WP) and their pages protected,
+ *                            no mirror: the capture asks which of their written
+ *                            pages changed since the layout read them
  *   round   (target runs)    for each anonymous range of /proc/PID/maps not yet
  *                            tracked: a mirror buffer (registered), UFFDIO_REGISTER
  *                            (WP), then PAGEMAP_SCAN protects the pages with data
@@ -14,7 +18,8 @@
  *   final   (target frozen)  per ANON vma of the image: written or never-copied
  *                            pages with data are copied; a vma no tracked range
  *                            covers gets a buffer of its own, filled whole
- *   stop                     UFFDIO_UNREGISTER everything, close the uffd
+ *   stop                     UFFDIO_UNREGISTER the ranges, close the uffd (which
+ *                            unregisters the file mappings)
  *
  * Protect before copy: a write that lands after the protection and before the
  * copy is seen both by the copy and by the next scan, never by neither.
@@ -78,9 +83,9 @@ struct rdmig_precopy {
 
 /* ---- the target's anonymous ranges ---------------------------------------- */
 
-/* Private anonymous ranges of /proc/PID/maps (what the capture calls ANON).
- * *out is malloc'd pairs {start, end}. */
-static int anon_ranges(pid_t pid, uint64_t **out, uint32_t *n)
+/* Private anonymous ranges of /proc/PID/maps (what the capture calls ANON), or
+ * with files, the private file mappings. *out is malloc'd pairs {start, end}. */
+static int maps_ranges(pid_t pid, bool files, uint64_t **out, uint32_t *n)
 {
 	char path[64], line[4096 + 256];
 	uint64_t *v = NULL;
@@ -112,10 +117,10 @@ static int anon_ranges(pid_t pid, uint64_t **out, uint32_t *n)
 			break;
 		}
 		name = line + pos;
-		if (perms[3] != 'p' || ino != 0)
+		if (perms[3] != 'p' || (ino != 0) != files)
 			continue;
 		/* %n ran past the blanks: an anonymous line's name is empty */
-		if (*name && *name != '\n' && strncmp(name, "[heap]", 6) &&
+		if (!files && *name && *name != '\n' && strncmp(name, "[heap]", 6) &&
 		    strncmp(name, "[stack]", 7) && strncmp(name, "[anon:", 6))
 			continue; /* [vdso], [vvar], [vsyscall], ... */
 		if (cnt + 2 > cap) {
@@ -497,7 +502,7 @@ int rdmig_precopy_round(struct rdmig_precopy *p)
 {
 	uint64_t *v;
 	uint32_t n;
-	int ret = anon_ranges(p->pid, &v, &n);
+	int ret = maps_ranges(p->pid, false, &v, &n);
 
 	if (ret < 0)
 		return ret;
@@ -585,6 +590,40 @@ static bool probe_pagemap_scan(int pagemap)
 	struct pm_scan_arg a = {.size = sizeof(a)}; /* an empty walk */
 
 	return ioctl(pagemap, PAGEMAP_SCAN, &a) >= 0 || (errno != ENOTTY && errno != EINVAL);
+}
+
+int rdmig_precopy_track_files(struct rdmig_precopy *p)
+{
+	uint64_t *v, pages = 0;
+	uint32_t n, tracked = 0;
+	int ret;
+
+	if (p->track != TRACK_WP_ASYNC)
+		return 0;
+	ret = maps_ranges(p->pid, true, &v, &n);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t s = v[2 * i], e = v[2 * i + 1];
+
+		/* A mapping that cannot be registered (or is replaced meanwhile:
+		 * -EPERM) is only not tracked: the capture then reads all of its
+		 * written pages at the freeze, as without tracking. */
+		if (rdmig_uffd_register(p->uffd, s, e - s, RDMIG_UFFD_WP, NULL) < 0)
+			continue;
+		ret = scan(p, s, e, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, 0,
+		           PAGE_IS_PRESENT | PAGE_IS_SWAPPED, NULL, NULL, &pages);
+		if (ret == 0)
+			tracked++;
+		else if (ret != -EPERM)
+			break;
+		ret = 0;
+	}
+	free(v);
+	if (ret == 0)
+		pr_debug("%u of %u private file mappings tracked (%" PRIu64 " pages protected)",
+		         tracked, n, pages);
+	return ret;
 }
 
 int rdmig_precopy_start(struct rdmig_tracee *t, struct rdmig_mirror *m, struct rdmig_precopy **out)

@@ -982,7 +982,7 @@ static void capture_full(void)
 	if (!t)
 		goto out_kill;
 	double t0 = t_now_s();
-	int ret = rdmig_capture(t, &img, why, sizeof(why));
+	int ret = rdmig_capture(t, &img, NULL, why, sizeof(why));
 
 	T_CHECK(ret == 0, "capture %d (%s) why '%s'", ret, strerror(-ret), why);
 	fprintf(stderr, "  capture took %.1f ms\n", (t_now_s() - t0) * 1e3);

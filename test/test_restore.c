@@ -1179,7 +1179,7 @@ static void roundtrip(bool nobody, bool threads, enum pre_mode pre)
 	T_CHECK(ret == 0, "seize: %d", ret);
 	if (ret)
 		goto out_kill;
-	ret = rdmig_capture(t, &img, why, sizeof(why));
+	ret = rdmig_capture(t, &img, NULL, why, sizeof(why));
 	T_CHECK(ret == 0, "capture: %d %s", ret, why);
 	if (ret)
 		goto out_kill;

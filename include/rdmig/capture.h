@@ -59,9 +59,21 @@ RDMIG_CAPTURE_WUR int rdmig_capture_check_wire(pid_t pid, char *why, size_t whyl
  * map is read, so it never appears in the image. ANON vmas get their `touched`
  * bitmaps (pages present or swapped, excluding the shared zero page); private
  * file mappings' written pages are copied into img->cow.
+ *
+ * known (may be NULL): written file pages read earlier (the layout's cow, sorted
+ * by address), after rdmig_precopy_track_files protected their mappings. A page
+ * among them in a mapping still tracked whose PAGEMAP_SCAN entry says it was not
+ * written since is taken from there instead of being read from the process
+ * (~10-40 us a page here, inside the freeze); any doubt (a mapping replaced,
+ * moved or never tracked, a kernel that cannot say) reads the page.
  * On failure img is freed (zeroed) and the tracee is as it was.
  */
-RDMIG_CAPTURE_WUR int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img, char *why,
+struct rdmig_capture_known {
+	const struct rdmig_img_cow_page *pages;
+	uint32_t n;
+};
+RDMIG_CAPTURE_WUR int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
+                                    const struct rdmig_capture_known *known, char *why,
                                     size_t whylen);
 
 /*

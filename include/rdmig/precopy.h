@@ -54,6 +54,13 @@ RDMIG_PRECOPY_WUR int rdmig_precopy_start(struct rdmig_tracee *t, struct rdmig_m
  * the pages written since the last round (every present page the first time). */
 RDMIG_PRECOPY_WUR int rdmig_precopy_round(struct rdmig_precopy *p);
 
+/* Register the target's private file mappings for write tracking too (no
+ * mirror: nothing of them is copied) and protect their pages, so that at the
+ * freeze PAGEMAP_SCAN tells which of their written pages changed since (see
+ * rdmig_capture's `known`). Call before reading those pages for the layout.
+ * A mapping that cannot be tracked is left untracked; 0 or -errno. */
+RDMIG_PRECOPY_WUR int rdmig_precopy_track_files(struct rdmig_precopy *p);
+
 /* The target is frozen and captured (img): copy what changed, and give the views
  * of the mirror that cover every ANON vma of img (malloc'd *views, *n). */
 RDMIG_PRECOPY_WUR int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,

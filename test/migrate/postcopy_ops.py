@@ -1,8 +1,9 @@
 # What a process does to its memory while post-copy still owes it pages: a signal
 # whose handler reads the heap (its frame is pushed onto a stack page that may be
 # remote), madvise(DONTNEED), mremap, munmap followed by a new mapping, and a fork
-# whose child reads pages its parent never fetched; and a page it keeps PROT_NONE
-# between writes. Every result is printed, so a migrated run must print exactly
+# whose child reads pages its parent never fetched; a page it keeps PROT_NONE
+# between writes; and a private mapping of a file whose pages it writes before
+# and while it is migrated (the file itself must not change). Every result is printed, so a migrated run must print exactly
 # what an unmigrated one does.
 #   postcopy_ops.py GO_FILE [MiB]
 # Prints "ready", then waits (silently) for GO_FILE to exist: the test creates it
@@ -73,13 +74,45 @@ def guard_write():
     guard_protect(0)
 
 
+# A private file mapping: written pages are the process's own copies, which the
+# source reads once for the layout it sends ahead and, at the freeze, again only
+# where they were written since. Pages 0-7 are written before "ready" (then read
+# by the layout); page 3 is written again every ms and page 5 every 50 ms while
+# the process waits, i.e. after the layout read them.
+FP = 32
+fpath = go + ".map"
+with open(fpath, "wb") as f:
+    for i in range(FP):
+        f.write(page(5, i))
+ffd = os.open(fpath, os.O_RDWR)
+fm = mmap.mmap(ffd, FP * PG, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+for i in range(8):
+    fm[i * PG:(i + 1) * PG] = page(6, i)
+f3 = f5 = 0
+
+
+def fmap_expected(i):
+    if i == 3 and f3:
+        return page(7, f3)
+    if i == 5 and f5:
+        return page(8, f5)
+    return page(6, i) if i < 8 else page(5, i)
+
+
 guard_write()
 print("ready", flush=True)
 while not os.path.exists(go):
     guard_write()
+    f3 += 1
+    fm[3 * PG:4 * PG] = page(7, f3)
+    if f3 % 50 == 0:
+        f5 += 1
+        fm[5 * PG:6 * PG] = page(8, f5)
     time.sleep(0.001)
 guard_protect(mmap.PROT_READ | mmap.PROT_WRITE)
 print("guard page wrong", int(guard[:] != page(9, guard_n)), flush=True)
+print("file mapping wrong", sum(fm[i * PG:(i + 1) * PG] != fmap_expected(i) for i in range(FP)),
+      "file wrong", sum(os.pread(ffd, PG, i * PG) != page(5, i) for i in range(FP)), flush=True)
 
 # 1. a signal, handled while the heap is remote
 while not got:
