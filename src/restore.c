@@ -41,6 +41,8 @@
 
 #include "restore_int.h"
 
+#include "procfs.h"
+
 #include "rdmig/log.h"
 
 #include <errno.h>
@@ -58,6 +60,8 @@
 
 _Static_assert(sizeof(struct user_regs_struct) == RDMIG_IMG_NREGS * sizeof(uint64_t),
                "image registers are a struct user_regs_struct");
+
+#define PF_EXITING_FLAG 0x00000004u /* include/linux/sched.h */
 
 /* Kernel-internal restart codes a thread stopped inside a syscall shows in rax. */
 #define K_ERESTARTSYS 512
@@ -496,6 +500,15 @@ int rdmig_restore_resume(struct rdmig_restored *r)
 	return err;
 }
 
+/* Is pid exiting or gone? Its descriptors then close with it. */
+static bool exiting(pid_t pid)
+{
+	struct procfs_stat st;
+
+	return procfs_stat(pid, &st) < 0 || st.state == 'Z' || st.state == 'X' ||
+	       (st.flags & PF_EXITING_FLAG);
+}
+
 int rdmig_restore_drop_uffd(struct rdmig_restored *r)
 {
 	struct rdmig_tracee *t;
@@ -503,7 +516,14 @@ int rdmig_restore_drop_uffd(struct rdmig_restored *r)
 
 	if (r->uffd_in_proc < 0)
 		return 0;
-	err = rdmig_tracee_seize(r->pid, 0, &t);
+	/* A process that is exiting (its last pages often come home as it exits,
+	 * its mm going first) cannot be seized (EPERM) and needs nothing closed.
+	 * Asked before and, for one that starts exiting meanwhile, after. */
+	if (exiting(r->pid) || ((err = rdmig_tracee_seize(r->pid, 0, &t)) && exiting(r->pid))) {
+		pr_debug("pid %d is exiting: its userfaultfd closes with it", (int)r->pid);
+		r->uffd_in_proc = -1;
+		return 0;
+	}
 	if (err) {
 		pr_err("pid %d: could not seize to close its userfaultfd: %s", (int)r->pid,
 		       strerror(-err));

@@ -327,7 +327,9 @@ static void client_gone(struct rdmig_faultloop *l, int ci)
 		if (l->slots[i].state != SLOT_FREE && l->slots[i].client == ci)
 			slot_cancel(l, i);
 	if (c->primary) {
-		pr_warn("target's mm is gone: no more faults to serve for it");
+		/* a process that exits before all its pages came home: nothing wrong */
+		pr_info("target's mm is gone (it exited or exec'd): no more faults to serve "
+		        "for it");
 		emit(l, RDMIG_PAGER_TARGET_GONE, -ESRCH, 0, c->uffd);
 		/* Keep the primary's table for its counts; nothing will fault on it. */
 		close(c->uffd);
