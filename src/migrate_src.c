@@ -690,9 +690,10 @@ static int run(struct src *s)
 	/* Before the layout reads their written pages: the freeze then reads only
 	 * those written since (0.3-0.5 ms of reading for ~17 pages here). Only a
 	 * speed-up: what is not tracked is read at the freeze, as before. */
-	if (ret == 0 && (err = rdmig_precopy_track_files(s->pc)) < 0)
-		pr_info("pid %d: its private file mappings are not tracked (%s): their written "
-		        "pages are all read at the freeze",
+	if (ret == 0 && ((err = rdmig_inject("src.track_files")) < 0 ||
+	                 (err = rdmig_precopy_track_files(s->pc)) < 0))
+		pr_warn("pid %d: its private file mappings are not tracked (%s): their written "
+		        "pages are all read again at the freeze",
 		        (int)o->pid, strerror(-err));
 	/* first, so the destination builds the map while the first round copies */
 	if (ret == 0 && (ret = send_layout(s)) < 0)
