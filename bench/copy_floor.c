@@ -73,8 +73,11 @@ static pid_t start_child(uint64_t len, uint64_t *base)
 	pid = fork();
 	if (pid == 0) {
 		close(p[0]);
-		for (uint64_t i = 0; i < len / PG; i++)
-			*(uint64_t *)(m + i * PG) = word_of(i);
+		for (uint64_t i = 0; i < len / PG; i++) {
+			uint64_t w = word_of(i);
+
+			memcpy(m + i * PG, &w, sizeof(w));
+		}
 		if (write(p[1], "r", 1) != 1)
 			_exit(1);
 		for (;;)
@@ -164,8 +167,12 @@ int main(int argc, char **argv)
 		}
 	}
 	t2 = now_s();
-	for (uint64_t i = 0; i < len / PG; i++)
-		bad += *(uint64_t *)(target + i * PG) != word_of(i);
+	for (uint64_t i = 0; i < len / PG; i++) {
+		uint64_t w;
+
+		memcpy(&w, target + i * PG, sizeof(w));
+		bad += w != word_of(i);
+	}
 	if (bad) {
 		fprintf(stderr, "copy_floor: %" PRIu64 " pages with wrong data\n", bad);
 		goto out_uffd;
