@@ -139,10 +139,15 @@ int main(int argc, char **argv)
 	}
 	(void)madvise(target, len, MADV_NOHUGEPAGE);
 	fd = rdmig_uffd_open_api(0, 0);
-	if (fd < 0 || rdmig_uffd_register(fd, (uint64_t)(uintptr_t)target, len, RDMIG_UFFD_MISSING,
-	                                  NULL) < 0) {
-		fprintf(stderr, "copy_floor: userfaultfd: %s\n", strerror(fd < 0 ? -fd : errno));
-		goto out_uffd;
+	{
+		int ret = fd < 0 ? fd
+		                 : rdmig_uffd_register(fd, (uint64_t)(uintptr_t)target, len,
+		                                       RDMIG_UFFD_MISSING, NULL);
+
+		if (ret < 0) {
+			fprintf(stderr, "copy_floor: userfaultfd: %s\n", strerror(-ret));
+			goto out_uffd;
+		}
 	}
 
 	t0 = now_s();

@@ -1173,12 +1173,9 @@ ORDER_CASE(zipfian_4_threads_prefetch_on, ZIPF, 4, true)
 
 /* ---- fork ---------------------------------------------------------------- */
 
-/* In a forked child: check every page of the region. Exit status: 0 good, 1 a
- * wrong page, 2 a zero word. No malloc, no stdio: other threads held their locks at
- * the fork. */
 /* fork() for the cases where this process serves its own memory: glibc's fork
- * takes process-wide locks (malloc's arenas, stdio's list, libfabric's and
- * rdma-core's atfork handlers) before the clone and holds them until it
+ * takes process-wide locks (malloc's arenas, stdio's list, and whatever atfork
+ * handlers the libraries registered) before the clone and holds them until it
  * returns, while the kernel holds the clone until this process's own fault
  * loop has read the UFFD_EVENT_FORK; a loop thread that needs one of those
  * locks first never reads it (pager_rxe hung so, in CI: the forking thread
@@ -1190,6 +1187,9 @@ static pid_t fork_self_served(void)
 	return (pid_t)syscall(SYS_clone, SIGCHLD, 0, NULL, NULL, 0);
 }
 
+/* In a forked child: check every page of the region. Exit status: 0 good, 1 a
+ * wrong page, 2 a zero word. No malloc, no stdio: other threads held their locks at
+ * the fork. */
 static void child_verify(const uint8_t *base, uint64_t src, size_t len) __attribute__((noreturn));
 static void child_verify(const uint8_t *base, uint64_t src, size_t len)
 {
