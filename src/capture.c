@@ -86,8 +86,7 @@
 #include <sys/user.h>
 #include <unistd.h>
 
-#define PF_KTHREAD_FLAG 0x00200000u /* include/linux/sched.h */
-#define KSIGACTION_SIZE 32u         /* handler, flags, restorer, mask */
+#define KSIGACTION_SIZE 32u /* handler, flags, restorer, mask */
 #define DELETED_SUFFIX " (deleted)"
 
 struct rseq_conf {
@@ -437,7 +436,7 @@ static int check(pid_t pid, bool seized, char *why, size_t whylen)
 	ret = procfs_stat(pid, &stt);
 	if (ret)
 		return ret;
-	if (stt.flags & PF_KTHREAD_FLAG)
+	if (stt.flags & PROCFS_PF_KTHREAD)
 		return refuse(why, whylen, "pid %d is a kernel thread", pid);
 	ret = procfs_status(pid, &sta);
 	if (ret)

@@ -43,6 +43,10 @@ int procfs_status(pid_t pid, struct procfs_status *st);
 void procfs_status_free(struct procfs_status *st);
 
 /* /proc/PID/stat: state, flags and the mm fields (brk not there: mm->brk is 0). */
+/* PF_* bits of procfs_stat.flags (include/linux/sched.h) */
+#define PROCFS_PF_EXITING 0x00000004u
+#define PROCFS_PF_KTHREAD 0x00200000u
+
 struct procfs_stat {
 	char state;
 	uint64_t flags; /* PF_* */

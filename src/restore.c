@@ -61,8 +61,6 @@
 _Static_assert(sizeof(struct user_regs_struct) == RDMIG_IMG_NREGS * sizeof(uint64_t),
                "image registers are a struct user_regs_struct");
 
-#define PF_EXITING_FLAG 0x00000004u /* include/linux/sched.h */
-
 /* Kernel-internal restart codes a thread stopped inside a syscall shows in rax. */
 #define K_ERESTARTSYS 512
 #define K_ERESTARTNOINTR 513
@@ -506,7 +504,7 @@ static bool exiting(pid_t pid)
 	struct procfs_stat st;
 
 	return procfs_stat(pid, &st) < 0 || st.state == 'Z' || st.state == 'X' ||
-	       (st.flags & PF_EXITING_FLAG);
+	       (st.flags & PROCFS_PF_EXITING);
 }
 
 int rdmig_restore_drop_uffd(struct rdmig_restored *r)
