@@ -1,9 +1,10 @@
 /*
  * The destination's pre-copy arena and the run fetcher (src/arena.h).
  *
- * A page's copy is current when it was pulled in a round and no later round or
- * the freeze copied it again: each round's RUNS are pulled as they come (setting
- * the bit), the FINAL RUNS clear it. The source starts a round's copies only
+ * A page's copy is current when it was pulled in a round and no later round, no
+ * settling round (hybrid) and not the freeze copied it again: each round's RUNS
+ * are pulled as they come (setting the bit), FINAL RUNS (one set per settling
+ * round, one at the freeze) clear it. The source starts a round's copies only
  * after the destination said ROUND_DONE for the one before, so a pull never reads
  * a mirror page while it is being rewritten.
  */

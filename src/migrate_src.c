@@ -214,13 +214,21 @@ static int precopy_rounds(struct src *s)
 }
 
 /*
- * Post-copy: the pages written while the first copy ran are copied again at the
- * freeze, inside the downtime. Copying them again while the process still runs
- * (into the mirror only: nothing goes on the wire) leaves the freeze just what
- * was written during the last, shorter round. Rounds go on while each copies at
- * most half of the one before and more than 256 pages (about what the freeze
- * copies in a fraction of a millisecond), at most 8: a process that writes faster
- * than we copy does not converge, and more rounds would only cost CPU.
+ * Post-copy and hybrid: the pages written while the last copy ran (the first
+ * one, or hybrid's last pulled round) are copied again at the freeze, inside the
+ * downtime. Copying them again while the process still runs (into the mirror
+ * only: no pull) leaves the freeze just what was written during the last,
+ * shorter round. Rounds go on while each copies at most half of the one before
+ * and more than 256 pages (about what the freeze copies in a fraction of a
+ * millisecond), at most 8: a process that writes faster than we copy does not
+ * converge, and more rounds would only cost CPU.
+ *
+ * In hybrid mode each round's runs then go to the destination as FINAL runs:
+ * its arena's copies of those pages are stale and it fetches them after the
+ * switch. Without these rounds hybrid froze right after its last pull, and a
+ * process writing all its memory had the freeze copy everything written during
+ * that pull (256 MiB random writer: 16.5 thousand pages, a 31 ms downtime against
+ * post-copy's 5.5).
  */
 static int settle_rounds(struct src *s)
 {
@@ -228,12 +236,14 @@ static int settle_rounds(struct src *s)
 	uint64_t prev = UINT64_MAX;
 
 	for (int i = 0; i < 8; i++) {
-		uint64_t before, cur;
+		uint64_t before, cur, sent;
 		int ret;
 
 		rdmig_precopy_stats(s->pc, &st);
 		before = st.pages_copied;
 		ret = rdmig_precopy_round(s->pc);
+		if (ret == 0 && s->o->mode == RDMIG_MODE_HYBRID)
+			ret = send_runs(s, s->rounds + 1, RDMIG_RUNS_FINAL, &sent);
 		if (ret < 0)
 			return ret;
 		rdmig_precopy_stats(s->pc, &st);
@@ -711,7 +721,10 @@ static int run(struct src *s)
 		ret = precopy_rounds(s);
 		if (ret < 0)
 			return rollback(s, "the pre-copy rounds failed", ret);
-	} else {
+	}
+	/* not in pre-copy: its freeze fetches every stale page before the process
+	 * runs, so copying them earlier would not shorten it */
+	if (o->mode != RDMIG_MODE_PRECOPY) {
 		ret = settle_rounds(s);
 		if (ret < 0)
 			return rollback(s, "copying the process's memory failed", ret);

@@ -43,8 +43,10 @@
  * the data connection, then per round on control
  *   src: RUNS      {round le32, flags le32, n le32, 0, n x {addr le64, pages le64}}
  *                  the runs copied into the mirror that round (several messages,
- *                  RDMIG_RUNS_LAST on the last; RDMIG_RUNS_FINAL: pages copied at
- *                  the freeze, whose earlier copies are stale)
+ *                  RDMIG_RUNS_LAST on the last; RDMIG_RUNS_FINAL: pages copied
+ *                  again after the last pulled round, by hybrid's settling
+ *                  rounds or at the freeze, whose pulled copies are stale; not
+ *                  pulled, no ROUND_DONE)
  *   dst: ROUND_DONE {round}  pulled into its arena; the source copies again only
  *                  after it, so a pull never reads a page being rewritten
  * Timestamps are CLOCK_REALTIME nanoseconds (downtime across hosts).
