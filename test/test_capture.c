@@ -7,12 +7,14 @@
 #include "helpers.h"
 
 #include "rdmig/capture.h"
+#include "rdmig/precopy.h"
 #include "rdmig/tracee.h"
 
 #include "../src/pagescan.h"
 #include "../src/procfs.h"
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -1253,6 +1255,52 @@ static void procfs_limits_match(void)
 	}
 }
 
+/* rdmig_runs_sort_merge: random runs in a small space (so they overlap, touch
+ * and repeat) cover the same pages after as before, sorted, each page once. */
+static void runs_sort_merge(void)
+{
+	enum { SPACE = 512, N = 200 };
+	const uint64_t base = 0x7f0000000000ull;
+	struct rdmig_run runs[N];
+	uint8_t want[SPACE], got[SPACE];
+
+	srand(7);
+	for (int trial = 0; trial < 200; trial++) {
+		uint32_t n = (uint32_t)(rand() % N), k;
+
+		memset(want, 0, sizeof(want));
+		memset(got, 0, sizeof(got));
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t first = (uint64_t)(rand() % SPACE),
+			         pages = 1 + (uint64_t)(rand() % (trial % 2 ? 3 : 40));
+
+			if (first + pages > SPACE)
+				pages = SPACE - first;
+			runs[i] = (struct rdmig_run){base + first * 4096, pages};
+			memset(want + first, 1, pages);
+		}
+		k = rdmig_runs_sort_merge(runs, n);
+		T_CHECK(k <= n, "trial %d: %u runs from %u", trial, k, n);
+		for (uint32_t i = 0; i < k; i++) {
+			uint64_t first = (runs[i].addr - base) / 4096;
+
+			T_CHECK(runs[i].pages >= 1 && first + runs[i].pages <= SPACE,
+			        "trial %d: run %u out of the space", trial, i);
+			if (i)
+				T_CHECK(
+				    runs[i].addr > runs[i - 1].addr + runs[i - 1].pages * 4096,
+				    "trial %d: runs %u and %u overlap, touch or are out of order",
+				    trial, i - 1, i);
+			for (uint64_t p = 0; p < runs[i].pages && first + p < SPACE; p++) {
+				T_CHECK(!got[first + p], "trial %d: page %" PRIu64 " twice", trial,
+				        first + p);
+				got[first + p] = 1;
+			}
+		}
+		T_CHECK(!memcmp(want, got, sizeof(want)), "trial %d: pages differ", trial);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1)
@@ -1268,6 +1316,7 @@ int main(int argc, char **argv)
 	T_RUN(capture_full);
 	T_RUN(pagescan_split);
 	T_RUN(procfs_limits_match);
+	T_RUN(runs_sort_merge);
 	T_RUN(check_accepts_odd_comm);
 	T_RUN(refuse_socket);
 	T_RUN(refuse_pipe);

@@ -69,11 +69,14 @@ RDMIG_PRECOPY_WUR int rdmig_precopy_final(struct rdmig_precopy *p, const struct 
 void rdmig_precopy_stats(const struct rdmig_precopy *p, struct rdmig_precopy_stats *out);
 
 /* The runs of pages copied into the mirror since the last call (by rounds or the
- * freeze), in copy order, neighbours merged: malloc'd *runs (free it), *n. What a
+ * freeze), in address order, each page once: malloc'd *runs (free it), *n. What a
  * pre-copy destination pulls after each round, and what it must not trust from
  * earlier rounds after the freeze. */
 RDMIG_PRECOPY_WUR int rdmig_precopy_take_runs(struct rdmig_precopy *p, struct rdmig_run **runs,
                                               uint32_t *n);
+/* Sort runs of 4 KiB pages by address and merge those that overlap or touch, in
+ * place: each page once. Returns how many runs are left. */
+uint32_t rdmig_runs_sort_merge(struct rdmig_run *runs, uint32_t n);
 /* Register every buffer again, in the order they were first registered, on a new
  * connection's mirror (a reconnection after the switch): the same views hold. */
 RDMIG_PRECOPY_WUR int rdmig_precopy_reregister(struct rdmig_precopy *p, struct rdmig_mirror *m);
