@@ -82,9 +82,12 @@ struct src {
 	struct rdmig_mirror_view *views; /* the mirror's final table */
 	uint32_t nviews;
 	int reconnects;
-	uint32_t rounds;       /* pre-copy rounds the destination pulled */
+	uint32_t rounds;       /* pre-copy rounds the destination pulled (0: none,
+	                        * post-copy from here on, as a hybrid may decide) */
 	uint64_t precopy_sent; /* pages it pulled in them */
-	uint64_t done[4];      /* DONE: faults, fetched, prefetched, bytes */
+	/* hybrid's rule: pages of the first copy, and of those written meanwhile */
+	uint64_t hybrid_first, hybrid_written;
+	uint64_t done[4]; /* DONE: faults, fetched, prefetched, bytes */
 	char why[512];
 };
 
@@ -146,7 +149,8 @@ static int send_runs(struct src *s, uint32_t round, uint32_t flags, uint64_t *pa
  *            or stopped shrinking (a round copied >= 90% of the one before), or
  *            one more round would take the data sent past 1.4x the memory, or 30
  *            rounds: then the freeze copies the rest;
- *   hybrid   as soon as a round fails to halve the one before (pre-copy stops
+ *   hybrid   (when hybrid_worth_pulling said to pull at all) as soon as a
+ *            round fails to halve the one before (pre-copy stops
  *            paying off: the pages still being written are the hot ones, better
  *            fetched on demand after the switch), or the set is small, or 5 rounds.
  */
@@ -223,7 +227,7 @@ static int precopy_rounds(struct src *s)
  * millisecond), at most 8: a process that writes faster than we copy does not
  * converge, and more rounds would only cost CPU.
  *
- * In hybrid mode each round's runs then go to the destination as FINAL runs:
+ * After pulls (hybrid) each round's runs then go to the destination as FINAL runs:
  * its arena's copies of those pages are stale and it fetches them after the
  * switch. Without these rounds hybrid froze right after its last pull, and a
  * process writing all its memory had the freeze copy everything written during
@@ -242,7 +246,7 @@ static int settle_rounds(struct src *s)
 		rdmig_precopy_stats(s->pc, &st);
 		before = st.pages_copied;
 		ret = rdmig_precopy_round(s->pc);
-		if (ret == 0 && s->o->mode == RDMIG_MODE_HYBRID)
+		if (ret == 0 && s->rounds)
 			ret = send_runs(s, s->rounds + 1, RDMIG_RUNS_FINAL, &sent);
 		if (ret < 0)
 			return ret;
@@ -254,6 +258,40 @@ static int settle_rounds(struct src *s)
 			break;
 		prev = cur;
 	}
+	return 0;
+}
+
+/*
+ * Hybrid's rule, before any pull: pre-copy pays off for memory that stays as it
+ * was once pulled. A first copy-again into the mirror (a settling round) says
+ * how much the process wrote while the first copy ran. A pull takes longer than
+ * that copy (1.5-3x here), so a process that wrote an eighth of its pages
+ * meanwhile dirties far more of them during the pull: measured here, processes
+ * writing all their memory (sequential, random, zipfian) wrote 24-48% during
+ * the first copy and 47-82% during the first pull, and hybrid then sent ~2x the
+ * memory and took 2.5-3x post-copy's total time for the same downtime; one
+ * writing 1% of its pages a second wrote 0.1%. Above an eighth, hybrid goes on
+ * as post-copy; otherwise the rounds (precopy_rounds) pull what stays put and
+ * stop once a round fails to halve the one before.
+ */
+static int hybrid_worth_pulling(struct src *s, bool *pull)
+{
+	struct rdmig_precopy_stats st;
+	uint64_t first, cur;
+	int ret;
+
+	rdmig_precopy_stats(s->pc, &st);
+	first = st.pages_copied;
+	ret = rdmig_precopy_round(s->pc);
+	if (ret < 0)
+		return ret;
+	rdmig_precopy_stats(s->pc, &st);
+	cur = st.pages_copied - first;
+	*pull = cur * 8 <= first;
+	s->hybrid_first = first;
+	s->hybrid_written = cur;
+	pr_info("hybrid: %" PRIu64 " of %" PRIu64 " pages written during the first copy: %s", cur,
+	        first, *pull ? "pre-copy rounds" : "post-copy (a pull would not stay current)");
 	return 0;
 }
 
@@ -463,6 +501,12 @@ static void summary(struct src *s)
 
 	if (s->pc)
 		rdmig_precopy_stats(s->pc, &ps);
+	if (s->o->mode == RDMIG_MODE_HYBRID)
+		printf("rdma_migrate src: hybrid: %" PRIu64 " of %" PRIu64
+		       " pages written during the first copy: %s\n",
+		       s->hybrid_written, s->hybrid_first,
+		       s->rounds ? "pre-copy rounds, then post-copy"
+		                 : "post-copy (more than an eighth: pulls would not stay current)");
 	if (s->rounds)
 		printf("rdma_migrate src: pre-copy: %u rounds pulled by the destination, %" PRIu64
 		       " pages (%.1f MiB)\n",
@@ -644,6 +688,7 @@ static int run(struct src *s)
 	const struct rdmig_migrate_opts *o = s->o;
 	struct rdmig_mirror_view *views = NULL;
 	uint32_t nviews = 0;
+	bool pull;
 	int ret, err;
 
 	s->t_start = rdmig_now_ns();
@@ -717,7 +762,10 @@ static int run(struct src *s)
 	if (ret < 0)
 		return rollback(s, "copying the process's memory failed", ret);
 	log_precopy(s, "copied while running");
-	if (o->mode != RDMIG_MODE_POSTCOPY) {
+	pull = o->mode == RDMIG_MODE_PRECOPY;
+	if (o->mode == RDMIG_MODE_HYBRID && (ret = hybrid_worth_pulling(s, &pull)) < 0)
+		return rollback(s, "copying the process's memory failed", ret);
+	if (pull) {
 		ret = precopy_rounds(s);
 		if (ret < 0)
 			return rollback(s, "the pre-copy rounds failed", ret);
@@ -756,10 +804,10 @@ static int run(struct src *s)
 	if (ret < 0)
 		return rollback(s, "cannot capture the process", ret);
 	s->t_captured = rdmig_now_ns();
-	if (o->mode == RDMIG_MODE_POSTCOPY) {
+	if (!s->rounds) {
 		/* The image does not depend on the last copy: the destination restores
-		 * while we copy (it reads no page before the table, sent after). In
-		 * pre-copy modes the last copy's runs must precede the image. */
+		 * while we copy (it reads no page before the table, sent after). After
+		 * pulls (pre-copy rounds) the last copy's runs must precede the image. */
 		ret = send_image(s);
 		if (ret < 0)
 			return rollback(s, "cannot send the process to the destination", ret);
@@ -772,7 +820,7 @@ static int run(struct src *s)
 		return rollback(s, "copying the last changed pages failed", ret);
 	s->t_copied = rdmig_now_ns();
 	log_precopy(s, "at the freeze");
-	if (o->mode != RDMIG_MODE_POSTCOPY) {
+	if (s->rounds) {
 		uint64_t fpages;
 
 		ret = send_runs(s, s->rounds + 1,
@@ -788,7 +836,7 @@ static int run(struct src *s)
 	/* kept: a destination that reconnects after the switch gets them again */
 	s->views = views;
 	s->nviews = nviews;
-	if (ret == 0 && o->mode != RDMIG_MODE_POSTCOPY)
+	if (ret == 0 && s->rounds)
 		ret = send_image(s);
 	if (ret < 0)
 		return rollback(s, "cannot send the process to the destination", ret);

@@ -4,7 +4,8 @@
 #   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked python_heap_precopy
 #                              python_heap_hybrid gzip_file py_threads_{postcopy,precopy,hybrid}
 #                              forks_{postcopy,precopy,hybrid} postcopy_ops
-#                              sparse_{postcopy,precopy} refuse_socket refuse_huge_anon
+#                              sparse_{postcopy,precopy,hybrid} writer_hybrid
+#                              refuse_socket refuse_huge_anon
 #                              refuse_shm bad_token
 #                              (default: all)
 # Prints "ok NAME" / "not ok NAME: why" per case and "N passed, N failed".
@@ -39,7 +40,8 @@ check_migrated() { # NAME REF OUT
     fail "$name" "output differs from an unmigrated run"
     diff "$2" "$3" | head -20; show_logs "$name"; return
   fi
-  grep -h "migrated\|runs here" "$T/$name".*.log | sed 's/^/  # /'
+  if [ -n "${EXTRA_CHECK:-}" ] && ! "$EXTRA_CHECK" "$name"; then return; fi
+  grep -h "migrated\|runs here\|hybrid:" "$T/$name".*.log | sed 's/^/  # /'
   ok "$name"
 }
 
@@ -174,6 +176,30 @@ sparse_mode() { # MODE
 sparse_postcopy() { sparse_mode postcopy; }
 sparse_precopy() { sparse_mode precopy; }
 
+# Hybrid's rule: pull only when at most an eighth of the memory was written
+# during the first copy. The source's summary names the way it went, as the user
+# reads it (checked before "ok", through check_migrated's EXTRA_CHECK).
+pulled_rounds() { # NAME
+  if ! grep -q "hybrid: .* pages written during the first copy: pre-copy rounds" "$T/$1.src.log" ||
+     ! grep -q "rounds pulled by the destination" "$T/$1.src.log"; then
+    fail "$1" "hybrid should have pulled pre-copy rounds"; show_logs "$1"; return 1
+  fi
+}
+went_postcopy() { # NAME
+  if ! grep -q "hybrid: .* pages written during the first copy: post-copy" "$T/$1.src.log" ||
+     grep -q "rounds pulled" "$T/$1.src.log"; then
+    fail "$1" "hybrid should have gone on as post-copy, pulling nothing"; show_logs "$1"; return 1
+  fi
+}
+# Barely writing (a page a step): hybrid pulls, and the arena's pages come home
+# without a fetch.
+sparse_hybrid() { EXTRA_CHECK=pulled_rounds sparse_mode hybrid; }
+# Rewriting all its memory: more than an eighth written during the first copy.
+writer_hybrid() {
+  EXTRA_CHECK=went_postcopy in_mode writer_hybrid hybrid 5 python3 "$HERE/writer.py" \
+    "${RDMIG_WRITER_SWEEPS:-400}"
+}
+
 python_heap_precopy() { in_mode python_heap_precopy precopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"; }
 python_heap_hybrid() { in_mode python_heap_hybrid hybrid 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"; }
 # gzip streaming into a file: its input and output are regular files at offsets
@@ -260,6 +286,6 @@ cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked python_heap_precopy python_heap_hybrid
   gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid
   forks_postcopy forks_precopy forks_hybrid postcopy_ops sparse_postcopy sparse_precopy
-  refuse_socket refuse_shm refuse_huge_anon bad_token)
+  sparse_hybrid writer_hybrid refuse_socket refuse_shm refuse_huge_anon bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish
