@@ -282,6 +282,14 @@ static int hybrid_worth_pulling(struct src *s, bool *pull)
 
 	rdmig_precopy_stats(s->pc, &st);
 	first = st.pages_copied;
+	if (!rdmig_precopy_sees_writes(s->pc)) {
+		/* no round after the first copy sees a write: nothing to go by, and
+		 * the one pull there can be is what hybrid always did there */
+		*pull = true;
+		pr_info("hybrid: this kernel's tracking cannot tell what was written during "
+		        "the first copy: one pre-copy round");
+		return 0;
+	}
 	ret = rdmig_precopy_round(s->pc);
 	if (ret < 0)
 		return ret;
@@ -501,7 +509,10 @@ static void summary(struct src *s)
 
 	if (s->pc)
 		rdmig_precopy_stats(s->pc, &ps);
-	if (s->o->mode == RDMIG_MODE_HYBRID)
+	if (s->o->mode == RDMIG_MODE_HYBRID && s->pc && !rdmig_precopy_sees_writes(s->pc))
+		printf("rdma_migrate src: hybrid: this kernel's tracking cannot tell what was "
+		       "written during the first copy: one pre-copy round, then post-copy\n");
+	else if (s->o->mode == RDMIG_MODE_HYBRID)
 		printf("rdma_migrate src: hybrid: %" PRIu64 " of %" PRIu64
 		       " pages written during the first copy: %s\n",
 		       s->hybrid_written, s->hybrid_first,
@@ -536,6 +547,11 @@ static void summary(struct src *s)
 	fflush(stdout);
 	if (s->o->stats_json) {
 		FILE *f = fopen(s->o->stats_json, "we");
+		/* what hybrid's rule went by; -1 where it had nothing (not hybrid, or a
+		 * kernel whose tracking cannot tell) */
+		int64_t hybrid_written = s->o->mode == RDMIG_MODE_HYBRID && s->hybrid_first
+		                             ? (int64_t)s->hybrid_written
+		                             : -1;
 
 		if (!f) {
 			pr_err("cannot write %s: %s", s->o->stats_json, strerror(errno));
@@ -548,13 +564,13 @@ static void summary(struct src *s)
 		        ",\"pages_recopied\":%" PRIu64 ",\"pages_late\":%" PRIu64
 		        ",\"faults\":%" PRIu64 ",\"fetched\":%" PRIu64 ",\"prefetched\":%" PRIu64
 		        ",\"bytes_read\":%" PRIu64 ",\"rounds\":%u,\"precopy_pages\":%" PRIu64
-		        ",\"downtime_phases_ns\":{\"stop\":%" PRIu64 ",\"capture\":%" PRIu64
-		        ",\"last_copy\":%" PRIu64 ",\"send\":%" PRIu64 ",\"restore\":%" PRIu64
-		        ",\"commit\":%" PRIu64 "}}\n",
+		        ",\"hybrid_written\":%" PRId64 ",\"downtime_phases_ns\":{\"stop\":%" PRIu64
+		        ",\"capture\":%" PRIu64 ",\"last_copy\":%" PRIu64 ",\"send\":%" PRIu64
+		        ",\"restore\":%" PRIu64 ",\"commit\":%" PRIu64 "}}\n",
 		        (int)s->o->pid, s->t_resume - s->t_freeze, s->t_done - s->t_start,
 		        s->image_bytes, ps.pages_touched, ps.pages_copied, ps.pages_recopied,
 		        ps.pages_late, s->done[0], s->done[1], s->done[2], s->done[3], s->rounds,
-		        s->precopy_sent, ph[0], ph[1], ph[2], ph[3], ph[4], ph[5]);
+		        s->precopy_sent, hybrid_written, ph[0], ph[1], ph[2], ph[3], ph[4], ph[5]);
 		fclose(f);
 	}
 }

@@ -498,6 +498,11 @@ static int track_new(struct rdmig_precopy *p, uint64_t start, uint64_t end)
 	return ret;
 }
 
+bool rdmig_precopy_sees_writes(const struct rdmig_precopy *p)
+{
+	return p->track == TRACK_WP_ASYNC;
+}
+
 int rdmig_precopy_round(struct rdmig_precopy *p)
 {
 	uint64_t *v;

@@ -27,6 +27,7 @@
 #include "rdmig/proto.h"
 #include "rdmig/tracee.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #define RDMIG_PRECOPY_WUR __attribute__((warn_unused_result))
@@ -53,6 +54,11 @@ RDMIG_PRECOPY_WUR int rdmig_precopy_start(struct rdmig_tracee *t, struct rdmig_m
 /* While the target runs: track every anonymous range not tracked yet and copy
  * the pages written since the last round (every present page the first time). */
 RDMIG_PRECOPY_WUR int rdmig_precopy_round(struct rdmig_precopy *p);
+
+/* Whether rounds after the first copy see what the target wrote since: only with
+ * write-protect tracking (6.7+). Soft-dirty allows the first round only, and
+ * later ones copy nothing. */
+bool rdmig_precopy_sees_writes(const struct rdmig_precopy *p);
 
 /* Register the target's private file mappings for write tracking too (no
  * mirror: nothing of them is copied) and protect their pages, so that at the

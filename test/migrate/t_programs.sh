@@ -178,14 +178,23 @@ sparse_precopy() { sparse_mode precopy; }
 
 # Hybrid's rule: pull only when at most an eighth of the memory was written
 # during the first copy. The source's summary names the way it went, as the user
-# reads it (checked before "ok", through check_migrated's EXTRA_CHECK).
+# reads it (checked before "ok", through check_migrated's EXTRA_CHECK). Kernels
+# before 6.7 track with soft-dirty bits, which see no write after the first
+# copy: there hybrid says so and makes its one pull whatever the process does
+# (the rxe guest runs 6.1).
+cannot_tell() { grep -q "hybrid: this kernel's tracking cannot tell .*: one pre-copy round" "$T/$1.src.log"; }
 pulled_rounds() { # NAME
-  if ! grep -q "hybrid: .* pages written during the first copy: pre-copy rounds" "$T/$1.src.log" ||
+  if ! { cannot_tell "$1" ||
+         grep -q "hybrid: .* pages written during the first copy: pre-copy rounds" "$T/$1.src.log"; } ||
      ! grep -q "rounds pulled by the destination" "$T/$1.src.log"; then
     fail "$1" "hybrid should have pulled pre-copy rounds"; show_logs "$1"; return 1
   fi
 }
 went_postcopy() { # NAME
+  if cannot_tell "$1"; then
+    grep -q "rounds pulled by the destination" "$T/$1.src.log" && return 0
+    fail "$1" "hybrid said it would make its one pull, and did not"; show_logs "$1"; return 1
+  fi
   if ! grep -q "hybrid: .* pages written during the first copy: post-copy" "$T/$1.src.log" ||
      grep -q "rounds pulled" "$T/$1.src.log"; then
     fail "$1" "hybrid should have gone on as post-copy, pulling nothing"; show_logs "$1"; return 1

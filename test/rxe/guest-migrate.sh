@@ -12,6 +12,7 @@ export RDMIG_BUILD=$build RDMIG_MIG_ADDR=$RDMIG_RXE_ADDR
 export RDMIG_HEAP_N=${RDMIG_HEAP_N:-200000} RDMIG_HEAP_STEPS=${RDMIG_HEAP_STEPS:-20}
 export RDMIG_GZ_LINES=${RDMIG_GZ_LINES:-2000000}
 export RDMIG_THREADS_ROUNDS=${RDMIG_THREADS_ROUNDS:-100} RDMIG_THREADS_CHAIN=${RDMIG_THREADS_CHAIN:-5000}
+export RDMIG_WRITER_SWEEPS=${RDMIG_WRITER_SWEEPS:-60}
 export RDMIG_FORKS_N=${RDMIG_FORKS_N:-100000} RDMIG_FORKS_STEPS=${RDMIG_FORKS_STEPS:-80}
 export RDMIG_OPS_MB=${RDMIG_OPS_MB:-16}
 echo "== migration: verbs on rxe0 ($RDMIG_RXE_ADDR)"
@@ -23,5 +24,10 @@ echo "== migration: verbs on rxe0 ($RDMIG_RXE_ADDR)"
 # (through a pipe: the guest's stdout is a virtio-serial device, which the
 # capture refuses in the workloads that inherit it)
 "$build/test/test_restore" 2>&1 | cat || exit 1
+# writer_hybrid: Debian 12's kernel tracks with soft-dirty bits, so hybrid must
+# say it cannot tell what was written and make its one pull (sparse_hybrid, the
+# rule's other side, needs 6.7's tracking; its process also ends before a copy
+# of its 1 GiB under emulation).
 RDMIG_MIG_TRANSPORT=verbs "$here/migrate/t_programs.sh" python_heap python_heap_precopy python_heap_hybrid \
-  gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid forks_postcopy forks_precopy forks_hybrid postcopy_ops
+  gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid forks_postcopy forks_precopy forks_hybrid postcopy_ops \
+  writer_hybrid
