@@ -299,7 +299,9 @@ static int hybrid_worth_pulling(struct src *s, bool *pull)
 	s->hybrid_first = first;
 	s->hybrid_written = cur;
 	pr_info("hybrid: %" PRIu64 " of %" PRIu64 " pages written during the first copy: %s", cur,
-	        first, *pull ? "pre-copy rounds" : "post-copy (a pull would not stay current)");
+	        first,
+	        *pull ? "pre-copy rounds, then post-copy"
+	              : "post-copy (more than an eighth: pulls would not stay current)");
 	return 0;
 }
 
