@@ -85,8 +85,10 @@ struct src {
 	uint32_t rounds;       /* pre-copy rounds the destination pulled (0: none,
 	                        * post-copy from here on, as a hybrid may decide) */
 	uint64_t precopy_sent; /* pages it pulled in them */
-	/* hybrid's rule: pages of the first copy, and of those written meanwhile */
+	/* hybrid's rule: pages of the first copy, of those written meanwhile, and
+	 * whether the tracking could tell (hybrid_line says it) */
 	uint64_t hybrid_first, hybrid_written;
+	bool hybrid_known;
 	uint64_t done[4]; /* DONE: faults, fetched, prefetched, bytes */
 	char why[512];
 };
@@ -274,34 +276,44 @@ static int settle_rounds(struct src *s)
  * as post-copy; otherwise the rounds (precopy_rounds) pull what stays put and
  * stop once a round fails to halve the one before.
  */
+/* What hybrid's rule went by and where it went, for the log and the summary. */
+static void hybrid_line(const struct src *s, bool pull, char *buf, size_t len)
+{
+	if (!s->hybrid_known)
+		snprintf(buf, len,
+		         "hybrid: this kernel's tracking cannot tell what was written "
+		         "during the first copy: one pre-copy round, then post-copy");
+	else
+		snprintf(buf, len,
+		         "hybrid: %" PRIu64 " of %" PRIu64
+		         " pages written during the first copy: %s",
+		         s->hybrid_written, s->hybrid_first,
+		         pull ? "pre-copy rounds, then post-copy"
+		              : "post-copy (more than an eighth: pulls would not stay current)");
+}
+
 static int hybrid_worth_pulling(struct src *s, bool *pull)
 {
 	struct rdmig_precopy_stats st;
-	uint64_t first, cur;
+	char line[160];
 	int ret;
 
 	rdmig_precopy_stats(s->pc, &st);
-	first = st.pages_copied;
-	if (!rdmig_precopy_sees_writes(s->pc)) {
-		/* no round after the first copy sees a write: nothing to go by, and
-		 * the one pull there can be is what hybrid always did there */
-		*pull = true;
-		pr_info("hybrid: this kernel's tracking cannot tell what was written during "
-		        "the first copy: one pre-copy round");
-		return 0;
+	s->hybrid_first = st.pages_copied;
+	/* without it no round after the first copy sees a write: nothing to go
+	 * by, and the one pull there can be is what hybrid always did there */
+	s->hybrid_known = rdmig_precopy_sees_writes(s->pc);
+	*pull = true;
+	if (s->hybrid_known) {
+		ret = rdmig_precopy_round(s->pc);
+		if (ret < 0)
+			return ret;
+		rdmig_precopy_stats(s->pc, &st);
+		s->hybrid_written = st.pages_copied - s->hybrid_first;
+		*pull = s->hybrid_written * 8 <= s->hybrid_first;
 	}
-	ret = rdmig_precopy_round(s->pc);
-	if (ret < 0)
-		return ret;
-	rdmig_precopy_stats(s->pc, &st);
-	cur = st.pages_copied - first;
-	*pull = cur * 8 <= first;
-	s->hybrid_first = first;
-	s->hybrid_written = cur;
-	pr_info("hybrid: %" PRIu64 " of %" PRIu64 " pages written during the first copy: %s", cur,
-	        first,
-	        *pull ? "pre-copy rounds, then post-copy"
-	              : "post-copy (more than an eighth: pulls would not stay current)");
+	hybrid_line(s, *pull, line, sizeof(line));
+	pr_info("%s", line);
 	return 0;
 }
 
@@ -511,15 +523,12 @@ static void summary(struct src *s)
 
 	if (s->pc)
 		rdmig_precopy_stats(s->pc, &ps);
-	if (s->o->mode == RDMIG_MODE_HYBRID && s->pc && !rdmig_precopy_sees_writes(s->pc))
-		printf("rdma_migrate src: hybrid: this kernel's tracking cannot tell what was "
-		       "written during the first copy: one pre-copy round, then post-copy\n");
-	else if (s->o->mode == RDMIG_MODE_HYBRID)
-		printf("rdma_migrate src: hybrid: %" PRIu64 " of %" PRIu64
-		       " pages written during the first copy: %s\n",
-		       s->hybrid_written, s->hybrid_first,
-		       s->rounds ? "pre-copy rounds, then post-copy"
-		                 : "post-copy (more than an eighth: pulls would not stay current)");
+	if (s->o->mode == RDMIG_MODE_HYBRID) {
+		char line[160];
+
+		hybrid_line(s, s->rounds > 0, line, sizeof(line));
+		printf("rdma_migrate src: %s\n", line);
+	}
 	if (s->rounds)
 		printf("rdma_migrate src: pre-copy: %u rounds pulled by the destination, %" PRIu64
 		       " pages (%.1f MiB)\n",
@@ -551,7 +560,7 @@ static void summary(struct src *s)
 		FILE *f = fopen(s->o->stats_json, "we");
 		/* what hybrid's rule went by; -1 where it had nothing (not hybrid, or a
 		 * kernel whose tracking cannot tell) */
-		int64_t hybrid_written = s->o->mode == RDMIG_MODE_HYBRID && s->hybrid_first
+		int64_t hybrid_written = s->o->mode == RDMIG_MODE_HYBRID && s->hybrid_known
 		                             ? (int64_t)s->hybrid_written
 		                             : -1;
 
