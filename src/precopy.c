@@ -935,11 +935,15 @@ static int run_cmp(const void *a, const void *b)
 
 uint32_t rdmig_runs_sort_merge(struct rdmig_run *runs, uint32_t n)
 {
-	uint32_t k = 0;
+	uint32_t k = 0, i = 1;
 
-	if (n > 1)
+	/* one round's runs come in address order: no sort for them (the freeze's
+	 * FINAL runs are taken inside the downtime) */
+	while (i < n && runs[i - 1].addr <= runs[i].addr)
+		i++;
+	if (i < n)
 		qsort(runs, n, sizeof(*runs), run_cmp);
-	for (uint32_t i = 0; i < n; i++) {
+	for (i = 0; i < n; i++) {
 		struct rdmig_run *last = k ? &runs[k - 1] : NULL;
 		uint64_t end = runs[i].addr + runs[i].pages * PG;
 

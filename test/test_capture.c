@@ -1256,7 +1256,8 @@ static void procfs_limits_match(void)
 }
 
 /* rdmig_runs_sort_merge: random runs in a small space (so they overlap, touch
- * and repeat) cover the same pages after as before, sorted, each page once. */
+ * and repeat), shuffled or in address order, cover the same pages after as
+ * before, sorted, each page once. */
 static void runs_sort_merge(void)
 {
 	enum { SPACE = 512, N = 200 };
@@ -1271,8 +1272,16 @@ static void runs_sort_merge(void)
 		memset(want, 0, sizeof(want));
 		memset(got, 0, sizeof(got));
 		for (uint32_t i = 0; i < n; i++) {
-			uint64_t first = (uint64_t)(rand() % SPACE),
+			/* every fourth trial in address order (one round's runs come
+			 * so, and take no sort), still overlapping and touching */
+			uint64_t first = trial % 4 == 3 ? (i ? (runs[i - 1].addr - base) / 4096 +
+			                                           (uint64_t)(rand() % 3)
+			                                     : 0)
+			                                : (uint64_t)(rand() % SPACE),
 			         pages = 1 + (uint64_t)(rand() % (trial % 2 ? 3 : 40));
+
+			if (first >= SPACE)
+				first = SPACE - 1;
 
 			if (first + pages > SPACE)
 				pages = SPACE - first;
