@@ -87,6 +87,7 @@ static unsigned u64_fields(uint16_t type)
 	case RDMIG_MSG_DONE:
 		return 4;
 	case RDMIG_MSG_ROUND_DONE:
+	case RDMIG_MSG_WANT:
 		return 1;
 	default:
 		return 0;
@@ -99,6 +100,8 @@ int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v
 
 	if (!u64_fields(type) || n != u64_fields(type))
 		return -EINVAL;
+	if (type == RDMIG_MSG_WANT && v[0] >= RDMIG_PART_ADDR_END)
+		return -EINVAL; /* the decoder would refuse it */
 	p = put_hdr(buf, cap, type, 8 * (size_t)n);
 	if (!p)
 		return -ENOSPC;
@@ -147,6 +150,45 @@ int rdmig_msg_run(const struct rdmig_msg *m, uint32_t i, struct rdmig_run *out)
 	out->addr = get_le64(m->u.runs.raw + 16 * (size_t)i);
 	out->pages = get_le64(m->u.runs.raw + 8 + 16 * (size_t)i);
 	return 0;
+}
+
+_Static_assert(RDMIG_PART_PAGES_MAX % 64 == 0 &&
+                   RDMIG_HDR_LEN + 16 + RDMIG_PART_PAGES_MAX / 8 <= RDMIG_MSG_MAX,
+               "the largest PART fits one message");
+
+static int part_ok(uint64_t addr, uint32_t pages, uint32_t flags)
+{
+	return !(addr & 4095) && pages >= 1 && pages <= RDMIG_PART_PAGES_MAX &&
+	       !(flags & ~RDMIG_PART_LAST) && addr < RDMIG_PART_ADDR_END &&
+	       pages <= (RDMIG_PART_ADDR_END - addr) / 4096;
+}
+
+/* The bits of the last bitmap byte that name no page (0 when pages % 8 == 0). */
+static uint8_t part_pad_mask(uint32_t pages)
+{
+	return pages % 8 ? (uint8_t)(0xffu << (pages % 8)) : 0;
+}
+
+int rdmig_msg_encode_part(void *buf, size_t cap, uint64_t addr, uint32_t pages, uint32_t flags,
+                          const uint8_t *bits)
+{
+	size_t nb;
+	uint8_t *p;
+
+	if (!part_ok(addr, pages, flags))
+		return -EINVAL;
+	nb = ((size_t)pages + 7) / 8;
+	p = put_hdr(buf, cap, RDMIG_MSG_PART, 16 + nb);
+	if (!p)
+		return -ENOSPC;
+	put_le64(p, addr);
+	put_le32(p + 8, pages);
+	put_le32(p + 12, flags);
+	memcpy(p + 16, bits, nb);
+	/* the caller's last byte may belong to a larger bitmap: its bits past the
+	 * part are another part's pages, not this one's */
+	p[16 + nb - 1] &= (uint8_t)~part_pad_mask(pages);
+	return (int)(RDMIG_HDR_LEN + 16 + nb);
 }
 
 int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offset, const void *data,
@@ -240,14 +282,38 @@ static int decode_payload(uint16_t type, const uint8_t *p, uint32_t plen, struct
 		m->u.runs.raw = p + 16;
 		return 0;
 	}
+	case RDMIG_MSG_PART: {
+		uint64_t addr;
+		uint32_t pages, flags;
+
+		if (plen < 16)
+			return -EBADMSG;
+		addr = get_le64(p);
+		pages = get_le32(p + 8);
+		flags = get_le32(p + 12);
+		if (!part_ok(addr, pages, flags) || plen != 16 + ((uint64_t)pages + 7) / 8)
+			return -EBADMSG;
+		/* bits past the last page would be pages outside the part */
+		if (p[plen - 1] & part_pad_mask(pages))
+			return -EBADMSG;
+		m->u.part.addr = addr;
+		m->u.part.pages = pages;
+		m->u.part.flags = flags;
+		m->u.part.bits = p + 16;
+		return 0;
+	}
 	case RDMIG_MSG_GO:
 	case RDMIG_MSG_RUNNING:
 	case RDMIG_MSG_DONE:
 	case RDMIG_MSG_ROUND_DONE:
+	case RDMIG_MSG_WANT:
 		if (plen != 8 * u64_fields(type))
 			return -EBADMSG;
 		for (unsigned i = 0; i < u64_fields(type); i++)
 			m->u.u64[i] = get_le64(p + 8 * i);
+		/* any address inside the page will do, but only a user-space one */
+		if (type == RDMIG_MSG_WANT && m->u.u64[0] >= RDMIG_PART_ADDR_END)
+			return -EBADMSG;
 		return 0;
 	case RDMIG_MSG_IMAGE:
 	case RDMIG_MSG_LAYOUT: {
@@ -349,9 +415,11 @@ int rdmig_msg_region(const struct rdmig_msg *m, uint32_t i, struct rdmig_region 
 
 const char *rdmig_msg_type_name(uint16_t type)
 {
-	static const char *const names[] = {"?",       "HELLO", "AUTH",  "AUTH_OK",    "ERROR",
-	                                    "REGIONS", "BYE",   "IMAGE", "READY",      "GO",
-	                                    "RUNNING", "DONE",  "RUNS",  "ROUND_DONE", "LAYOUT"};
+	static const char *const names[] = {
+	    "?",  "HELLO",   "AUTH", "AUTH_OK", "ERROR",      "REGIONS", "BYE",  "IMAGE", "READY",
+	    "GO", "RUNNING", "DONE", "RUNS",    "ROUND_DONE", "LAYOUT",  "PART", "WANT"};
+	_Static_assert(sizeof(names) / sizeof(names[0]) == RDMIG_MSG_TYPE_MAX + 1,
+	               "a name for every type");
 
 	return type <= RDMIG_MSG_TYPE_MAX ? names[type] : "?";
 }

@@ -4,6 +4,7 @@
  */
 #include "helpers.h"
 
+#include "rdmig/le.h"
 #include "rdmig/proto.h"
 #include "tp_internal.h"
 
@@ -197,6 +198,141 @@ static void migration_messages(void)
 	        "run past user space");
 }
 
+/* A PART message made by hand, past the encoder's checks. */
+static size_t hand_part(uint8_t *buf, uint64_t addr, uint32_t pages, uint32_t flags, size_t nb)
+{
+	uint8_t *p = buf + RDMIG_HDR_LEN;
+
+	put_le32(buf, RDMIG_PROTO_MAGIC);
+	put_le16(buf + 4, RDMIG_PROTO_VERSION);
+	put_le16(buf + 6, RDMIG_MSG_PART);
+	put_le32(buf + 8, (uint32_t)(16 + nb));
+	put_le32(buf + 12, 0);
+	put_le64(p, addr);
+	put_le32(p + 8, pages);
+	put_le32(p + 12, flags);
+	memset(p + 16, 0, nb);
+	return RDMIG_HDR_LEN + 16 + nb;
+}
+
+static void part_want(void)
+{
+	static uint8_t buf[RDMIG_MSG_MAX + 64], bits[RDMIG_PART_PAGES_MAX / 8 + 1];
+	const uint64_t end = RDMIG_PART_ADDR_END;
+	struct rdmig_msg m;
+	uint64_t v;
+	size_t len;
+	int n;
+
+	/* the size the header promises: whole 64-page words, one full message */
+	T_CHECK(RDMIG_PART_PAGES_MAX % 64 == 0 &&
+	            RDMIG_HDR_LEN + 16 + RDMIG_PART_PAGES_MAX / 8 <= RDMIG_MSG_MAX &&
+	            RDMIG_HDR_LEN + 16 + (RDMIG_PART_PAGES_MAX + 64) / 8 > RDMIG_MSG_MAX,
+	        "RDMIG_PART_PAGES_MAX %u", RDMIG_PART_PAGES_MAX);
+	T_CHECK(!strcmp(rdmig_msg_type_name(RDMIG_MSG_PART), "PART") &&
+	            !strcmp(rdmig_msg_type_name(RDMIG_MSG_WANT), "WANT"),
+	        "type names");
+
+	/* 13 pages: two bytes, the caller's last byte with garbage past page 12 */
+	bits[0] = 0xa5;
+	bits[1] = 0xf3; /* pages 8, 9, 12 and four bits of another part's pages */
+	n = rdmig_msg_encode_part(buf, sizeof(buf), 0x7f0000002000, 13, RDMIG_PART_LAST, bits);
+	T_CHECK(n == RDMIG_HDR_LEN + 16 + 2, "length %d", n);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_PART && m.u.part.addr == 0x7f0000002000 &&
+	            m.u.part.pages == 13 && m.u.part.flags == RDMIG_PART_LAST,
+	        "PART header");
+	T_CHECK(m.u.part.bits == buf + RDMIG_HDR_LEN + 16, "bits point into the buffer");
+	T_CHECK(m.u.part.bits[0] == 0xa5 && m.u.part.bits[1] == 0x13, "bitmap %02x %02x",
+	        m.u.part.bits[0], m.u.part.bits[1]);
+	T_CHECK(bits[1] == 0xf3, "the caller's bitmap is left alone");
+	T_CHECK(rdmig_msg_encode_part(buf, RDMIG_HDR_LEN + 17, 0x1000, 13, 0, bits) == -ENOSPC,
+	        "short buffer");
+	/* the largest part, ending exactly at the end of user space */
+	memset(bits, 0xff, sizeof(bits));
+	n = rdmig_msg_encode_part(buf, sizeof(buf), end - (uint64_t)RDMIG_PART_PAGES_MAX * 4096,
+	                          RDMIG_PART_PAGES_MAX, 0, bits);
+	T_CHECK(n == (int)RDMIG_HDR_LEN + 16 + (int)RDMIG_PART_PAGES_MAX / 8, "length %d", n);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.u.part.pages == RDMIG_PART_PAGES_MAX && m.u.part.flags == 0, "largest PART");
+	/* one page, a multiple of 8 pages: nothing masked that names a page */
+	n = rdmig_msg_encode_part(buf, sizeof(buf), 0, 1, 0, bits);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.u.part.pages == 1 && m.u.part.bits[0] == 0x01, "one page");
+	n = rdmig_msg_encode_part(buf, sizeof(buf), 0x10000, 16, 0, bits);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.u.part.bits[0] == 0xff && m.u.part.bits[1] == 0xff, "16 pages");
+
+	/* what the encoder refuses, the decoder refuses too */
+	T_CHECK(rdmig_msg_encode_part(buf, sizeof(buf), 0x1001, 1, 0, bits) == -EINVAL,
+	        "encoder: unaligned");
+	T_CHECK(rdmig_msg_encode_part(buf, sizeof(buf), 0x1000, 0, 0, bits) == -EINVAL,
+	        "encoder: no pages");
+	T_CHECK(rdmig_msg_encode_part(buf, sizeof(buf), 0, RDMIG_PART_PAGES_MAX + 1, 0, bits) ==
+	            -EINVAL,
+	        "encoder: too many pages");
+	T_CHECK(rdmig_msg_encode_part(buf, sizeof(buf), end - 4096, 2, 0, bits) == -EINVAL,
+	        "encoder: past the end");
+	T_CHECK(rdmig_msg_encode_part(buf, sizeof(buf), end, 1, 0, bits) == -EINVAL,
+	        "encoder: at the end");
+	T_CHECK(rdmig_msg_encode_part(buf, sizeof(buf), UINT64_MAX - 4095, 2, 0, bits) == -EINVAL,
+	        "encoder: wrapping");
+	T_CHECK(rdmig_msg_encode_part(buf, sizeof(buf), 0x1000, 1, 2, bits) == -EINVAL,
+	        "encoder: unknown flag");
+
+	len = hand_part(buf, 0x1000, 13, RDMIG_PART_LAST, 2);
+	T_OK(rdmig_msg_decode(buf, len, &m));
+	hand_part(buf, 0x1800, 13, 0, 2);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "unaligned");
+	len = hand_part(buf, 0x1000, 0, 0, 0);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "no pages");
+	/* the largest part fills a message: one page more is a byte more than fits */
+	len = hand_part(buf, 0, RDMIG_PART_PAGES_MAX + 1, 0, (RDMIG_PART_PAGES_MAX + 8) / 8);
+	T_CHECK(len == RDMIG_MSG_MAX + 1 && rdmig_msg_decode(buf, len, &m) == -EBADMSG,
+	        "too many pages");
+	len = hand_part(buf, 0, UINT32_MAX, 0, 8);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "pages far beyond the length");
+	len = hand_part(buf, end - 4096, 2, 0, 1);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "past the end");
+	len = hand_part(buf, end - 8192, 2, 0, 1);
+	T_OK(rdmig_msg_decode(buf, len, &m));
+	len = hand_part(buf, UINT64_MAX - 4095, 2, 0, 1);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "wrapping");
+	len = hand_part(buf, 0x1000, 13, 0, 2);
+	put_le32(buf + 8, 16 + 1);
+	T_CHECK(rdmig_msg_decode(buf, len - 1, &m) == -EBADMSG, "bitmap a byte short");
+	len = hand_part(buf, 0x1000, 13, 0, 3);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "bitmap a byte long");
+	len = hand_part(buf, 0x1000, 13, 4, 2);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "unknown flag");
+	len = hand_part(buf, 0x1000, 13, 0, 2);
+	buf[len - 1] = 0x20; /* page 13 of a 13-page part */
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "trailing bit");
+	buf[len - 1] = 0x1f; /* pages 8..12: all in the part */
+	T_OK(rdmig_msg_decode(buf, len, &m));
+	len = hand_part(buf, 0x1000, 0, 0, 0);
+	put_le32(buf + 8, 8);
+	T_CHECK(rdmig_msg_decode(buf, RDMIG_HDR_LEN + 8, &m) == -EBADMSG,
+	        "shorter than its header");
+
+	/* WANT: any address inside a user-space page */
+	v = 0x7f0000001234;
+	n = rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_WANT, &v, 1);
+	T_CHECK(n == RDMIG_HDR_LEN + 8, "length %d", n);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_WANT && m.u.u64[0] == 0x7f0000001234, "WANT");
+	v = end - 1;
+	n = rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_WANT, &v, 1);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	put_le64(buf + RDMIG_HDR_LEN, end);
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "WANT past the end");
+	v = end;
+	T_CHECK(rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_WANT, &v, 1) == -EINVAL,
+	        "encoder: WANT past the end");
+	T_CHECK(rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_WANT, &v, 2) == -EINVAL,
+	        "WANT with two fields");
+}
+
 static void hostport(void)
 {
 	char h[64], p[8];
@@ -263,6 +399,7 @@ int main(int argc, char **argv)
 	T_RUN(roundtrip_error);
 	T_RUN(rejects_malformed);
 	T_RUN(migration_messages);
+	T_RUN(part_want);
 	T_RUN(hostport);
 	T_RUN(seeds_current);
 	return t_finish();

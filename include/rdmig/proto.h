@@ -36,6 +36,20 @@
  *   src: GO        {freeze_ns le64}  the source is committed: it never resumes
  *                  the original from here on
  *   dst: RUNNING   {pid le64, resume_ns le64}  the process runs on the destination
+ * Post-copy without pulled rounds may send the IMAGE before the source has
+ * walked the anonymous mappings: those arrive marked held (an image flag) and
+ * their pages wait on the destination (a fault on one is parked, nothing is
+ * fetched) until PART messages release them, part by part:
+ *   src: PART      {addr le64, pages le32, flags le32, bitmap[(pages+7)/8]}
+ *                  the source has walked and copied pages [addr, addr +
+ *                  pages*4096): bit i of byte i/8 set = page addr + i*4096
+ *                  holds data (the unused high bits of the last byte are 0);
+ *                  RDMIG_PART_LAST on the last part: every held page is released
+ *   dst: WANT      {addr le64}  a fault waits on the held page holding source
+ *                  address addr (any address in the page): the source walks
+ *                  that page's part next
+ * After a reconnection the source sends every PART again: releasing a part
+ * twice changes nothing, so the destination needs no memory of which it saw.
  *   dst: DONE      {faults, fetched, prefetched, bytes: le64 each}  every page is
  *                  local; the source kills the original and frees the mirror
  *   src: BYE
@@ -60,7 +74,7 @@
 #include "rdmig/transport.h"
 
 #define RDMIG_PROTO_MAGIC 0x474d4452u /* "RDMG" on the wire */
-#define RDMIG_PROTO_VERSION 2u        /* 2: LAYOUT */
+#define RDMIG_PROTO_VERSION 3u        /* 2: LAYOUT; 3: PART, WANT */
 #define RDMIG_HDR_LEN 16u
 #define RDMIG_NONCE_LEN 32u
 #define RDMIG_MAC_LEN 32u
@@ -74,7 +88,14 @@
 #define RDMIG_RUNS_FINAL 2u
 #define RDMIG_RUNS_STOPCOPY 4u /* on FINAL: every page local before the process runs */
 #define RDMIG_RUNS_MAX ((RDMIG_MSG_MAX - RDMIG_HDR_LEN - 16u) / 16u)
-/* Fixed u64 fields of GO, RUNNING, DONE, ROUND_DONE. */
+/* PART flags and size. Addresses are source addresses in x86_64 user space
+ * (below RDMIG_PART_ADDR_END, for WANT's too). The largest part fills one
+ * message with its bitmap, rounded down to whole 64-page words so that parts
+ * cut from a u64 bitmap start on a word. */
+#define RDMIG_PART_LAST 1u /* the last part: every held page is now released */
+#define RDMIG_PART_ADDR_END 0x800000000000ull
+#define RDMIG_PART_PAGES_MAX (((RDMIG_MSG_MAX - RDMIG_HDR_LEN - 16u) * 8u) & ~63u)
+/* Fixed u64 fields of GO, RUNNING, DONE, ROUND_DONE, WANT. */
 #define RDMIG_MSG_U64_MAX 4u
 
 /* A region table fits one message: 16 + 8 + n*32 <= RDMIG_MSG_MAX. */
@@ -95,7 +116,9 @@ enum rdmig_msg_type {
 	RDMIG_MSG_RUNS = 12,       /* src: runs of pages copied into the mirror (pre-copy) */
 	RDMIG_MSG_ROUND_DONE = 13, /* dst: it has pulled round {n} into its arena */
 	RDMIG_MSG_LAYOUT = 14,     /* src: a chunk of the running process's layout */
-	RDMIG_MSG_TYPE_MAX = 14,
+	RDMIG_MSG_PART = 15,       /* src: a part of the held anonymous pages is released */
+	RDMIG_MSG_WANT = 16,       /* dst: a fault waits on a held page: walk its part next */
+	RDMIG_MSG_TYPE_MAX = 16,
 };
 
 enum rdmig_role {
@@ -137,8 +160,15 @@ struct rdmig_msg {
 			uint32_t round, flags, n;
 			const uint8_t *raw; /* n runs, decode with rdmig_msg_run() */
 		} runs;
+		struct {
+			uint64_t addr;       /* page aligned, part ends <= RDMIG_PART_ADDR_END */
+			uint32_t pages;      /* 1..RDMIG_PART_PAGES_MAX */
+			uint32_t flags;      /* RDMIG_PART_LAST */
+			const uint8_t *bits; /* (pages+7)/8 bytes, in the received buffer */
+		} part;
 		/* GO {freeze_ns}, RUNNING {pid, resume_ns}, DONE {faults, fetched,
-		 * prefetched, bytes}, ROUND_DONE {round}: their fixed number of u64 fields. */
+		 * prefetched, bytes}, ROUND_DONE {round}, WANT {addr}: their fixed
+		 * number of u64 fields. */
 		uint64_t u64[RDMIG_MSG_U64_MAX];
 	} u;
 };
@@ -154,7 +184,8 @@ int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offse
 /* A chunk of type IMAGE or LAYOUT (same body). */
 int rdmig_msg_encode_chunk(void *buf, size_t cap, uint16_t type, uint64_t total, uint64_t offset,
                            const void *data, uint32_t len);
-/* GO, RUNNING, DONE: n must be the type's field count (1, 2, 4). */
+/* GO, RUNNING, DONE, ROUND_DONE, WANT: n must be the type's field count (1, 2,
+ * 4, 1, 1); a WANT address at or past RDMIG_PART_ADDR_END is -EINVAL. */
 int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v, unsigned n);
 struct rdmig_run {
 	uint64_t addr, pages;
@@ -164,6 +195,12 @@ int rdmig_msg_encode_runs(void *buf, size_t cap, uint32_t round, uint32_t flags,
                           const struct rdmig_run *r, uint32_t n);
 /* Run i (< n, checked) of a decoded RUNS message. */
 int rdmig_msg_run(const struct rdmig_msg *m, uint32_t i, struct rdmig_run *out);
+/* PART: addr page aligned, 1..RDMIG_PART_PAGES_MAX pages ending at or below
+ * RDMIG_PART_ADDR_END, flags within RDMIG_PART_LAST, else -EINVAL. bits holds
+ * (pages+7)/8 bytes; the unused high bits of its last byte are sent as zero
+ * whatever they hold, so a caller may pass a slice of a larger bitmap. */
+int rdmig_msg_encode_part(void *buf, size_t cap, uint64_t addr, uint32_t pages, uint32_t flags,
+                          const uint8_t *bits);
 int rdmig_msg_encode_regions(void *buf, size_t cap, const struct rdmig_region *r, uint32_t n);
 
 /* Check and decode one received message. 0, -EBADMSG or -EPROTONOSUPPORT. */
