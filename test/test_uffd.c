@@ -155,6 +155,7 @@ struct env_opts {
 	unsigned max_inflight;
 	int fetch_timeout_ms;
 	bool no_start;
+	void (*on_held)(void *arg, uint64_t src); /* its arg is the env's evlog */
 };
 
 static void env_fini(struct env *e)
@@ -210,6 +211,7 @@ static int env_init(struct env *e, const struct env_opts *o)
 	lo.fetch_timeout_ms = o->fetch_timeout_ms;
 	lo.prefetch = o->prefetch;
 	lo.on_event = evlog_cb;
+	lo.on_held = o->on_held;
 	lo.event_arg = &e->ev;
 	ret = rdmig_faultloop_create(&lo, &e->loop);
 	if (ret)
@@ -674,6 +676,109 @@ static void arena_ready_at_runtime(void)
 	env_fini(&e);
 }
 
+static _Atomic uint64_t held_calls, held_last;
+
+static void count_held(void *arg, uint64_t src)
+{
+	(void)arg;
+	atomic_fetch_add(&held_calls, 1);
+	atomic_store(&held_last, src);
+}
+
+struct one_touch {
+	pthread_t th;
+	const volatile uint64_t *p;
+	uint64_t value;
+	_Atomic bool done;
+};
+
+static void *one_touch_main(void *arg)
+{
+	struct one_touch *t = arg;
+
+	t->value = *t->p;
+	atomic_store(&t->done, true);
+	return NULL;
+}
+
+/* HELD pages (the source has not walked them yet): a fault waits, neither
+ * fetched nor zero-filled, in the target and in a child forked meanwhile, until
+ * the release says which pages hold data (fetched) and which not (zero). */
+static void held_until_released(void)
+{
+	const size_t len = 8 * MiB, half = len / 2, pages = len / PG;
+	struct env_opts eo = {.len = len, .no_start = true, .on_held = count_held};
+	uint8_t bits[8 * MiB / PG / 8], ones[sizeof(bits)];
+	struct one_touch t1 = {0}, t2 = {0};
+	struct env e;
+	uint64_t base;
+	int status = -1;
+	bool ok = true;
+	pid_t pid;
+
+	T_OK(env_init(&e, &eo));
+	if (!e.loop)
+		return;
+	base = (uint64_t)(uintptr_t)e.region;
+	memset(bits, 0x55, sizeof(bits)); /* even pages hold data, odd ones do not */
+	memset(ones, 0xff, sizeof(ones));
+	T_OK(rdmig_faultloop_set_state(e.loop, base, len, RDMIG_PAGE_HELD));
+	T_OK(rdmig_faultloop_start(e.loop));
+	t1.p = (const volatile void *)(e.region + 4 * PG);
+	t2.p = (const volatile void *)(e.region + half + 6 * PG);
+	pthread_create(&t1.th, NULL, one_touch_main, &t1);
+	pthread_create(&t2.th, NULL, one_touch_main, &t2);
+	pid = fork();
+	if (pid == 0) {
+		/* the child's pages wait too, and come out as the parent's */
+		for (size_t p = 0; p < pages; p++) {
+			bool data = !(p % 2);
+
+			if (data ? memcmp(e.region + p * PG, e.image + p * PG, PG)
+			         : !page_is_zero(e.region + p * PG))
+				_exit(data && page_is_zero(e.region + p * PG) ? 2 : 1);
+		}
+		_exit(0);
+	}
+	T_CHECK(pid > 0, "fork: %s", strerror(errno));
+	usleep(200000);
+	T_CHECK(!atomic_load(&t1.done) && !atomic_load(&t2.done), "faults on held pages wait");
+	T_CHECK(rdmig_memsource_fetches(e.src) == 0, "nothing fetched while held");
+	T_CHECK(atomic_load(&held_calls) >= 2, "the owner was told (%llu calls)",
+	        (unsigned long long)atomic_load(&held_calls));
+	T_CHECK(WAIT_STATS(&e, 2, s.pages_held == pages), "all held: %llu",
+	        (unsigned long long)stats(&e).pages_held);
+	T_CHECK(rdmig_faultloop_release(e.loop, base + 1, 8, bits) == -EINVAL, "unaligned");
+	T_CHECK(rdmig_faultloop_release(e.loop, base, 0, bits) == -EINVAL, "empty");
+
+	T_OK(rdmig_faultloop_release(e.loop, base, half / PG, bits));
+	pthread_join(t1.th, NULL);
+	T_CHECK(t1.value == *(const uint64_t *)(e.image + 4 * PG), "released page with data");
+	usleep(100000);
+	T_CHECK(!atomic_load(&t2.done), "the other half still waits");
+	/* released twice: pages no longer held do not change */
+	T_OK(rdmig_faultloop_release(e.loop, base, half / PG, ones));
+	T_OK(rdmig_faultloop_release(e.loop, base + half, half / PG, bits));
+	pthread_join(t2.th, NULL);
+	T_CHECK(t2.value == *(const uint64_t *)(e.image + half + 6 * PG), "second half");
+	for (size_t p = 0; p < pages; p++) {
+		bool data = !(p % 2);
+
+		if (data ? memcmp(e.region + p * PG, e.image + p * PG, PG)
+		         : !page_is_zero(e.region + p * PG))
+			ok = false;
+	}
+	T_CHECK(ok, "pages with data are the source's, the others zero");
+	waitpid(pid, &status, 0);
+	T_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	        "the child read every page right (status %#x: 1 wrong data, 2 zeros)", status);
+	struct rdmig_faultloop_stats s = stats(&e);
+	T_CHECK(s.faults_held >= 2 && s.pages_held == 0, "held faults %llu, held pages %llu",
+	        (unsigned long long)s.faults_held, (unsigned long long)s.pages_held);
+	T_CHECK(evlog_wait(&e.ev, RDMIG_PAGER_ALL_LOCAL, 2), "all-local once nothing is held");
+	env_fini(&e);
+}
+
 static void *touch_random_pages(void *arg)
 {
 	struct toucher *t = arg;
@@ -760,22 +865,6 @@ static void fork_during_postcopy(void)
 	T_CHECK(s.ev_fork == 1 && s.children == 0, "fork events %llu, children %llu",
 	        (unsigned long long)s.ev_fork, (unsigned long long)s.children);
 	env_fini(&e);
-}
-
-struct one_touch {
-	pthread_t th;
-	const volatile uint64_t *p;
-	uint64_t value;
-	_Atomic bool done;
-};
-
-static void *one_touch_main(void *arg)
-{
-	struct one_touch *t = arg;
-
-	t->value = *t->p;
-	atomic_store(&t->done, true);
-	return NULL;
 }
 
 /* A page in flight in the parent at the fork is fetched again for the child. */
@@ -1416,6 +1505,7 @@ int main(int argc, char **argv)
 	T_RUN(concurrent_faults);
 	T_RUN(arena_and_zero);
 	T_RUN(arena_ready_at_runtime);
+	T_RUN(held_until_released);
 	T_RUN(prefetch_all_local);
 	T_RUN(fork_during_postcopy);
 	T_RUN(fork_with_fetch_in_flight);

@@ -395,12 +395,54 @@ static void big_table(void)
 	rdmig_pagestate_destroy(ps);
 }
 
+/* Release by source address: a range moved by mremap is found where it went,
+ * only HELD pages change, and a second release changes nothing. */
+static void release_held(void)
+{
+	struct rdmig_pagestate *ps, *child;
+	struct rdmig_pagestate_counts c;
+	const uint64_t A = 0x10000000, B = 0x50000000;
+	uint8_t bits[2] = {0x05, 0x80}; /* pages 0, 2 and 15 hold data */
+	uint8_t ones[2] = {0xff, 0xff};
+
+	T_OK(rdmig_pagestate_create(PG, &ps));
+	T_OK(rdmig_pagestate_add(ps, A, 16 * PG, A, RDMIG_PAGE_HELD));
+	T_CHECK(rdmig_pagestate_set(ps, A + 3 * PG, PG, RDMIG_PAGE_DISCARDED) == 1, "discard");
+	/* pages 8..15 moved to B, keeping their source addresses */
+	T_CHECK(rdmig_pagestate_move(ps, A + 8 * PG, B, 8 * PG) == 8, "move");
+	T_OK(rdmig_pagestate_clone_for_fork(ps, &child));
+	T_CHECK(rdmig_pagestate_release(ps, A + 1, 1, bits) == -EINVAL, "unaligned");
+	T_CHECK(rdmig_pagestate_release(ps, A, 16, bits) == 15, "15 held pages released");
+	T_CHECK(rdmig_pagestate_get(ps, A) == RDMIG_PAGE_REMOTE &&
+	            rdmig_pagestate_get(ps, A + PG) == RDMIG_PAGE_ZERO &&
+	            rdmig_pagestate_get(ps, A + 2 * PG) == RDMIG_PAGE_REMOTE,
+	        "by the bits");
+	T_CHECK(rdmig_pagestate_get(ps, A + 3 * PG) == RDMIG_PAGE_DISCARDED, "discarded stays");
+	T_CHECK(rdmig_pagestate_get(ps, B + 7 * PG) == RDMIG_PAGE_REMOTE &&
+	            rdmig_pagestate_get(ps, B) == RDMIG_PAGE_ZERO,
+	        "the moved pages found by their source address");
+	T_CHECK(rdmig_pagestate_release(ps, A, 16, ones) == 0, "a second release changes nothing");
+	rdmig_pagestate_counts(ps, &c);
+	T_CHECK(c.pages[RDMIG_PAGE_HELD] == 0 && c.pages[RDMIG_PAGE_REMOTE] == 3 &&
+	            c.pages[RDMIG_PAGE_ZERO] == 12 && c.total == 16,
+	        "counts: held %llu remote %llu zero %llu",
+	        (unsigned long long)c.pages[RDMIG_PAGE_HELD],
+	        (unsigned long long)c.pages[RDMIG_PAGE_REMOTE],
+	        (unsigned long long)c.pages[RDMIG_PAGE_ZERO]);
+	rdmig_pagestate_counts(child, &c);
+	T_CHECK(c.pages[RDMIG_PAGE_HELD] == 15, "a child's copy stays held until its own release");
+	T_CHECK(rdmig_pagestate_release(child, A + 8 * PG, 8, ones + 1) == 8, "the child's half");
+	rdmig_pagestate_destroy(child);
+	rdmig_pagestate_destroy(ps);
+}
+
 int main(int argc, char **argv)
 {
 	t_state.only = argc > 1 ? argv[1] : NULL;
 	T_RUN(reserve);
 	T_RUN(basics);
 	T_RUN(fork_copy);
+	T_RUN(release_held);
 	T_RUN(random_model);
 	T_RUN(big_table);
 	if (t_state.only && !t_state.passed && !t_state.failed) {

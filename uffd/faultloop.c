@@ -74,6 +74,7 @@ enum slot_state {
 	SLOT_LANDED,  /* data here, install met -EAGAIN: retried after events are read */
 	SLOT_PARKED,  /* fetch failed: waits for rdmig_faultloop_retry() */
 	SLOT_REFAULT, /* a zero/arena install met -EAGAIN: the fault is handled again */
+	SLOT_HELD,    /* a fault on a HELD page: handled again when its part is released */
 };
 
 struct slot {
@@ -92,11 +93,16 @@ struct ready_req {
 	uint64_t addr, len;
 };
 
+struct release_req {
+	uint64_t src, pages;
+	uint8_t *bits;
+};
+
 struct counters {
 	_Atomic uint64_t faults, faults_fetched, faults_coalesced, faults_arena, faults_zero,
-	    faults_raced, prefetched, installed, dropped, fetch_errors, retries, ev_fork, ev_remap,
-	    ev_remove, ev_unmap, inflight, children, pages_remote, pages_arena, pages_inflight,
-	    pages_installed, pages_total;
+	    faults_raced, faults_held, pages_held, prefetched, installed, dropped, fetch_errors,
+	    retries, ev_fork, ev_remap, ev_remove, ev_unmap, inflight, children, pages_remote,
+	    pages_arena, pages_inflight, pages_installed, pages_total;
 	_Atomic int source_status;
 	_Atomic bool source_stalled, running;
 };
@@ -105,7 +111,7 @@ struct rdmig_faultloop {
 	struct rdmig_faultloop_opts o;
 	unsigned page_size;
 	int ctl_fd; /* eventfd: stop / retry requests */
-	_Atomic bool stop_req, retry_req, ready_req;
+	_Atomic bool stop_req, retry_req, ready_req, release_req;
 	pthread_t thread;
 	bool thread_started;
 
@@ -123,12 +129,15 @@ struct rdmig_faultloop {
 	uint64_t posts;             /* fetches handed to the source, ever */
 	unsigned n_retry;           /* LANDED + REFAULT */
 	unsigned n_parked;
+	unsigned n_held; /* SLOT_HELD */
 
 	void *bounce; /* one page: arena installs copy through it (see handle_fault) */
 
 	pthread_mutex_t ready_mu; /* arena_ready() requests from other threads */
 	struct ready_req *ready;
 	size_t nready, ready_cap;
+	struct release_req *rel; /* release() requests, under ready_mu too */
+	size_t nrel, rel_cap;
 
 	bool source_failed, stalled, all_local_sent, prefetch_done, prefetch_more;
 	int last_error;
@@ -248,6 +257,10 @@ static void slot_cancel(struct rdmig_faultloop *l, uint32_t i)
 		l->n_parked--;
 		slot_free(l, i);
 		break;
+	case SLOT_HELD:
+		l->n_held--;
+		slot_free(l, i);
+		break;
 	default:
 		break;
 	}
@@ -269,9 +282,11 @@ static void publish_counts(struct rdmig_faultloop *l)
 	                      memory_order_relaxed);
 	atomic_store_explicit(&l->c.pages_installed, pc.pages[RDMIG_PAGE_INSTALLED],
 	                      memory_order_relaxed);
+	atomic_store_explicit(&l->c.pages_held, pc.pages[RDMIG_PAGE_HELD], memory_order_relaxed);
 	atomic_store_explicit(&l->c.pages_total, pc.total, memory_order_relaxed);
 	if (!l->all_local_sent && pc.total && !pc.pages[RDMIG_PAGE_REMOTE] &&
-	    !pc.pages[RDMIG_PAGE_ARENA] && !pc.pages[RDMIG_PAGE_IN_FLIGHT]) {
+	    !pc.pages[RDMIG_PAGE_ARENA] && !pc.pages[RDMIG_PAGE_IN_FLIGHT] &&
+	    !pc.pages[RDMIG_PAGE_HELD]) {
 		l->all_local_sent = true;
 		pr_info("all %llu pages of the target are local", (unsigned long long)pc.total);
 		emit(l, RDMIG_PAGER_ALL_LOCAL, 0, 0, l->clients[0]->uffd);
@@ -468,6 +483,26 @@ static void handle_fault(struct rdmig_faultloop *l, int ci, uint64_t addr, bool 
 	case RDMIG_PAGE_IN_FLIGHT:
 		if (demand)
 			INC(faults_coalesced);
+		break;
+	case RDMIG_PAGE_HELD:
+		/* The source has not said yet whether this page holds data, or its
+		 * copy there may be older than the process's last write: neither a
+		 * fetch nor a zero page is right. The thread waits in the kernel. */
+		if (slot_alloc(l, &i)) {
+			pr_err("out of memory: fault at %#llx not served (thread stays blocked)",
+			       (unsigned long long)addr);
+			return;
+		}
+		l->slots[i].state = SLOT_HELD;
+		l->slots[i].background = false;
+		l->slots[i].client = ci;
+		l->slots[i].addr = addr;
+		l->slots[i].src = ref.src;
+		l->n_held++;
+		if (demand)
+			INC(faults_held);
+		if (l->o.on_held)
+			l->o.on_held(l->o.event_arg, ref.src);
 		break;
 	case RDMIG_PAGE_ARENA:
 		arena = rdmig_pagestate_arena(c->ps, ref.src);
@@ -960,6 +995,45 @@ static void apply_arena_ready(struct rdmig_faultloop *l)
 	free(req);
 }
 
+/* Parts the source has walked: HELD -> REMOTE or ZERO in every client, then the
+ * faults that waited on them are handled again (by source address: a page moved
+ * by mremap keeps its source address, and a child's pages have the parent's). */
+static void apply_release(struct rdmig_faultloop *l)
+{
+	struct release_req *req;
+	size_t n;
+
+	pthread_mutex_lock(&l->ready_mu);
+	req = l->rel;
+	n = l->nrel;
+	l->rel = NULL;
+	l->nrel = l->rel_cap = 0;
+	pthread_mutex_unlock(&l->ready_mu);
+	for (size_t k = 0; k < n; k++) {
+		uint64_t end = req[k].src + req[k].pages * l->page_size;
+
+		for (size_t ci = 0; ci < l->nclients; ci++)
+			if (l->clients[ci] &&
+			    rdmig_pagestate_release(l->clients[ci]->ps, req[k].src, req[k].pages,
+			                            req[k].bits) < 0)
+				fatal(l, -EINVAL, req[k].src, "releasing held pages");
+		for (uint32_t i = 0; i < l->nslots && l->n_held; i++) {
+			struct slot *s = &l->slots[i];
+			int ci = s->client;
+			uint64_t addr = s->addr;
+
+			if (s->state != SLOT_HELD || s->src < req[k].src || s->src >= end)
+				continue;
+			l->n_held--;
+			slot_free(l, i);
+			if (l->clients[ci] && l->clients[ci]->uffd >= 0)
+				handle_fault(l, ci, addr, true);
+		}
+		free(req[k].bits);
+	}
+	free(req);
+}
+
 static void prefetch(struct rdmig_faultloop *l)
 {
 	struct client *c = l->clients[0];
@@ -968,6 +1042,16 @@ static void prefetch(struct rdmig_faultloop *l)
 	l->prefetch_more = false;
 	if (!l->o.prefetch.next || l->prefetch_done || !c || c->uffd < 0 || l->source_failed)
 		return;
+	/* The policy asks about each page once (prefetch.h): a HELD page it saw as
+	 * not remote would never be asked about again once released. The source
+	 * releases every part within milliseconds of the resume. */
+	{
+		struct rdmig_pagestate_counts pc;
+
+		rdmig_pagestate_counts(c->ps, &pc);
+		if (pc.pages[RDMIG_PAGE_HELD])
+			return;
+	}
 	while (l->q_head == NIL && l->posted < l->o.max_inflight &&
 	       l->posted_bg < l->o.max_background) {
 		struct rdmig_page_ref ref;
@@ -1154,6 +1238,9 @@ static void *loop_main(void *arg)
 				requeue_parked(l);
 			if (atomic_exchange(&l->ready_req, false))
 				apply_arena_ready(l);
+			if (atomic_exchange(&l->release_req, false)) {
+				apply_release(l);
+			}
 		}
 		/* Every uffd, every turn: the loop is the only reader, and an install can
 		 * only succeed once the events blocking it are read. */
@@ -1385,6 +1472,43 @@ out_unlock:
 	return ret;
 }
 
+int rdmig_faultloop_release(struct rdmig_faultloop *l, uint64_t src, uint64_t pages,
+                            const uint8_t *bits)
+{
+	uint64_t mask = l->page_size - 1;
+	uint8_t *copy;
+	int ret = 0;
+
+	if ((src & mask) || !pages || pages > (UINT64_MAX - src) / l->page_size || !bits)
+		return -EINVAL;
+	copy = malloc((size_t)((pages + 7) / 8));
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, bits, (size_t)((pages + 7) / 8));
+	pthread_mutex_lock(&l->ready_mu);
+	if (l->nrel == l->rel_cap) {
+		size_t cap = l->rel_cap ? l->rel_cap * 2 : 16;
+		struct release_req *nr = realloc(l->rel, cap * sizeof(*nr));
+
+		if (!nr) {
+			ret = -ENOMEM;
+			goto out_unlock;
+		}
+		l->rel = nr;
+		l->rel_cap = cap;
+	}
+	l->rel[l->nrel++] = (struct release_req){src, pages, copy};
+	copy = NULL;
+out_unlock:
+	pthread_mutex_unlock(&l->ready_mu);
+	free(copy);
+	if (!ret) {
+		atomic_store(&l->release_req, true);
+		kick(l);
+	}
+	return ret;
+}
+
 void rdmig_faultloop_wake(struct rdmig_faultloop *l)
 {
 	kick(l);
@@ -1415,6 +1539,9 @@ void rdmig_faultloop_destroy(struct rdmig_faultloop *l)
 	free(l->pfd_client);
 	free(l->bounce);
 	free(l->ready);
+	for (size_t i = 0; i < l->nrel; i++)
+		free(l->rel[i].bits);
+	free(l->rel);
 	pthread_mutex_destroy(&l->ready_mu);
 	if (l->ctl_fd >= 0)
 		close(l->ctl_fd);
@@ -1432,6 +1559,7 @@ void rdmig_faultloop_stats(struct rdmig_faultloop *l, struct rdmig_faultloop_sta
 	    .faults_arena = LOAD(faults_arena),
 	    .faults_zero = LOAD(faults_zero),
 	    .faults_raced = LOAD(faults_raced),
+	    .faults_held = LOAD(faults_held),
 	    .prefetched = LOAD(prefetched),
 	    .installed = LOAD(installed),
 	    .dropped = LOAD(dropped),
@@ -1447,6 +1575,7 @@ void rdmig_faultloop_stats(struct rdmig_faultloop *l, struct rdmig_faultloop_sta
 	    .pages_arena = LOAD(pages_arena),
 	    .pages_inflight = LOAD(pages_inflight),
 	    .pages_installed = LOAD(pages_installed),
+	    .pages_held = LOAD(pages_held),
 	    .pages_total = LOAD(pages_total),
 	    .source_status = atomic_load(&l->c.source_status),
 	    .source_stalled = atomic_load(&l->c.source_stalled),

@@ -44,7 +44,7 @@ static const char *const state_names[RDMIG_PAGE_NSTATES] = {
     [RDMIG_PAGE_UNTRACKED] = "untracked", [RDMIG_PAGE_REMOTE] = "remote",
     [RDMIG_PAGE_ARENA] = "arena",         [RDMIG_PAGE_IN_FLIGHT] = "in-flight",
     [RDMIG_PAGE_INSTALLED] = "installed", [RDMIG_PAGE_ZERO] = "zero",
-    [RDMIG_PAGE_DISCARDED] = "discarded",
+    [RDMIG_PAGE_DISCARDED] = "discarded", [RDMIG_PAGE_HELD] = "held",
 };
 
 const char *rdmig_page_state_name(enum rdmig_page_state st)
@@ -441,6 +441,38 @@ int64_t rdmig_pagestate_set(struct rdmig_pagestate *ps, uint64_t addr, uint64_t 
 		memset(r->st + ia, (int)st, (size_t)(ib - ia));
 		ps->counts[st] += ib - ia;
 		total += (int64_t)(ib - ia);
+	}
+	return total;
+}
+
+int64_t rdmig_pagestate_release(struct rdmig_pagestate *ps, uint64_t src, uint64_t pages,
+                                const uint8_t *bits)
+{
+	uint64_t end = src + (pages << ps->page_shift);
+	int64_t total = 0;
+
+	if ((src & (ps->page_size - 1)) || end < src)
+		return -EINVAL;
+	/* by source address: a range moved by mremap keeps fetching from where its
+	 * pages were, so the part that names them may lie anywhere in the table */
+	for (size_t i = 0; i < ps->nr; i++) {
+		struct ps_range *r = &ps->r[i];
+		uint64_t rend = r->src + (r->end - r->start);
+		uint64_t a = src > r->src ? src : r->src, b = end < rend ? end : rend;
+
+		for (; a < b; a += ps->page_size) {
+			uint8_t *st = &r->st[(a - r->src) >> ps->page_shift];
+			uint64_t k = (a - src) >> ps->page_shift;
+			enum rdmig_page_state to =
+			    bits[k / 8] >> (k % 8) & 1 ? RDMIG_PAGE_REMOTE : RDMIG_PAGE_ZERO;
+
+			if (*st != RDMIG_PAGE_HELD)
+				continue;
+			ps->counts[RDMIG_PAGE_HELD]--;
+			ps->counts[to]++;
+			*st = (uint8_t)to;
+			total++;
+		}
 	}
 	return total;
 }

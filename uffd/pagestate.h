@@ -46,6 +46,14 @@ RDMIG_PAGER_WUR int64_t rdmig_pagestate_move(struct rdmig_pagestate *ps, uint64_
 int64_t rdmig_pagestate_set(struct rdmig_pagestate *ps, uint64_t addr, uint64_t len,
                             enum rdmig_page_state st);
 
+/* The source has walked source pages [src, src + pages*page_size): every HELD
+ * page of that source range, in any range of the table, becomes REMOTE where bit
+ * (k of byte k/8, page k of the part) is set and ZERO where not; pages in other
+ * states are left alone (releasing twice changes nothing). Returns pages
+ * released or -EINVAL (unaligned, wraps). */
+int64_t rdmig_pagestate_release(struct rdmig_pagestate *ps, uint64_t src, uint64_t pages,
+                                const uint8_t *bits);
+
 /* Find the page holding addr: true and *ref filled, false when untracked. */
 bool rdmig_pagestate_lookup(struct rdmig_pagestate *ps, uint64_t addr, struct rdmig_page_ref *ref);
 /* Change one looked-up page's state, keeping the counts. */

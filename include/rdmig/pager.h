@@ -53,6 +53,12 @@ enum rdmig_page_state {
 	/* madvise(DONTNEED/REMOVE) was seen: the page reads zero from now on; a fault
 	 * gets a zero page; a fetch in flight for it is dropped when it lands. */
 	RDMIG_PAGE_DISCARDED,
+	/* Not known yet whether it holds data, or its source copy may be stale: the
+	 * source restored the process before walking this part of its memory. Faults
+	 * wait (no fetch, no zero page) until rdmig_faultloop_release() says which
+	 * pages of the part hold data (-> REMOTE) and which not (-> ZERO). Set at
+	 * setup; the prefetcher is not asked for pages while any page is HELD. */
+	RDMIG_PAGE_HELD,
 	RDMIG_PAGE_NSTATES
 };
 
@@ -244,6 +250,10 @@ struct rdmig_faultloop_opts {
 	/* Called in the loop thread; must not call rdmig_faultloop_stop(). May be NULL. */
 	void (*on_event)(void *arg, const struct rdmig_pager_event *ev);
 	void *event_arg;
+	/* Called in the loop thread when a fault waits on a HELD page (src: the
+	 * page's source address), so the owner can ask for its part first. Must not
+	 * block. May be NULL. */
+	void (*on_held)(void *arg, uint64_t src);
 };
 
 struct rdmig_faultloop_stats {
@@ -253,6 +263,7 @@ struct rdmig_faultloop_stats {
 	uint64_t faults_arena;     /* ... served from the arena */
 	uint64_t faults_zero;      /* ... served with a zero page (ZERO, DISCARDED, untracked) */
 	uint64_t faults_raced;     /* ... on a page already installed (woken) */
+	uint64_t faults_held;      /* ... that waited for their page's release (HELD) */
 	uint64_t prefetched;       /* pages brought in by the prefetcher (fetch or arena) */
 	uint64_t installed;        /* pages copied in from the source */
 	uint64_t dropped;          /* fetched data thrown away (page discarded / unmapped) */
@@ -262,7 +273,8 @@ struct rdmig_faultloop_stats {
 	uint64_t inflight; /* fetches queued, posted, landed or parked now */
 	uint64_t children; /* forked children served now */
 	/* The primary target's page counts. */
-	uint64_t pages_remote, pages_arena, pages_inflight, pages_installed, pages_total;
+	uint64_t pages_remote, pages_arena, pages_inflight, pages_installed, pages_held,
+	    pages_total;
 	int source_status; /* 0, or the last fetch error while failed */
 	bool source_stalled;
 	bool running;
@@ -289,6 +301,13 @@ RDMIG_PAGER_WUR int rdmig_faultloop_set_state(struct rdmig_faultloop *l, uint64_
  * memory must stay valid and unchanged until the loop is destroyed. */
 RDMIG_PAGER_WUR int rdmig_faultloop_add_arena(struct rdmig_faultloop *l, uint64_t src, uint64_t len,
                                               const void *base);
+/* Any thread, while running (or before start): the source has walked source
+ * addresses [src, src + pages*page_size) and copied what changed there; its HELD
+ * pages, in the target and in every forked child, become REMOTE where bit k
+ * (of byte k/8) is set and ZERO where not, and the faults waiting on them are
+ * served. bits is copied. Idempotent. 0, -EINVAL or -ENOMEM. */
+RDMIG_PAGER_WUR int rdmig_faultloop_release(struct rdmig_faultloop *l, uint64_t src, uint64_t pages,
+                                            const uint8_t *bits);
 /* Any thread, while running: the primary target's pages in [addr, addr+len) that
  * are still REMOTE now have clean copies in an arena added before start (a push
  * that landed during post-copy). The next turn marks them ARENA, so a fault
