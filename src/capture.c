@@ -885,12 +885,26 @@ static int add_eager_page(struct rdmig_tracee *t, struct rdmig_image *img, uint6
 	return 0;
 }
 
-/* Is the page at addr an ANON page with data on the source? */
-static bool anon_touched(const struct rdmig_image *img, uint64_t addr)
+static int open_proc(pid_t pid, const char *name, int *fd);
+
+/* Is the page at addr an ANON page with data on the source? In a held vma
+ * (not walked yet) the one page is walked here; *pm_fd is opened on first use. */
+static bool anon_touched(const struct rdmig_image *img, uint64_t addr, int *pm_fd)
 {
 	const struct rdmig_img_vma *v = rdmig_image_vma_at(img, addr);
 	uint64_t p;
 
+	if (v && v->kind == RDMIG_VMA_ANON && (v->flags & RDMIG_VMA_F_HELD)) {
+		uint8_t bit = 0;
+		uint64_t count = 0;
+		bool known;
+
+		if (*pm_fd < 0 && open_proc(img->pid, "pagemap", pm_fd))
+			return true; /* cannot tell: sending the page eagerly is always right */
+		return rdmig_pagescan(*pm_fd, addr, addr + RDMIG_IMG_PAGE, false, &bit, &count,
+		                      NULL, &known) < 0 ||
+		       count;
+	}
 	if (!v || v->kind != RDMIG_VMA_ANON || !v->touched)
 		return false;
 	p = (addr - v->start) / RDMIG_IMG_PAGE;
@@ -912,7 +926,7 @@ static int capture_eager_stacks(struct rdmig_tracee *t, struct rdmig_image *img,
 {
 	const uint64_t pmask = ~(uint64_t)(RDMIG_IMG_PAGE - 1);
 	uint32_t n = 0;
-	int ret = 0;
+	int ret = 0, pm_fd = -1;
 
 	for (uint32_t i = 0; i < img->nthreads && !ret && n + 2 <= EAGER_STACK_PAGES; i++) {
 		uint64_t sp = img->threads[i].regs[offsetof(struct user_regs_struct, rsp) / 8];
@@ -920,14 +934,48 @@ static int capture_eager_stacks(struct rdmig_tracee *t, struct rdmig_image *img,
 
 		for (int k = 0; k < 2 && !ret; k++) {
 			if ((k == 1 && pg[1] == pg[0]) || sp < EAGER_STACK_BELOW ||
-			    !anon_touched(img, pg[k]))
+			    !anon_touched(img, pg[k], &pm_fd))
 				continue;
 			ret =
 			    add_eager_page(t, img, pg[k], "stack top", img->threads[i].tid, added);
 			n++;
 		}
 	}
+	if (pm_fd >= 0)
+		close(pm_fd);
 	return ret;
+}
+
+int64_t rdmig_capture_walk_part(int pm_fd, const struct rdmig_image *img, struct rdmig_img_vma *v,
+                                uint64_t start, uint64_t end, bool *written_known)
+{
+	uint64_t pages = (v->end - v->start) / RDMIG_IMG_PAGE, off, count = 0;
+	int ret;
+
+	off = (start - v->start) / RDMIG_IMG_PAGE;
+	if (v->kind != RDMIG_VMA_ANON || start < v->start || end > v->end || start >= end ||
+	    (start | end) % RDMIG_IMG_PAGE || off % 8)
+		return -EINVAL;
+	if (!v->touched)
+		v->touched = calloc((pages + 7) / 8, 1);
+	if (!v->written)
+		v->written = calloc((pages + 7) / 8, 1);
+	if (!v->touched || !v->written)
+		return -ENOMEM;
+	ret = rdmig_pagescan(pm_fd, start, end, false, v->touched + off / 8, &count,
+	                     v->written + off / 8, written_known);
+	if (ret < 0)
+		return ret;
+	/* the restore wrote these whole (add_eager_page): never fetched */
+	for (uint32_t k = 0; k < img->ncow; k++) {
+		uint64_t a = img->cow[k].addr, p = (a - v->start) / RDMIG_IMG_PAGE;
+
+		if (a < start || a >= end || !(v->touched[p / 8] >> (p % 8) & 1))
+			continue;
+		v->touched[p / 8] &= (uint8_t) ~(1u << (p % 8));
+		count--;
+	}
+	return (int64_t)count;
 }
 
 static int capture_eager_pages(struct rdmig_tracee *t, struct rdmig_image *img)
@@ -1313,6 +1361,10 @@ static int capture_maps(pid_t pid, struct rdmig_tracee *t, struct rdmig_image *i
 		}
 		if (kind != RDMIG_VMA_FILE_PRIVATE && (!t || kind != RDMIG_VMA_ANON))
 			continue;
+		if (kind == RDMIG_VMA_ANON && kn && kn->hold_anon) {
+			v->flags |= RDMIG_VMA_F_HELD; /* walked after the resume */
+			continue;
+		}
 		uint64_t pages = (m->end - m->start) / 4096, count;
 
 		bool known = false;

@@ -452,6 +452,10 @@ static int check_vma(const struct rdmig_image *img, uint32_t i)
 		pr_err("vma %u: file index %u on a vma of kind %u", i, v->file, v->kind);
 		return -1;
 	}
+	if (v->touched && (v->flags & RDMIG_VMA_F_HELD)) {
+		pr_err("vma %u: touched bitmap on a held vma", i);
+		return -1;
+	}
 	if (v->touched) {
 		uint64_t pages = vma_pages(v);
 

@@ -853,6 +853,39 @@ static int copy_written(struct rdmig_precopy *p, struct batch *b, struct range *
 	return 0;
 }
 
+/* The last copy of one vma (or one part of a held one, rdmig_precopy_final_part)
+ * into its range r: what was written since its copy, then what was never copied. */
+static int final_copy(struct rdmig_precopy *p, struct batch *b, struct range *r,
+                      const struct rdmig_img_vma *vm)
+{
+	int ret = 0;
+
+	if (r->tracked && p->track == TRACK_SOFT_DIRTY) {
+		ret = scan_slow(p, vm->start, vm->end, PAGE_IS_WRITTEN, copy_run, r,
+		                &p->st.pages_recopied);
+	} else if (r->tracked && vm->written) {
+		ret = copy_written(p, b, r, vm);
+	} else if (r->tracked) {
+		ret = scan(p, vm->start, vm->end, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN,
+		           PAGE_IS_PRESENT | PAGE_IS_SWAPPED, copy_run, r, &p->st.pages_recopied);
+		if (ret == -EPERM) {
+			/* replaced since: no longer tracked, so copy all of it */
+			memset(r->copied, 0, ((r->end - r->start) / PG + 7) / 8);
+			ret = 0;
+		}
+	} else {
+		memset(r->copied, 0, ((r->end - r->start) / PG + 7) / 8);
+	}
+	/* the written pages logged (copied) first: the uncopied ones are what is left */
+	if (ret == 0)
+		ret = batch_flush(p, b);
+	if (ret == 0)
+		ret = copy_uncopied(p, b, r, vm);
+	if (ret == 0)
+		ret = batch_flush(p, b);
+	return ret;
+}
+
 int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
                         struct rdmig_mirror_view **views, uint32_t *n)
 {
@@ -873,12 +906,13 @@ int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
 	}
 	for (uint32_t i = 0; i < img->nvmas && ret == 0; i++) {
 		const struct rdmig_img_vma *vm = &img->vmas[i];
+		bool held = vm->flags & RDMIG_VMA_F_HELD;
 		struct range *r;
 
 		if (vm->kind != RDMIG_VMA_ANON)
 			continue;
 		p->st.pages_touched += rdmig_image_vma_touched(vm);
-		if (!vm->touched)
+		if (!vm->touched && !held)
 			continue; /* nothing to fetch: no view needed */
 		r = find_range(p, vm->start, vm->end);
 		if (!r) {
@@ -886,36 +920,15 @@ int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
 			ret = add_range(p, vm->start, vm->end, &r);
 			if (ret < 0)
 				break;
-		} else if (r->tracked && p->track == TRACK_SOFT_DIRTY) {
-			ret = scan_slow(p, vm->start, vm->end, PAGE_IS_WRITTEN, copy_run, r,
-			                &p->st.pages_recopied);
-		} else if (r->tracked && vm->written) {
-			ret = copy_written(p, b, r, vm);
-		} else if (r->tracked) {
-			ret = scan(p, vm->start, vm->end, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN,
-			           PAGE_IS_PRESENT | PAGE_IS_SWAPPED, copy_run, r,
-			           &p->st.pages_recopied);
-			if (ret == -EPERM) {
-				/* replaced since: no longer tracked, so copy all of it */
-				memset(r->copied, 0, ((r->end - r->start) / PG + 7) / 8);
-				ret = 0;
-			}
-		} else {
-			memset(r->copied, 0, ((r->end - r->start) / PG + 7) / 8);
 		}
-		/* the written pages logged (copied) first: the uncopied ones are
-		 * what is left */
-		if (ret == 0)
-			ret = batch_flush(p, b);
-		if (ret == 0)
-			ret = copy_uncopied(p, b, r, vm);
+		/* a held vma is copied part by part after its walk */
+		if (!held)
+			ret = final_copy(p, b, r, vm);
 		v[cnt++] = (struct rdmig_mirror_view){.id = vm->start,
 		                                      .reg = r->reg,
 		                                      .off = vm->start - r->start,
 		                                      .len = vm->end - vm->start};
 	}
-	if (ret == 0)
-		ret = batch_flush(p, b);
 	free(b);
 	if (ret < 0) {
 		free(v);
@@ -924,6 +937,31 @@ int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
 	*views = v;
 	*n = cnt;
 	return 0;
+}
+
+int rdmig_precopy_final_part(struct rdmig_precopy *p, const struct rdmig_img_vma *part)
+{
+	struct range *r = NULL;
+	struct batch *b;
+	int ret;
+
+	/* The range the vma's view names: the newest that holds the part. A vma
+	 * that grew or moved since its last round got a range of its own at the
+	 * freeze, after the old one, which may still hold this part; rounds never
+	 * add ranges that overlap. */
+	for (uint32_t i = p->n; i-- > 0 && !r;)
+		if (p->r[i].start <= part->start && part->end <= p->r[i].end)
+			r = &p->r[i];
+
+	if (!r || !p->final)
+		return -EINVAL; /* rdmig_precopy_final made a range for every held vma */
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	p->st.pages_touched += rdmig_image_vma_touched(part);
+	ret = final_copy(p, b, r, part);
+	free(b);
+	return ret;
 }
 
 static int run_cmp(const void *a, const void *b)

@@ -646,8 +646,9 @@ static bool same_file(const struct rdmig_img_file *a, const struct rdmig_img_fil
 static bool same_vma(const struct rdmig_image *ia, const struct rdmig_img_vma *a,
                      const struct rdmig_image *ib, const struct rdmig_img_vma *b)
 {
+	/* HELD says how the pages come, not what the mapping is */
 	if (a->start != b->start || a->end != b->end || a->prot != b->prot || a->kind != b->kind ||
-	    a->flags != b->flags)
+	    (a->flags & ~RDMIG_VMA_F_HELD) != (b->flags & ~RDMIG_VMA_F_HELD))
 		return false;
 	if (a->kind != RDMIG_VMA_FILE_PRIVATE && a->kind != RDMIG_VMA_FILE_SHARED_RO)
 		return true;

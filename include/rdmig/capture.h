@@ -71,10 +71,27 @@ RDMIG_CAPTURE_WUR int rdmig_capture_check_wire(pid_t pid, char *why, size_t whyl
 struct rdmig_capture_known {
 	const struct rdmig_img_cow_page *pages;
 	uint32_t n;
+	/* Leave the ANON vmas' page walk out of the freeze: each gets
+	 * RDMIG_VMA_F_HELD and no bitmaps; rdmig_capture_walk_part fills them in
+	 * later, part by part, while the process is still frozen here. */
+	bool hold_anon;
 };
 RDMIG_CAPTURE_WUR int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
                                     const struct rdmig_capture_known *known, char *why,
                                     size_t whylen);
+
+/*
+ * The page walk of [start, end) of img's held ANON vma v (start and end inside
+ * it, start a multiple of 8 pages from v->start), the process still frozen:
+ * sets v's touched bits for the pages with data there (allocating the bitmap
+ * on first use) and, where the kernel can say (*written_known), v's written bits
+ * for those written since write-tracking protected them. The eager pages of
+ * img->cow there are not marked touched (the restore wrote them). pm_fd: the
+ * process's /proc/PID/pagemap. Returns the pages with data found, or -errno.
+ */
+RDMIG_CAPTURE_WUR int64_t rdmig_capture_walk_part(int pm_fd, const struct rdmig_image *img,
+                                                  struct rdmig_img_vma *v, uint64_t start,
+                                                  uint64_t end, bool *written_known);
 
 /*
  * The layout of a process that keeps running (nothing stops it): an image whose

@@ -90,7 +90,11 @@ enum rdmig_vma_kind {
 #define RDMIG_VMA_F_GROWSDOWN 0x1u /* [stack]: mapped MAP_GROWSDOWN */
 #define RDMIG_VMA_F_HEAP 0x2u      /* [heap] */
 #define RDMIG_VMA_F_STACK 0x4u     /* [stack] */
-#define RDMIG_VMA_F_ALL 0x7u
+/* ANON: not walked at the freeze (no touched bitmap): which of its pages hold
+ * data comes after the resume, part by part (proto.h's PART), and its pages
+ * wait until then on the destination */
+#define RDMIG_VMA_F_HELD 0x8u
+#define RDMIG_VMA_F_ALL 0xfu
 
 struct rdmig_img_vma {
 	uint64_t start, end; /* page aligned, start < end <= RDMIG_IMG_USER_END */

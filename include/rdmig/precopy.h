@@ -68,9 +68,17 @@ bool rdmig_precopy_sees_writes(const struct rdmig_precopy *p);
 RDMIG_PRECOPY_WUR int rdmig_precopy_track_files(struct rdmig_precopy *p);
 
 /* The target is frozen and captured (img): copy what changed, and give the views
- * of the mirror that cover every ANON vma of img (malloc'd *views, *n). */
+ * of the mirror that cover every ANON vma of img with data (malloc'd *views, *n).
+ * A held vma (RDMIG_VMA_F_HELD: not walked yet) gets its view and its buffer but
+ * no copy: rdmig_precopy_final_part copies it after its walk. */
 RDMIG_PRECOPY_WUR int rdmig_precopy_final(struct rdmig_precopy *p, const struct rdmig_image *img,
                                           struct rdmig_mirror_view **views, uint32_t *n);
+/* After rdmig_precopy_final, the target still frozen: the last copy of one walked
+ * part of a held vma. part is a vma record for [start, end) inside it whose
+ * touched (and written, or NULL when the walk could not say) bitmaps start at
+ * part->start. */
+RDMIG_PRECOPY_WUR int rdmig_precopy_final_part(struct rdmig_precopy *p,
+                                               const struct rdmig_img_vma *part);
 
 void rdmig_precopy_stats(const struct rdmig_precopy *p, struct rdmig_precopy_stats *out);
 
