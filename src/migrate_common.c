@@ -24,8 +24,15 @@ uint64_t rdmig_now_ns(void)
 int rdmig_expect(struct rdmig_conn *c, uint8_t *buf, uint16_t want, int timeout_ms,
                  struct rdmig_msg *m)
 {
+	return rdmig_expect_past(c, buf, want, 0, timeout_ms, m);
+}
+
+int rdmig_expect_past(struct rdmig_conn *c, uint8_t *buf, uint16_t want, uint16_t skip,
+                      int timeout_ms, struct rdmig_msg *m)
+{
 	int len, ret;
 
+again:
 	memset(m, 0, sizeof(*m)); /* type 0: nothing came (callers tell ERROR apart) */
 	len = rdmig_tp_recv(c, buf, RDMIG_MSG_MAX, timeout_ms);
 	if (len < 0) {
@@ -42,6 +49,8 @@ int rdmig_expect(struct rdmig_conn *c, uint8_t *buf, uint16_t want, int timeout_
 		pr_err("the peer gave up: %s (%s)", m->u.error.text, strerror(m->u.error.code));
 		return -m->u.error.code;
 	}
+	if (skip && m->type == skip && want != skip)
+		goto again;
 	if (m->type != want) {
 		pr_err("expected %s, got %s: closing the connection", rdmig_msg_type_name(want),
 		       rdmig_msg_type_name(m->type));

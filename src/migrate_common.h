@@ -21,6 +21,10 @@ uint64_t rdmig_now_ns(void);
  * -EPROTO. The caller closes the connection on any error. */
 RDMIG_WUR int rdmig_expect(struct rdmig_conn *c, uint8_t *buf, uint16_t want, int timeout_ms,
                            struct rdmig_msg *m);
+/* The same, passing over messages of type skip that may still be on their way
+ * (a PART or a WANT sent before the peer learnt it was no longer needed). */
+RDMIG_WUR int rdmig_expect_past(struct rdmig_conn *c, uint8_t *buf, uint16_t want, uint16_t skip,
+                                int timeout_ms, struct rdmig_msg *m);
 
 /* Tell the peer why we give up (best effort). */
 void rdmig_send_error(struct rdmig_conn *c, int err, const char *text);

@@ -46,6 +46,7 @@
 
 #define PG 4096ull
 #define SAMPLE_MS 50
+#define WANTS_MAX 64             /* WANTs not sent yet; more are dropped (the walk gets there) */
 #define SAMPLES_MAX 200000       /* about 2.8 hours of post-copy */
 #define STATE_RESERVE (2u << 20) /* page states touched before the downtime: 8 GiB */
 
@@ -97,6 +98,14 @@ struct dst {
 	pthread_mutex_t mu;
 	enum rdmig_pager_event_type last_ev; /* the most important one seen, under mu */
 	int last_status;
+	/* post-copy: vmas that came held wait for the source's PARTs (proto.h) */
+	bool held;       /* some did: PARTs to come */
+	bool parts_done; /* the last one came */
+	uint32_t parts;  /* PART messages taken (again after a reconnection) */
+	uint64_t t_released;
+	uint64_t wants[WANTS_MAX]; /* source addresses faults wait on, under mu */
+	unsigned nwants;
+	uint64_t t_sampled;
 	uint8_t *msg;
 	uint64_t t_go, t_resume, t_local;
 	/* this side's part of the downtime, on its own clock: image received,
@@ -449,6 +458,21 @@ static void on_event(void *arg, const struct rdmig_pager_event *ev)
 	}
 }
 
+/* The loop thread: a fault waits on a held page. The main thread sends the
+ * WANT (it owns the control connection). */
+static void on_held(void *arg, uint64_t src)
+{
+	struct dst *d = arg;
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&d->mu);
+	if (d->nwants < WANTS_MAX)
+		d->wants[d->nwants++] = src;
+	pthread_mutex_unlock(&d->mu);
+	if (write(d->evfd, &one, sizeof(one)) < 0)
+		pr_err("cannot wake the main thread: %s", strerror(errno));
+}
+
 static bool pf_is_remote(void *arg, uint64_t addr)
 {
 	const struct dst *d = arg;
@@ -496,6 +520,14 @@ static int add_ranges(struct dst *d, struct rdmig_prefetch_range **pr, size_t *n
 		const struct rdmig_img_vma *v = &d->img.vmas[i];
 		uint64_t pages = (v->end - v->start) / PG;
 
+		if (v->kind == RDMIG_VMA_ANON && (v->flags & RDMIG_VMA_F_HELD)) {
+			/* which pages hold data comes later, part by part */
+			ret = rdmig_faultloop_add_range(d->loop, v->start, v->end - v->start,
+			                                v->start, RDMIG_PAGE_HELD, true);
+			ranges[n++] = (struct rdmig_prefetch_range){v->start, v->end};
+			d->held = true;
+			continue;
+		}
 		if (v->kind != RDMIG_VMA_ANON || !v->touched)
 			continue;
 		ret = rdmig_faultloop_add_range(d->loop, v->start, v->end - v->start, v->start,
@@ -551,6 +583,7 @@ static int start_pager(struct dst *d)
 	lo.source = d->pager_src;
 	lo.own_mm = false; /* the restore applied MADV_NOHUGEPAGE inside the process */
 	lo.on_event = on_event;
+	lo.on_held = on_held;
 	lo.event_arg = d;
 	if (!d->o->no_prefetch)
 		lo.prefetch =
@@ -693,21 +726,124 @@ static int reconnect(struct dst *d, int why)
 	return rdmig_faultloop_retry(d->loop);
 }
 
+/* A PART: checked against the image (a part of one held vma, which is all the
+ * source may release), then handed to the loop. */
+static int take_part(struct dst *d, const struct rdmig_msg *m)
+{
+	uint64_t end = m->u.part.addr + (uint64_t)m->u.part.pages * PG;
+	const struct rdmig_img_vma *v = rdmig_image_vma_at(&d->img, m->u.part.addr);
+	int ret;
+
+	if (!v || v->kind != RDMIG_VMA_ANON || !(v->flags & RDMIG_VMA_F_HELD) || end > v->end) {
+		pr_err("the source released %#" PRIx64 "-%#" PRIx64
+		       ", which is not part of a held mapping: closing the connection",
+		       m->u.part.addr, end);
+		return -EBADMSG;
+	}
+	ret = rdmig_faultloop_release(d->loop, m->u.part.addr, m->u.part.pages, m->u.part.bits);
+	if (ret < 0)
+		return ret;
+	d->parts++;
+	if ((m->u.part.flags & RDMIG_PART_LAST) && !d->parts_done) {
+		d->parts_done = true;
+		d->t_released = rdmig_now_ns();
+		pr_info("every held page released, %.2f ms after the resume (%u parts)",
+		        (double)(d->t_released - d->t_resume) / 1e6, d->parts);
+	}
+	return 0;
+}
+
+/* Everything on the control connection now: PARTs. A link error is returned as
+ * it is (the caller reconnects); anything else that came is -EPROTO. */
+static int recv_parts(struct dst *d, bool *bad)
+{
+	struct rdmig_msg m;
+
+	*bad = false;
+	for (;;) {
+		int n = rdmig_tp_recv(d->ctl, d->msg, RDMIG_MSG_MAX, 0);
+
+		if (n == -EAGAIN)
+			return 0;
+		if (n < 0)
+			return n;
+		*bad = true;
+		n = rdmig_msg_decode(d->msg, (size_t)n, &m);
+		if (n < 0) {
+			pr_err("a malformed message from the source (%s): closing the connection",
+			       strerror(-n));
+			return n;
+		}
+		if (m.type == RDMIG_MSG_ERROR) {
+			pr_err("the source gave up: %s", m.u.error.text);
+			return -m.u.error.code;
+		}
+		if (m.type != RDMIG_MSG_PART) {
+			pr_err("expected PART, got %s: closing the connection",
+			       rdmig_msg_type_name(m.type));
+			return -EPROTO;
+		}
+		n = take_part(d, &m);
+		if (n < 0)
+			return n;
+		*bad = false;
+	}
+}
+
+/* The faults waiting on held pages, told to the source: it walks their parts
+ * first. */
+static int send_wants(struct dst *d)
+{
+	uint64_t w[WANTS_MAX];
+	unsigned n;
+	int ret = 0;
+
+	pthread_mutex_lock(&d->mu);
+	n = d->nwants;
+	memcpy(w, d->wants, n * sizeof(*w));
+	d->nwants = 0;
+	pthread_mutex_unlock(&d->mu);
+	for (unsigned i = 0; i < n && ret == 0 && !d->parts_done; i++) {
+		int len = rdmig_msg_encode_u64(d->msg, RDMIG_MSG_MAX, RDMIG_MSG_WANT, &w[i], 1);
+
+		ret = len < 0 ? len : rdmig_tp_send(d->ctl, d->msg, (size_t)len);
+	}
+	return ret;
+}
+
 static int wait_all_local(struct dst *d)
 {
 	for (;;) {
-		struct pollfd pfd = {.fd = d->evfd, .events = POLLIN};
+		struct pollfd pfd[2] = {{.fd = d->evfd, .events = POLLIN},
+		                        {.fd = -1, .events = POLLIN}};
 		enum rdmig_pager_event_type ev;
 		uint64_t v;
-		int st, ret, k = poll(&pfd, 1, SAMPLE_MS);
+		bool bad;
+		int st, ret, k;
 
+		if (d->held && !d->parts_done)
+			pfd[1].fd = rdmig_tp_event_fd(d->ctl);
+		k = poll(pfd, 2, SAMPLE_MS);
 		if (k < 0) {
 			if (errno == EINTR)
 				continue;
 			return -errno;
 		}
-		sample(d, false);
-		if (k == 0)
+		if (rdmig_now_ns() - d->t_sampled >= SAMPLE_MS * 1000000ull) {
+			d->t_sampled = rdmig_now_ns();
+			sample(d, false);
+		}
+		if (d->held && !d->parts_done) {
+			ret = pfd[1].revents ? recv_parts(d, &bad) : 0;
+			if (ret == 0)
+				ret = send_wants(d);
+			else if (bad)
+				return ret; /* not the link's failure: the source's */
+			/* the link: its faults wait (never zeros) while it comes back */
+			if (ret < 0 && (ret = reconnect(d, ret)) < 0)
+				return ret;
+		}
+		if (!pfd[0].revents)
 			continue;
 		if (read(d->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 			return -errno;
@@ -745,7 +881,7 @@ static int release_uffd(struct dst *d)
 	for (uint32_t i = 0; d->loop && i < d->img.nvmas; i++) {
 		const struct rdmig_img_vma *v = &d->img.vmas[i];
 
-		if (v->kind == RDMIG_VMA_ANON && v->touched &&
+		if (v->kind == RDMIG_VMA_ANON && (v->touched || (v->flags & RDMIG_VMA_F_HELD)) &&
 		    rdmig_uffd_unregister(d->r.uffd, v->start, v->end - v->start) < 0)
 			pr_debug("range %#" PRIx64 " is gone already", v->start);
 	}
@@ -786,11 +922,13 @@ static void summary(struct dst *d, const struct rdmig_faultloop_stats *s, uint64
 		    ",\"zero\":%" PRIu64 ",\"coalesced\":%" PRIu64 ",\"prefetched\":%" PRIu64
 		    ",\"bytes_read\":%" PRIu64 ",\"downtime_phases_ns\":{\"restore\":%" PRIu64
 		    ",\"ready\":%" PRIu64 ",\"wait_go\":%" PRIu64 ",\"resume\":%" PRIu64
-		    "},\"start_paging_ns\":%" PRIu64,
+		    "},\"start_paging_ns\":%" PRIu64 ",\"held_faults\":%" PRIu64
+		    ",\"released_ns\":%" PRIu64,
 		    (int)d->r.pid, (int)d->img.pid, d->t_resume - d->t_go, d->t_local - d->t_resume,
 		    s->faults, demand, s->faults_zero, s->faults_coalesced, pre, bytes,
 		    d->t_built - d->t_received, d->t_readied - d->t_built, d->t_gone - d->t_readied,
-		    d->t_resume - d->t_gone, d->t_paged - d->t_readied);
+		    d->t_resume - d->t_gone, d->t_paged - d->t_readied, s->faults_held,
+		    d->t_released ? d->t_released - d->t_resume : 0);
 		/* the timeline: [ms after resume, faults, fetched, prefetched, local, total] */
 		fprintf(f, ",\"timeline\":[");
 		for (size_t i = 0; i < d->ntl; i++)
@@ -842,7 +980,7 @@ static int done_again(struct dst *d, const uint64_t *v, int len)
 		ret = len < 0 ? len : rdmig_tp_send(ctl, d->msg, (size_t)len);
 	}
 	if (ret == 0)
-		ret = rdmig_expect(ctl, d->msg, RDMIG_MSG_BYE, 10000, &m);
+		ret = rdmig_expect_past(ctl, d->msg, RDMIG_MSG_BYE, RDMIG_MSG_PART, 10000, &m);
 	free(regions);
 	rdmig_tp_close(data);
 	rdmig_tp_close(ctl);
@@ -887,7 +1025,7 @@ static int finish(struct dst *d)
 	n = rdmig_msg_encode_u64(d->msg, RDMIG_MSG_MAX, RDMIG_MSG_DONE, v, 4);
 	ret = n < 0 ? n : rdmig_tp_send(d->ctl, d->msg, (size_t)n);
 	if (ret == 0)
-		ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_BYE, 10000, &m);
+		ret = rdmig_expect_past(d->ctl, d->msg, RDMIG_MSG_BYE, RDMIG_MSG_PART, 10000, &m);
 	if (ret < 0 && ret != -ETIMEDOUT && d->lis) {
 		/* The link broke around our DONE: a source that reconnects gets it again,
 		 * so it does not take a finished migration for a failed one. */

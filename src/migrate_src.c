@@ -29,6 +29,7 @@
 
 #include "migrate_common.h"
 #include "pagescan.h"
+#include "parts.h"
 #include "procfs.h"
 
 #include <errno.h>
@@ -81,6 +82,9 @@ struct src {
 	uint64_t image_bytes;
 	struct rdmig_mirror_view *views; /* the mirror's final table */
 	uint32_t nviews;
+	/* post-copy: the anonymous mappings walked after the resume (parts.h) */
+	struct rdmig_parts *parts;
+	uint64_t t_released; /* realtime ns: the last part sent */
 	int reconnects;
 	uint32_t rounds;       /* pre-copy rounds the destination pulled (0: none,
 	                        * post-copy from here on, as a hybrid may decide) */
@@ -617,6 +621,16 @@ static int reconnect(struct src *s, int why)
 			ret = rdmig_precopy_reregister(s->pc, s->mirror);
 		if (ret == 0)
 			ret = rdmig_mirror_send(s->mirror, s->views, s->nviews);
+		/* the parts it may not have had: releasing one twice changes nothing */
+		for (uint32_t i = 0; ret == 0; i++) {
+			int n = rdmig_parts_again(s->parts, i, s->msg, RDMIG_MSG_MAX);
+
+			if (n <= 0) {
+				ret = n;
+				break;
+			}
+			ret = rdmig_tp_send(s->conn, s->msg, (size_t)n);
+		}
 		if (ret == 0) {
 			s->reconnects++;
 			fprintf(stderr,
@@ -634,6 +648,70 @@ static int reconnect(struct src *s, int why)
 	fprintf(stderr, "rdma_migrate src: the destination did not come back within %d s\n",
 	        o->retry_ms / 1000);
 	return ret < 0 ? ret : -ETIMEDOUT;
+}
+
+/* The destination runs the process; the held vmas' pages wait there until
+ * their part is walked, copied and sent (parts.h). A WANT moves a part to the
+ * front; a DONE (the process exited meanwhile) ends the walk. A lost link gets
+ * --retry-s, as while serving. *m is the DONE when one came. */
+static int release_parts(struct src *s, struct rdmig_msg *m)
+{
+	m->type = 0;
+	for (;;) {
+		int n = 0, ret;
+
+		/* what the destination said, without waiting: WANTs first */
+		for (;;) {
+			ret = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, 0);
+			if (ret == -EAGAIN) {
+				ret = 0;
+				break;
+			}
+			if (ret >= 0)
+				ret = rdmig_msg_decode(s->msg, (size_t)ret, m);
+			if (ret < 0)
+				break;
+			if (m->type == RDMIG_MSG_DONE)
+				return 0;
+			if (m->type == RDMIG_MSG_ERROR) {
+				pr_err("the destination gave up: %s", m->u.error.text);
+				return -m->u.error.code;
+			}
+			if (m->type != RDMIG_MSG_WANT) {
+				pr_err("the destination sent %s while its pages were released",
+				       rdmig_msg_type_name(m->type));
+				return -EPROTO;
+			}
+			rdmig_parts_want(s->parts, m->u.u64[0]);
+		}
+		m->type = 0;
+		if (ret == 0) {
+			/* a walk or a copy that fails here has nothing to retry */
+			n = rdmig_inject("src.part");
+			if (n == 0)
+				n = rdmig_parts_next(s->parts, s->pc, s->msg, RDMIG_MSG_MAX);
+			if (n < 0)
+				return n;
+			if (n == 0)
+				break;
+			ret = rdmig_tp_send(s->conn, s->msg, (size_t)n);
+		}
+		if (ret < 0 && (ret = reconnect(s, ret)) < 0)
+			return ret;
+	}
+	if (s->parts) {
+		struct rdmig_parts_stats st;
+
+		s->t_released = rdmig_now_ns();
+		rdmig_parts_stats(s->parts, &st);
+		pr_info("pid %d: %u parts walked after the resume (first: %u its registers "
+		        "pointed at, %u its faults asked for), %" PRIu64
+		        " pages with data, walk and copy %.2f ms, the last sent %.2f ms after "
+		        "the resume",
+		        (int)s->o->pid, st.walked, st.hinted, st.wanted, st.pages,
+		        (double)st.walk_ns / 1e6, (double)(s->t_released - s->t_resume) / 1e6);
+	}
+	return 0;
 }
 
 /* From SENT to the end. */
@@ -684,10 +762,14 @@ static int switch_over(struct src *s)
 	ret = src_set_state(s, SRC_SERVING);
 	if (ret < 0)
 		return park(s, "serving the process's memory failed", ret);
+	ret = release_parts(s, &m);
+	if (ret < 0)
+		return park(s, "walking the process's memory after the resume failed", ret);
 	/* Serving is one-sided: the destination READs the mirror, the transport's
 	 * own progress serves it; this thread only waits for the end. */
-	for (;;) {
-		ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_DONE, -1, &m);
+	for (; m.type != RDMIG_MSG_DONE;) {
+		/* a WANT sent before our last PART arrived there is answered already */
+		ret = rdmig_expect_past(s->conn, s->msg, RDMIG_MSG_DONE, RDMIG_MSG_WANT, -1, &m);
 		/* a link lost (not an explicit ERROR) is given --retry-s to come back */
 		if (ret == 0 || m.type == RDMIG_MSG_ERROR || reconnect(s, ret) < 0)
 			break;
@@ -710,12 +792,23 @@ static int switch_over(struct src *s)
 	return RDMIG_EXIT_OK;
 }
 
+/* Post-copy walks the anonymous mappings after the resume (parts.h) unless
+ * RDMIG_HOLD=off (for comparisons). Not after pulled rounds: the destination's
+ * arena copies of what the freeze copies again must be named before the image
+ * (RUNS_FINAL), which needs the walk. */
+static bool hold_anon(const struct src *s)
+{
+	const char *env = getenv("RDMIG_HOLD");
+
+	return s->o->mode != RDMIG_MODE_PRECOPY && !s->rounds && !(env && !strcmp(env, "off"));
+}
+
 static int run(struct src *s)
 {
 	const struct rdmig_migrate_opts *o = s->o;
 	struct rdmig_mirror_view *views = NULL;
 	uint32_t nviews = 0;
-	bool pull;
+	bool pull, hold;
 	int ret, err;
 
 	s->t_start = rdmig_now_ns();
@@ -814,6 +907,7 @@ static int run(struct src *s)
 			        helpers);
 	}
 	let_it_run(s);
+	hold = hold_anon(s);
 
 	/* The freeze: downtime runs from here to the destination's resume. */
 	s->t_freeze = rdmig_now_ns();
@@ -826,8 +920,10 @@ static int run(struct src *s)
 		ret = rdmig_inject("src.capture");
 	if (ret == 0)
 		ret = rdmig_capture(s->t, &s->img,
-		                    &(struct rdmig_capture_known){s->lay_cow, s->nlay_cow}, s->why,
-		                    sizeof(s->why));
+		                    &(struct rdmig_capture_known){s->lay_cow, s->nlay_cow, hold},
+		                    s->why, sizeof(s->why));
+	if (ret == 0 && hold)
+		ret = rdmig_parts_create(o->pid, &s->img, &s->parts);
 	if (ret < 0)
 		return rollback(s, "cannot capture the process", ret);
 	s->t_captured = rdmig_now_ns();
@@ -893,6 +989,7 @@ int rdmig_src_run(const struct rdmig_migrate_opts *o)
 	rdmig_image_free(&s.img);
 	free(s.lay_cow);
 	free(s.views);
+	rdmig_parts_free(s.parts);
 	if (s.t)
 		(void)rdmig_tracee_release(s.t, s.state < SRC_COMMITTED);
 	rdmig_tp_close(s.data);
