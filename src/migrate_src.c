@@ -704,10 +704,11 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 
 		s->t_released = rdmig_now_ns();
 		rdmig_parts_stats(s->parts, &st);
-		pr_info("pid %d: %u parts walked after the resume (first: %u its registers "
-		        "pointed at, %u its faults asked for), %" PRIu64
+		fprintf(stderr,
+		        "rdma_migrate src: pid %d: %u parts of its memory walked after the resume "
+		        "(first: %u its registers pointed at, %u its faults asked for), %" PRIu64
 		        " pages with data, walk and copy %.2f ms, the last sent %.2f ms after "
-		        "the resume",
+		        "the resume\n",
 		        (int)s->o->pid, st.walked, st.hinted, st.wanted, st.pages,
 		        (double)st.walk_ns / 1e6, (double)(s->t_released - s->t_resume) / 1e6);
 	}
@@ -792,15 +793,19 @@ static int switch_over(struct src *s)
 	return RDMIG_EXIT_OK;
 }
 
-/* Post-copy walks the anonymous mappings after the resume (parts.h) unless
- * RDMIG_HOLD=off (for comparisons). Not after pulled rounds: the destination's
- * arena copies of what the freeze copies again must be named before the image
- * (RUNS_FINAL), which needs the walk. */
+/* With RDMIG_HOLD=on, post-copy walks the anonymous mappings after the resume
+ * (parts.h). Off by default: on this 2-CPU machine the daemons' downtime fell
+ * (1 GiB random, 3 alternating pairs: 5.8-7.9 against 5.9-8.8 ms) but the
+ * pause the process itself saw grew (12.7-18.6 against 10.0-13.1 ms): its first
+ * faults waited for walks that shared the CPUs with it and with the
+ * destination's pager (design.md, "The walk after the resume"). Not after
+ * pulled rounds: the destination's arena copies of what the freeze copies
+ * again must be named before the image (RUNS_FINAL), which needs the walk. */
 static bool hold_anon(const struct src *s)
 {
 	const char *env = getenv("RDMIG_HOLD");
 
-	return s->o->mode != RDMIG_MODE_PRECOPY && !s->rounds && !(env && !strcmp(env, "off"));
+	return s->o->mode != RDMIG_MODE_PRECOPY && !s->rounds && env && !strcmp(env, "on");
 }
 
 static int run(struct src *s)

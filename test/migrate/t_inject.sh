@@ -118,7 +118,7 @@ declare -A CASES=(
   [tp.dst.recv]="|RDMIG_INJECT_TP=recv:9|rollback"
   [src.committed]="RDMIG_INJECT=src.committed||after"
   [src.serving]="RDMIG_INJECT=src.serving||after"
-  [src.part]="RDMIG_INJECT=src.part||after"
+  [src.part]="RDMIG_HOLD=on RDMIG_INJECT=src.part||after"
   [dst.running]="|RDMIG_INJECT=dst.running|after"
   [tp.dst.post_read]="|RDMIG_INJECT_TP=post_read:40|recovered"
   [tp.src.recv]="RDMIG_INJECT_TP=recv:3||recovered"

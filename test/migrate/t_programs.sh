@@ -64,6 +64,17 @@ python_heap() { in_mode python_heap postcopy 5 python3 "$HERE/heap.py" "${HEAP_A
 # The fallback of kernels without asynchronous write tracking (before 6.7, or
 # without soft-dirty): nothing is copied while the process runs, everything with
 # data at the freeze, and no PAGEMAP_SCAN (pagemap entries are read instead).
+# The walk after the resume (RDMIG_HOLD=on): the heap's pages wait on the
+# destination until the source has walked and copied their part.
+walked_after() { # NAME
+  if ! grep -q "parts of its memory walked after the resume" "$T/$1.src.log"; then
+    fail "$1" "the source did not walk the held memory after the resume"; show_logs "$1"; return 1
+  fi
+}
+held_postcopy() {
+  RDMIG_HOLD=on EXTRA_CHECK=walked_after in_mode held_postcopy postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
+}
+
 python_heap_untracked() {
   RDMIG_TRACK=none in_mode python_heap_untracked postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
 }
@@ -78,7 +89,7 @@ python_heap_untracked() {
 # try refused for a live worker costs a whole tracking and copy, and in pre-copy
 # under emulation (the rxe guest) enough of them outlived 30 steps once.
 forks_mode() { # MODE
-  local mode=$1 name=forks_$1 args=("${RDMIG_FORKS_N:-300000}" "${RDMIG_FORKS_STEPS:-30}") try
+  local mode=$1 name=${2:-forks_$1} args=("${RDMIG_FORKS_N:-300000}" "${RDMIG_FORKS_STEPS:-30}") try
   python3 "$HERE/forks.py" "${args[@]}" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
   (clean python3 "$HERE/forks.py" "${args[@]}") >"$T/$name.out" </dev/null 2>"$T/$name.proc.err" &
   local pid=$!
@@ -104,6 +115,7 @@ forks_mode() { # MODE
   check_migrated "$name" "$T/$name.ref" "$T/$name.out"
 }
 forks_postcopy() { forks_mode postcopy; }
+forks_held() { RDMIG_HOLD=on EXTRA_CHECK=walked_after forks_mode postcopy forks_held; }
 forks_precopy() { forks_mode precopy; }
 forks_hybrid() { forks_mode hybrid; }
 
@@ -292,9 +304,9 @@ bad_token() {
 }
 
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(python_heap python_heap_untracked python_heap_precopy python_heap_hybrid
+[ ${#cases[@]} -gt 0 ] || cases=(python_heap held_postcopy python_heap_untracked python_heap_precopy python_heap_hybrid
   gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid
-  forks_postcopy forks_precopy forks_hybrid postcopy_ops sparse_postcopy sparse_precopy
+  forks_postcopy forks_held forks_precopy forks_hybrid postcopy_ops sparse_postcopy sparse_precopy
   sparse_hybrid writer_hybrid refuse_socket refuse_shm refuse_huge_anon bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish
