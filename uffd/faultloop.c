@@ -444,6 +444,27 @@ static bool after_install(struct rdmig_faultloop *l, int ci, uint64_t addr,
 
 /* ---- faults ------------------------------------------------------------ */
 
+/* A slot for a demand fault of client ci at addr (source address src), in
+ * state st. -ENOMEM is logged: the faulting thread stays blocked. */
+static int fault_slot(struct rdmig_faultloop *l, int ci, uint64_t addr, uint64_t src,
+                      enum slot_state st, uint32_t *out)
+{
+	uint32_t i;
+
+	if (slot_alloc(l, &i)) {
+		pr_err("out of memory: fault at %#llx not served (thread stays blocked)",
+		       (unsigned long long)addr);
+		return -ENOMEM;
+	}
+	l->slots[i].state = (uint8_t)st;
+	l->slots[i].background = false;
+	l->slots[i].client = ci;
+	l->slots[i].addr = addr;
+	l->slots[i].src = src;
+	*out = i;
+	return 0;
+}
+
 static void handle_fault(struct rdmig_faultloop *l, int ci, uint64_t addr, bool demand)
 {
 	struct client *c = l->clients[ci];
@@ -465,16 +486,8 @@ static void handle_fault(struct rdmig_faultloop *l, int ci, uint64_t addr, bool 
 	}
 	switch ((int)*ref.st) {
 	case RDMIG_PAGE_REMOTE:
-		if (slot_alloc(l, &i)) {
-			pr_err("out of memory: fault at %#llx not served (thread stays blocked)",
-			       (unsigned long long)addr);
+		if (fault_slot(l, ci, addr, ref.src, SLOT_QUEUED, &i))
 			return;
-		}
-		l->slots[i].state = SLOT_QUEUED;
-		l->slots[i].background = false;
-		l->slots[i].client = ci;
-		l->slots[i].addr = addr;
-		l->slots[i].src = ref.src;
 		fifo_push(l, i);
 		rdmig_pagestate_update(c->ps, &ref, RDMIG_PAGE_IN_FLIGHT);
 		if (demand)
@@ -488,16 +501,8 @@ static void handle_fault(struct rdmig_faultloop *l, int ci, uint64_t addr, bool 
 		/* The source has not said yet whether this page holds data, or its
 		 * copy there may be older than the process's last write: neither a
 		 * fetch nor a zero page is right. The thread waits in the kernel. */
-		if (slot_alloc(l, &i)) {
-			pr_err("out of memory: fault at %#llx not served (thread stays blocked)",
-			       (unsigned long long)addr);
+		if (fault_slot(l, ci, addr, ref.src, SLOT_HELD, &i))
 			return;
-		}
-		l->slots[i].state = SLOT_HELD;
-		l->slots[i].background = false;
-		l->slots[i].client = ci;
-		l->slots[i].addr = addr;
-		l->slots[i].src = ref.src;
 		l->n_held++;
 		if (demand)
 			INC(faults_held);
