@@ -30,11 +30,25 @@ int rdmig_expect(struct rdmig_conn *c, uint8_t *buf, uint16_t want, int timeout_
 int rdmig_expect_past(struct rdmig_conn *c, uint8_t *buf, uint16_t want, uint16_t skip,
                       int timeout_ms, struct rdmig_msg *m)
 {
-	int len, ret;
+	int ret;
 
-again:
+	for (;;) {
+		int len = rdmig_tp_recv(c, buf, RDMIG_MSG_MAX, timeout_ms);
+
+		/* a message of type skip is passed over quietly */
+		if (skip && len >= 0 && rdmig_msg_decode(buf, (size_t)len, m) == 0 &&
+		    m->type == skip && want != skip)
+			continue;
+		ret = rdmig_expect_got(buf, len, want, m);
+		return ret;
+	}
+}
+
+int rdmig_expect_got(const uint8_t *buf, int len, uint16_t want, struct rdmig_msg *m)
+{
+	int ret;
+
 	memset(m, 0, sizeof(*m)); /* type 0: nothing came (callers tell ERROR apart) */
-	len = rdmig_tp_recv(c, buf, RDMIG_MSG_MAX, timeout_ms);
 	if (len < 0) {
 		pr_err("waiting for %s: %s", rdmig_msg_type_name(want), strerror(-len));
 		return len;
@@ -49,8 +63,6 @@ again:
 		pr_err("the peer gave up: %s (%s)", m->u.error.text, strerror(m->u.error.code));
 		return -m->u.error.code;
 	}
-	if (skip && m->type == skip && want != skip)
-		goto again;
 	if (m->type != want) {
 		pr_err("expected %s, got %s: closing the connection", rdmig_msg_type_name(want),
 		       rdmig_msg_type_name(m->type));

@@ -25,6 +25,9 @@ RDMIG_WUR int rdmig_expect(struct rdmig_conn *c, uint8_t *buf, uint16_t want, in
  * (a PART or a WANT sent before the peer learnt it was no longer needed). */
 RDMIG_WUR int rdmig_expect_past(struct rdmig_conn *c, uint8_t *buf, uint16_t want, uint16_t skip,
                                 int timeout_ms, struct rdmig_msg *m);
+/* rdmig_expect's checks on a message received already (len: its length, or the
+ * receive's -errno). */
+RDMIG_WUR int rdmig_expect_got(const uint8_t *buf, int len, uint16_t want, struct rdmig_msg *m);
 
 /* Tell the peer why we give up (best effort). */
 void rdmig_send_error(struct rdmig_conn *c, int err, const char *text);

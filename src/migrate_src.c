@@ -34,6 +34,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -654,6 +655,53 @@ static int reconnect(struct src *s, int why)
  * their part is walked, copied and sent (parts.h). A WANT moves a part to the
  * front; a DONE (the process exited meanwhile) ends the walk. A lost link gets
  * --retry-s, as while serving. *m is the DONE when one came. */
+/* The next part walked and copied, its PART in s->msg: the length, 0 when none
+ * is left, or -errno (a walk or a copy that fails has nothing to retry). */
+static int walk_one(struct src *s)
+{
+	struct rdmig_parts_stats st;
+	int n = rdmig_inject("src.part");
+
+	if (n == 0)
+		n = rdmig_parts_next(s->parts, s->pc, s->msg, RDMIG_MSG_MAX);
+	/* The walk is a run of CPU-bound parts; between two, the threads that serve
+	 * the destination's READs and carry its WANTs get the CPU at once rather
+	 * than at the scheduler's next tick. */
+	sched_yield();
+	rdmig_parts_stats(s->parts, &st);
+	if (n > 0 && st.walked == st.total)
+		s->t_released = rdmig_now_ns(); /* the last part's, about to be sent */
+	return n;
+}
+
+/* RUNNING, after GO. It takes 1-2 ms to come back here (the destination resumes
+ * the process first), in which the first parts are walked and sent: a part
+ * waits for no message. As rdmig_expect otherwise; -EIO with *walk_err set when
+ * a walk failed. */
+static int expect_running(struct src *s, struct rdmig_msg *m, int timeout_ms, bool *walk_err)
+{
+	bool more = s->parts != NULL;
+
+	*walk_err = false;
+	for (;;) {
+		int n, len = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, more ? 0 : timeout_ms);
+
+		if (len != -EAGAIN || !more)
+			return rdmig_expect_got(s->msg, len, RDMIG_MSG_RUNNING, m);
+		n = walk_one(s);
+		if (n < 0) {
+			*walk_err = true;
+			return n;
+		}
+		more = n > 0;
+		if (more && (n = rdmig_tp_send(s->conn, s->msg, (size_t)n)) < 0) {
+			memset(m, 0, sizeof(*m));
+			pr_err("waiting for RUNNING: %s", strerror(-n));
+			return n;
+		}
+	}
+}
+
 static int release_parts(struct src *s, struct rdmig_msg *m)
 {
 	m->type = 0;
@@ -686,10 +734,7 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 		}
 		m->type = 0;
 		if (ret == 0) {
-			/* a walk or a copy that fails here has nothing to retry */
-			n = rdmig_inject("src.part");
-			if (n == 0)
-				n = rdmig_parts_next(s->parts, s->pc, s->msg, RDMIG_MSG_MAX);
+			n = walk_one(s);
 			if (n < 0)
 				return n;
 			if (n == 0)
@@ -702,15 +747,15 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 	if (s->parts) {
 		struct rdmig_parts_stats st;
 
-		s->t_released = rdmig_now_ns();
 		rdmig_parts_stats(s->parts, &st);
 		fprintf(stderr,
 		        "rdma_migrate src: pid %d: %u parts of its memory walked after the resume "
 		        "(first: %u its registers pointed at, %u its faults asked for), %" PRIu64
 		        " pages with data, walk and copy %.2f ms, the last sent %.2f ms after "
-		        "the resume\n",
+		        "the resume (negative: before it)\n",
 		        (int)s->o->pid, st.walked, st.hinted, st.wanted, st.pages,
-		        (double)st.walk_ns / 1e6, (double)(s->t_released - s->t_resume) / 1e6);
+		        (double)st.walk_ns / 1e6,
+		        ((double)s->t_released - (double)s->t_resume) / 1e6);
 	}
 	return 0;
 }
@@ -719,6 +764,7 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 static int switch_over(struct src *s)
 {
 	struct rdmig_msg m;
+	bool walk_err;
 	int ret, step = s->o->timeout_ms > 0 ? s->o->timeout_ms : 60000;
 
 	ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_READY, step, &m);
@@ -740,7 +786,9 @@ static int switch_over(struct src *s)
 		ret = -EIO;
 	if (ret < 0)
 		return park(s, "lost the destination while committing", ret);
-	ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_RUNNING, step, &m);
+	ret = expect_running(s, &m, step, &walk_err);
+	if (walk_err)
+		return park(s, "walking the process's memory after the resume failed", ret);
 	if (ret < 0 && m.type == RDMIG_MSG_ERROR) {
 		/* The destination says, explicitly, that nothing ran there: the original
 		 * may run again. SIGCONT discards the SIGSTOP queued at the commit. */
@@ -793,19 +841,31 @@ static int switch_over(struct src *s)
 	return RDMIG_EXIT_OK;
 }
 
-/* With RDMIG_HOLD=on, post-copy walks the anonymous mappings after the resume
- * (parts.h). Off by default: on this 2-CPU machine the daemons' downtime fell
- * (1 GiB random, 3 alternating pairs: 5.8-7.9 against 5.9-8.8 ms) but the
- * pause the process itself saw grew (12.7-18.6 against 10.0-13.1 ms): its first
- * faults waited for walks that shared the CPUs with it and with the
- * destination's pager (design.md, "The walk after the resume"). Not after
- * pulled rounds: the destination's arena copies of what the freeze copies
- * again must be named before the image (RUNS_FINAL), which needs the walk. */
+/* Post-copy walks the anonymous mappings after the resume (parts.h) when the
+ * walk inside the freeze would cost more than a held fault's wait: the walk
+ * grows with the pages that hold data (~1.4 ms per GiB here), the wait does not
+ * (a WANT's round trip and one part's walk, 1-3 ms here where both daemons and
+ * the process share two CPUs). Measured here, 1 GiB and 4 GiB random writers
+ * in alternating pairs (design.md, "The walk after the resume"): at 4 GiB the
+ * pause the process saw fell from 16.5-19.2 to 10.1-12.6 ms and the downtime
+ * from 12.7-14.3 to 5.5-5.7; at 1 GiB the downtime fell but the pause did not
+ * (medians 12.8 against 16.8 ms). Hence from HOLD_MIN_PAGES with data (the
+ * first round's count); RDMIG_HOLD=on|off decides instead. Not after pulled
+ * rounds: the destination's arena copies of what the freeze copies again must
+ * be named before the image (RUNS_FINAL), which needs the walk. */
+#define HOLD_MIN_PAGES (2ull << 30 >> 12) /* 2 GiB */
+
 static bool hold_anon(const struct src *s)
 {
 	const char *env = getenv("RDMIG_HOLD");
+	struct rdmig_precopy_stats st;
 
-	return s->o->mode != RDMIG_MODE_PRECOPY && !s->rounds && env && !strcmp(env, "on");
+	if (s->o->mode == RDMIG_MODE_PRECOPY || s->rounds || (env && !strcmp(env, "off")))
+		return false;
+	if (env && !strcmp(env, "on"))
+		return true;
+	rdmig_precopy_stats(s->pc, &st);
+	return st.pages_first >= HOLD_MIN_PAGES;
 }
 
 static int run(struct src *s)

@@ -545,6 +545,8 @@ int rdmig_precopy_round(struct rdmig_precopy *p)
 		ret = track_new(p, s, e);
 	}
 	free(v);
+	if (p->st.rounds == 1)
+		p->st.pages_first = p->st.pages_copied; /* every page with data, then */
 	return ret;
 }
 

@@ -38,6 +38,7 @@ struct rdmig_precopy_stats {
 	uint64_t ranges_tracked;   /* registered for write-protect tracking */
 	uint64_t ranges_untracked; /* could not be tracked: copied whole at the freeze */
 	uint64_t pages_copied;     /* in the rounds while the target ran */
+	uint64_t pages_first;      /* by the first round: the pages with data then */
 	uint64_t pages_recopied;   /* at the freeze: written since their copy */
 	uint64_t pages_late;       /* at the freeze: never copied before (new memory) */
 	uint64_t pages_touched;    /* pages with data at the freeze (what the peer fetches) */
