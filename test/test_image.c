@@ -1170,7 +1170,10 @@ static void malformed(void)
 	BAD_REC("vma kind 7", "unknown kind", set_le32(REC(TAG_VMA, 12).p + VMA_KIND, 7));
 	BAD_IMG("vma prot", "bad prot", im->vmas[12].prot = 8);
 	BAD_REC("vma prot", "bad prot", set_le32(REC(TAG_VMA, 12).p + VMA_PROT, 0x10));
-	BAD_IMG("vma flags", "bad flags", im->vmas[9].flags = 8);
+	BAD_IMG("vma flags", "bad flags", im->vmas[9].flags = 0x10);
+	BAD_IMG("held vma with a bitmap", "touched bitmap on a held vma",
+	        im->vmas[3].flags |= RDMIG_VMA_F_HELD);
+	BAD_IMG("held file vma", "bad flags", im->vmas[1].flags = RDMIG_VMA_F_HELD);
 	BAD_REC("vma flags", "bad flags", set_le32(REC(TAG_VMA, 9).p + VMA_FLAGS, 0x80000000));
 	BAD_IMG("heap and stack", "bad flags",
 	        im->vmas[3].flags = RDMIG_VMA_F_HEAP | RDMIG_VMA_F_STACK);
