@@ -540,12 +540,12 @@ static void summary(struct src *s)
 		       s->rounds, s->precopy_sent, (double)s->precopy_sent * 4096 / 1048576);
 	printf("rdma_migrate src: pid %d migrated: downtime %.3f ms, total %.3f s; "
 	       "image %" PRIu64 " B; pages with data %" PRIu64 " (%.1f MiB), copied while "
-	       "running %" PRIu64 ", again at the freeze %" PRIu64 " (+%" PRIu64
-	       " new); destination: %" PRIu64 " faults, %" PRIu64 " fetched on demand, %" PRIu64
-	       " prefetched, %.1f MiB read\n",
+	       "running %" PRIu64 ", again %s %" PRIu64 " (+%" PRIu64 " new); destination: %" PRIu64
+	       " faults, %" PRIu64 " fetched on demand, %" PRIu64 " prefetched, %.1f MiB read\n",
 	       (int)s->o->pid, (double)(s->t_resume - s->t_freeze) / 1e6,
 	       (double)(s->t_done - s->t_start) / 1e9, s->image_bytes, ps.pages_touched,
-	       (double)ps.pages_touched * 4096 / 1048576.0, ps.pages_copied, ps.pages_recopied,
+	       (double)ps.pages_touched * 4096 / 1048576.0, ps.pages_copied,
+	       s->parts ? "part by part after the resume" : "at the freeze", ps.pages_recopied,
 	       ps.pages_late, s->done[0], s->done[1], s->done[2], (double)s->done[3] / 1048576.0);
 	/* where the downtime went: stop every thread, capture, copy what was written
 	 * since the last round, send the table and image, the destination's restore
