@@ -678,6 +678,14 @@ static void arena_ready_at_runtime(void)
 
 static _Atomic uint64_t held_calls, held_last;
 
+static uint64_t word_at(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
 static void count_held(void *arg, uint64_t src)
 {
 	(void)arg;
@@ -753,14 +761,14 @@ static void held_until_released(void)
 
 	T_OK(rdmig_faultloop_release(e.loop, base, half / PG, bits));
 	pthread_join(t1.th, NULL);
-	T_CHECK(t1.value == *(const uint64_t *)(e.image + 4 * PG), "released page with data");
+	T_CHECK(t1.value == word_at(e.image + 4 * PG), "released page with data");
 	usleep(100000);
 	T_CHECK(!atomic_load(&t2.done), "the other half still waits");
 	/* released twice: pages no longer held do not change */
 	T_OK(rdmig_faultloop_release(e.loop, base, half / PG, ones));
 	T_OK(rdmig_faultloop_release(e.loop, base + half, half / PG, bits));
 	pthread_join(t2.th, NULL);
-	T_CHECK(t2.value == *(const uint64_t *)(e.image + half + 6 * PG), "second half");
+	T_CHECK(t2.value == word_at(e.image + half + 6 * PG), "second half");
 	for (size_t p = 0; p < pages; p++) {
 		bool data = !(p % 2);
 
