@@ -736,6 +736,12 @@ static void held_until_released(void)
 	t2.p = (const volatile void *)(e.region + half + 6 * PG);
 	pthread_create(&t1.th, NULL, one_touch_main, &t1);
 	pthread_create(&t2.th, NULL, one_touch_main, &t2);
+	/* This process is its own monitor, unlike a migrated one: fork() holds
+	 * glibc's malloc locks until the loop thread reads the fork event, so a loop
+	 * thread still serving t1's or t2's fault (a slot table that grows) would
+	 * wait on those locks and the fork on it. Fork once both faults are held. */
+	T_CHECK(WAIT_STATS(&e, 5, s.faults_held >= 2), "both faults reached the loop");
+	usleep(20000); /* and the loop is back in poll() */
 	pid = fork();
 	if (pid == 0) {
 		/* the child's pages wait too, and come out as the parent's */
