@@ -156,6 +156,7 @@ struct env_opts {
 	int fetch_timeout_ms;
 	bool no_start;
 	void (*on_held)(void *arg, uint64_t src); /* its arg is the env's evlog */
+	unsigned prefetch_quiet_us;
 };
 
 static void env_fini(struct env *e)
@@ -212,6 +213,7 @@ static int env_init(struct env *e, const struct env_opts *o)
 	lo.prefetch = o->prefetch;
 	lo.on_event = evlog_cb;
 	lo.on_held = o->on_held;
+	lo.prefetch_quiet_us = o->prefetch_quiet_us;
 	lo.event_arg = &e->ev;
 	ret = rdmig_faultloop_create(&lo, &e->loop);
 	if (ret)
@@ -697,6 +699,7 @@ struct one_touch {
 	pthread_t th;
 	const volatile uint64_t *p;
 	uint64_t value;
+	_Atomic pid_t tid;
 	_Atomic bool done;
 };
 
@@ -704,9 +707,33 @@ static void *one_touch_main(void *arg)
 {
 	struct one_touch *t = arg;
 
+	atomic_store(&t->tid, (pid_t)syscall(SYS_gettid));
 	t->value = *t->p;
 	atomic_store(&t->done, true);
 	return NULL;
+}
+
+/* Is t's thread blocked in a userfault (its wchan), within timeout_s? */
+static bool waits_in_fault(struct one_touch *t, double timeout_s)
+{
+	double end = t_now_s() + timeout_s;
+
+	while (t_now_s() < end) {
+		char path[64], wchan[64] = "";
+		pid_t tid = atomic_load(&t->tid);
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/proc/self/task/%d/wchan", (int)tid);
+		if (tid && (f = fopen(path, "r"))) {
+			if (!fgets(wchan, sizeof(wchan), f))
+				wchan[0] = '\0';
+			fclose(f);
+			if (!strcmp(wchan, "handle_userfault"))
+				return true;
+		}
+		usleep(1000);
+	}
+	return false;
 }
 
 /* HELD pages (the source has not walked them yet): a fault waits, neither
@@ -845,6 +872,90 @@ static void prefetch_all_local(void)
 	       (unsigned long long)s.faults_coalesced, (unsigned long long)s.faults_raced,
 	       (unsigned long long)s.prefetched);
 	free((void *)t.order);
+	env_fini(&e);
+}
+
+/* Hinted pages (what the frozen registers point at) are fetched as the loop
+ * starts, before any fault; a fault on one then costs no fetch. Addresses
+ * outside the ranges and pages not REMOTE are skipped. */
+static void hints_fetched_first(void)
+{
+	const size_t len = 8 * MiB;
+	struct env_opts eo = {.len = len, .no_start = true};
+	struct env e;
+
+	T_OK(env_init(&e, &eo));
+	if (!e.loop)
+		return;
+	T_OK(rdmig_faultloop_set_state(e.loop, (uint64_t)(uintptr_t)e.region + 7 * PG, PG,
+	                               RDMIG_PAGE_ZERO));
+	T_OK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region + 5 * PG + 100));
+	T_OK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region + 9 * PG));
+	T_OK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region + 7 * PG));
+	T_OK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region + len + PG));
+	T_OK(rdmig_faultloop_hint(e.loop, 0));
+	T_OK(rdmig_faultloop_start(e.loop));
+	T_CHECK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region) == -EBUSY,
+	        "no hints once started");
+	T_CHECK(WAIT_STATS(&e, 5, s.installed == 2), "both hinted pages installed untouched: %llu",
+	        (unsigned long long)stats(&e).installed);
+	T_CHECK(rdmig_memsource_fetches(e.src) == 2, "two fetches: %llu",
+	        (unsigned long long)rdmig_memsource_fetches(e.src));
+	T_CHECK(!memcmp(e.region + 5 * PG, e.image + 5 * PG, PG) &&
+	            !memcmp(e.region + 9 * PG, e.image + 9 * PG, PG),
+	        "hinted pages hold the source's data");
+	T_CHECK(page_is_zero(e.region + 7 * PG), "a ZERO page hinted stays zero");
+	T_CHECK(rdmig_memsource_fetches(e.src) == 2, "no fetch for a hinted page's fault");
+	T_CHECK(stats(&e).faults_raced == 0 && stats(&e).faults_zero == 1,
+	        "the hinted pages were in place before their touch");
+	env_fini(&e);
+}
+
+/* The quiet start: no prefetching until prefetch_quiet_us after the first
+ * demand fault, then all of it; and a process that never faults gets its
+ * pages anyway (PREFETCH_IDLE_START_MS after the start, not the quiet time). */
+static void prefetch_quiet_start(void)
+{
+	const size_t len = 16 * MiB;
+	struct sweep sw = {0};
+	struct env_opts eo = {
+	    .len = len,
+	    .no_start = true,
+	    .prefetch = {.on_fault = sweep_fault, .next = sweep_next, .arg = &sw},
+	    .prefetch_quiet_us = 1500000,
+	};
+	struct one_touch t = {0};
+	struct env e;
+
+	T_OK(env_init(&e, &eo));
+	if (!e.loop)
+		return;
+	/* the fault is there before the loop's first turn: no idle start first */
+	t.p = (const volatile void *)(e.region + 3 * PG);
+	pthread_create(&t.th, NULL, one_touch_main, &t);
+	T_CHECK(waits_in_fault(&t, 5), "the toucher waits in its fault");
+	T_OK(rdmig_faultloop_start(e.loop));
+	pthread_join(t.th, NULL);
+	T_CHECK(t.value == word_at(e.image + 3 * PG), "the demand fault was served at once");
+	usleep(300000);
+	T_CHECK(stats(&e).prefetched == 0, "nothing prefetched during the quiet start (%llu)",
+	        (unsigned long long)stats(&e).prefetched);
+	T_CHECK(evlog_wait(&e.ev, RDMIG_PAGER_ALL_LOCAL, 20), "prefetching after it: all local");
+	T_CHECK(stats(&e).prefetched == len / PG - 1, "prefetched %llu",
+	        (unsigned long long)stats(&e).prefetched);
+	T_CHECK(!memcmp(e.region, e.image, len), "region equals the source");
+	env_fini(&e);
+
+	/* no fault at all: the idle start, long before the 100 s quiet time */
+	sw = (struct sweep){0};
+	eo.prefetch_quiet_us = 100000000;
+	eo.no_start = false;
+	T_OK(env_init(&e, &eo));
+	if (!e.loop)
+		return;
+	T_CHECK(evlog_wait(&e.ev, RDMIG_PAGER_ALL_LOCAL, 20), "all local without a fault");
+	T_CHECK(stats(&e).faults == 0 && !memcmp(e.region, e.image, len),
+	        "the prefetcher brought every page");
 	env_fini(&e);
 }
 
@@ -1520,6 +1631,8 @@ int main(int argc, char **argv)
 	T_RUN(arena_and_zero);
 	T_RUN(arena_ready_at_runtime);
 	T_RUN(held_until_released);
+	T_RUN(hints_fetched_first);
+	T_RUN(prefetch_quiet_start);
 	T_RUN(prefetch_all_local);
 	T_RUN(fork_during_postcopy);
 	T_RUN(fork_with_fetch_in_flight);

@@ -247,6 +247,11 @@ struct rdmig_faultloop_opts {
 	unsigned max_background; /* of which prefetches at most; 0: max_inflight / 2 */
 	int fetch_timeout_ms;    /* report a fetch outstanding this long; 0: 5000 */
 	struct rdmig_prefetcher prefetch;
+	/* 0: prefetching starts at once. Otherwise it starts this long after the
+	 * primary target's first demand fault, or 20 ms after the start if no
+	 * fault came by then: the process's first faults after the resume have
+	 * the link and the CPUs to themselves (see prefetch() in faultloop.c). */
+	unsigned prefetch_quiet_us;
 	/* Called in the loop thread; must not call rdmig_faultloop_stop(). May be NULL. */
 	void (*on_event)(void *arg, const struct rdmig_pager_event *ev);
 	void *event_arg;
@@ -301,6 +306,14 @@ RDMIG_PAGER_WUR int rdmig_faultloop_set_state(struct rdmig_faultloop *l, uint64_
  * memory must stay valid and unchanged until the loop is destroyed. */
 RDMIG_PAGER_WUR int rdmig_faultloop_add_arena(struct rdmig_faultloop *l, uint64_t src, uint64_t len,
                                               const void *base);
+/* Before start: fetch the page at addr (the primary target's) as soon as the
+ * loop starts, ahead of the prefetcher and its quiet start, if it is REMOTE
+ * then. For the pages the frozen threads' registers point into: the loop
+ * starts before the process resumes, the link is idle until its first fault,
+ * and those pages are where it resumes work. At most RDMIG_FAULTLOOP_HINTS;
+ * more are ignored. 0 or -EBUSY. */
+#define RDMIG_FAULTLOOP_HINTS 64
+RDMIG_PAGER_WUR int rdmig_faultloop_hint(struct rdmig_faultloop *l, uint64_t addr);
 /* Any thread, while running (or before start): the source has walked source
  * addresses [src, src + pages*page_size) and copied what changed there; its HELD
  * pages, in the target and in every forked child, become REMOTE where bit k
