@@ -575,6 +575,7 @@ static void summary(struct src *s)
 		}
 		fprintf(f,
 		        "{\"side\":\"src\",\"pid\":%d,\"downtime_ns\":%" PRIu64
+		        ",\"freeze_at_ns\":%" PRIu64 ",\"resume_at_ns\":%" PRIu64
 		        ",\"total_ns\":%" PRIu64 ",\"image_bytes\":%" PRIu64
 		        ",\"pages_touched\":%" PRIu64 ",\"pages_copied\":%" PRIu64
 		        ",\"pages_recopied\":%" PRIu64 ",\"pages_late\":%" PRIu64
@@ -583,10 +584,11 @@ static void summary(struct src *s)
 		        ",\"hybrid_written\":%" PRId64 ",\"downtime_phases_ns\":{\"stop\":%" PRIu64
 		        ",\"capture\":%" PRIu64 ",\"last_copy\":%" PRIu64 ",\"send\":%" PRIu64
 		        ",\"restore\":%" PRIu64 ",\"commit\":%" PRIu64 "}}\n",
-		        (int)s->o->pid, s->t_resume - s->t_freeze, s->t_done - s->t_start,
-		        s->image_bytes, ps.pages_touched, ps.pages_copied, ps.pages_recopied,
-		        ps.pages_late, s->done[0], s->done[1], s->done[2], s->done[3], s->rounds,
-		        s->precopy_sent, hybrid_written, ph[0], ph[1], ph[2], ph[3], ph[4], ph[5]);
+		        (int)s->o->pid, s->t_resume - s->t_freeze, s->t_freeze, s->t_resume,
+		        s->t_done - s->t_start, s->image_bytes, ps.pages_touched, ps.pages_copied,
+		        ps.pages_recopied, ps.pages_late, s->done[0], s->done[1], s->done[2],
+		        s->done[3], s->rounds, s->precopy_sent, hybrid_written, ph[0], ph[1], ph[2],
+		        ph[3], ph[4], ph[5]);
 		fclose(f);
 	}
 }
