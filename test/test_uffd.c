@@ -882,11 +882,14 @@ static void hints_fetched_first(void)
 {
 	const size_t len = 8 * MiB;
 	struct env_opts eo = {.len = len, .no_start = true};
+	uint8_t bits[2];
 	struct env e;
+	uint64_t base;
 
 	T_OK(env_init(&e, &eo));
 	if (!e.loop)
 		return;
+	base = (uint64_t)(uintptr_t)e.region;
 	T_OK(rdmig_faultloop_set_state(e.loop, (uint64_t)(uintptr_t)e.region + 7 * PG, PG,
 	                               RDMIG_PAGE_ZERO));
 	T_OK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region + 5 * PG + 100));
@@ -894,6 +897,8 @@ static void hints_fetched_first(void)
 	T_OK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region + 7 * PG));
 	T_OK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region + len + PG));
 	T_OK(rdmig_faultloop_hint(e.loop, 0));
+	T_OK(rdmig_faultloop_set_state(e.loop, base + 16 * PG, 16 * PG, RDMIG_PAGE_HELD));
+	T_OK(rdmig_faultloop_hint(e.loop, base + 20 * PG));
 	T_OK(rdmig_faultloop_start(e.loop));
 	T_CHECK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region) == -EBUSY,
 	        "no hints once started");
@@ -908,6 +913,18 @@ static void hints_fetched_first(void)
 	T_CHECK(rdmig_memsource_fetches(e.src) == 2, "no fetch for a hinted page's fault");
 	T_CHECK(stats(&e).faults_raced == 0 && stats(&e).faults_zero == 1,
 	        "the hinted pages were in place before their touch");
+	/* a HELD one: fetched once its part is released, still untouched */
+	T_CHECK(stats(&e).installed == 2 && rdmig_memsource_fetches(e.src) == 2,
+	        "the held hinted page waits for its release");
+	memset(bits, 0xff, sizeof(bits));
+	T_OK(rdmig_faultloop_release(e.loop, base + 16 * PG, 16, bits));
+	T_CHECK(WAIT_STATS(&e, 5, s.installed == 3), "the held hinted page fetched at its release");
+	T_CHECK(rdmig_memsource_fetches(e.src) == 3 && stats(&e).faults == 1,
+	        "fetched untouched: %llu fetches, %llu faults",
+	        (unsigned long long)rdmig_memsource_fetches(e.src),
+	        (unsigned long long)stats(&e).faults);
+	T_CHECK(!memcmp(e.region + 20 * PG, e.image + 20 * PG, PG), "with the source's data");
+	T_CHECK(rdmig_memsource_fetches(e.src) == 3, "no fetch at its touch");
 	env_fini(&e);
 }
 

@@ -146,6 +146,7 @@ struct rdmig_faultloop {
 	uint64_t prefetch_from_ns; /* CLOCK_MONOTONIC: no prefetching before (quiet start) */
 	uint64_t hints[RDMIG_FAULTLOOP_HINTS]; /* fetched first (rdmig_faultloop_hint) */
 	unsigned nhints;
+	bool hints_due;   /* fetch_hints() at the next turn: the first, or a release */
 	bool demand_seen; /* the primary target's first demand fault came */
 	int last_error;
 	uint64_t last_probe_ns, last_stall_check_ns;
@@ -1149,21 +1150,26 @@ static void prefetch(struct rdmig_faultloop *l)
 }
 
 /* The hinted pages, at the start, ahead of everything (see the hint's
- * contract). A page no longer REMOTE is skipped. */
+ * contract), and again after each release: a HELD one is kept until its part
+ * is released (the source walks the parts the registers point into first),
+ * any other that is not REMOTE is dropped. */
 static void fetch_hints(struct rdmig_faultloop *l)
 {
 	struct client *c = l->clients[0];
+	unsigned kept = 0, k;
 
-	for (unsigned k = 0; k < l->nhints && c && c->uffd >= 0; k++) {
+	l->hints_due = false;
+	for (k = 0; k < l->nhints && c && c->uffd >= 0; k++) {
 		struct rdmig_page_ref ref;
 
-		if (!rdmig_pagestate_lookup(c->ps, l->hints[k], &ref) ||
-		    *ref.st != RDMIG_PAGE_REMOTE)
+		if (!rdmig_pagestate_lookup(c->ps, l->hints[k], &ref))
 			continue;
-		if (fetch_background(l, &ref, l->hints[k]))
-			break;
+		if (*ref.st == RDMIG_PAGE_HELD)
+			l->hints[kept++] = l->hints[k];
+		else if (*ref.st == RDMIG_PAGE_REMOTE && fetch_background(l, &ref, l->hints[k]))
+			break; /* no room, or the source failed: the rest as they come */
 	}
-	l->nhints = 0;
+	l->nhints = k < l->nhints ? 0 : kept;
 }
 
 /* ---- housekeeping ------------------------------------------------------ */
@@ -1309,6 +1315,7 @@ static void *loop_main(void *arg)
 				apply_arena_ready(l);
 			if (atomic_exchange(&l->release_req, false)) {
 				apply_release(l);
+				l->hints_due = l->nhints > 0;
 			}
 		}
 		/* Every uffd, every turn: the loop is the only reader, and an install can
@@ -1326,8 +1333,8 @@ static void *loop_main(void *arg)
 			uint64_t before = l->posts;
 
 			post_demand(l);
-			if (l->nhints)
-				fetch_hints(l); /* the first turn */
+			if (l->hints_due)
+				fetch_hints(l);
 			prefetch(l);
 			if (!src_ready && l->posts == before)
 				break;
@@ -1476,6 +1483,7 @@ int rdmig_faultloop_hint(struct rdmig_faultloop *l, uint64_t addr)
 		return -EBUSY;
 	if (l->nhints < RDMIG_FAULTLOOP_HINTS)
 		l->hints[l->nhints++] = addr & ~(uint64_t)(l->page_size - 1);
+	l->hints_due = true;
 	return 0;
 }
 
