@@ -900,6 +900,11 @@ static void hints_fetched_first(void)
 	T_OK(rdmig_faultloop_set_state(e.loop, base + 16 * PG, 16 * PG, RDMIG_PAGE_HELD));
 	T_OK(rdmig_faultloop_hint(e.loop, base + 20 * PG));
 	T_OK(rdmig_faultloop_start(e.loop));
+	/* posted by start itself: the loop's thread sleeps until an event, and
+	 * the process's first fault must not be what wakes it */
+	T_CHECK(rdmig_memsource_fetches(e.src) == 2,
+	        "both REMOTE hinted pages asked for by start: %llu",
+	        (unsigned long long)rdmig_memsource_fetches(e.src));
 	T_CHECK(rdmig_faultloop_hint(e.loop, (uint64_t)(uintptr_t)e.region) == -EBUSY,
 	        "no hints once started");
 	T_CHECK(WAIT_STATS(&e, 5, s.installed == 2), "both hinted pages installed untouched: %llu",

@@ -1505,6 +1505,16 @@ int rdmig_faultloop_start(struct rdmig_faultloop *l)
 	l->last_probe_ns = mono_ns();
 	if (l->o.prefetch_quiet_us)
 		l->prefetch_from_ns = l->last_probe_ns + PREFETCH_IDLE_START_MS * 1000000ull;
+	/* The hinted pages go out here, in the caller, before the thread exists
+	 * (nothing else uses the source yet): the loop's first turn waited in
+	 * poll() until the process's first fault, which was often on a hinted
+	 * page, and a new thread may not get a CPU before the resume anyway. The
+	 * poll sends what the source gathered; what completes already goes in
+	 * (the process is still stopped). */
+	if (l->hints_due) {
+		fetch_hints(l);
+		take_completions(l);
+	}
 	atomic_store(&l->c.running, true);
 	ret = -pthread_create(&l->thread, NULL, loop_main, l);
 	if (ret) {

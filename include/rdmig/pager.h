@@ -306,9 +306,10 @@ RDMIG_PAGER_WUR int rdmig_faultloop_set_state(struct rdmig_faultloop *l, uint64_
  * memory must stay valid and unchanged until the loop is destroyed. */
 RDMIG_PAGER_WUR int rdmig_faultloop_add_arena(struct rdmig_faultloop *l, uint64_t src, uint64_t len,
                                               const void *base);
-/* Before start: fetch the page at addr (the primary target's) as soon as the
- * loop starts, ahead of the prefetcher and its quiet start, if it is REMOTE
- * then, or as soon as a release makes it REMOTE if it is HELD. For the pages the frozen threads' registers point into: the loop
+/* Before start: fetch the page at addr (the primary target's) when the loop
+ * starts (start posts the fetch itself, ahead of the prefetcher and its quiet
+ * start) if it is REMOTE then, or as soon as a release makes it REMOTE if it
+ * is HELD. For the pages the frozen threads' registers point into: the loop
  * starts before the process resumes, the link is idle until its first fault,
  * and those pages are where it resumes work. At most RDMIG_FAULTLOOP_HINTS;
  * more are ignored. 0 or -EBUSY. */
