@@ -1538,11 +1538,13 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
 	ret = capture_proc(pid, img, &set_sigs);
 	if (!ret)
 		ret = capture_thread_names(pid, img);
+	rdmig_laps_mark(&laps, "proc");
 	if (!ret)
 		ret = capture_maps(pid, t, img, known, &files_cap, why, whylen);
+	rdmig_laps_mark(&laps, "maps");
 	if (!ret)
 		ret = capture_fds(pid, img, &files_cap, why, whylen);
-	rdmig_laps_mark(&laps, "proc");
+	rdmig_laps_mark(&laps, "fds");
 	ret2 = rdmig_tracee_call_end(t, "getpid", &self);
 	if (!ret && !ret2 && self != pid) {
 		pr_err("pid %d: an injected getpid() answered %ld", pid, self);
