@@ -436,6 +436,72 @@ static void release_held(void)
 	rdmig_pagestate_destroy(ps);
 }
 
+/* A release of many pages with random bits, over pages of every state, where
+ * the range's state bytes and the part's bitmap are not aligned alike (a part
+ * that starts 3 pages into its range, a range moved by mremap in two pieces):
+ * every page must end as releasing it alone would leave it. */
+static void release_random(void)
+{
+	enum { N = 4096 };
+	const uint64_t A = 0x20000000, B = 0x60000000, S = A + 3 * PG;
+	static uint8_t bits[N / 8], want[N + 3];
+	struct rdmig_pagestate *ps;
+	struct rdmig_pagestate_counts c;
+	uint64_t seed = 0x9e3779b97f4a7c15ull, n[RDMIG_PAGE_NSTATES] = {0};
+	int64_t released = 0;
+
+	T_OK(rdmig_pagestate_create(PG, &ps));
+	T_OK(rdmig_pagestate_add(ps, A, (N + 3) * (uint64_t)PG, A, RDMIG_PAGE_HELD));
+	for (unsigned i = 0; i < N / 8; i++) {
+		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+		/* all ones, all zeros, or mixed */
+		bits[i] = i % 5 == 0 ? 0xff : i % 5 == 1 ? 0 : (uint8_t)seed;
+	}
+	for (unsigned p = 0; p < N + 3; p++) {
+		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+		want[p] = RDMIG_PAGE_HELD;
+		/* one page in 16 already something else, and now and then a run */
+		if (seed % 16 == 0 || (p / 64) % 9 == 4) {
+			enum rdmig_page_state o = seed % 3 == 0   ? RDMIG_PAGE_INSTALLED
+			                          : seed % 3 == 1 ? RDMIG_PAGE_DISCARDED
+			                                          : RDMIG_PAGE_ZERO;
+
+			T_CHECK(rdmig_pagestate_set(ps, A + p * (uint64_t)PG, PG, o) == 1, "set");
+			want[p] = (uint8_t)o;
+		}
+	}
+	/* pages from 1000 on moved away (source addresses kept): two ranges */
+	T_CHECK(rdmig_pagestate_move(ps, A + 1000 * (uint64_t)PG, B,
+	                             (N + 3 - 1000) * (uint64_t)PG) == N + 3 - 1000,
+	        "move");
+	/* the model: page by page */
+	for (unsigned k = 0; k < N; k++) {
+		if (want[k + 3] != RDMIG_PAGE_HELD)
+			continue;
+		want[k + 3] = bits[k / 8] >> (k % 8) & 1 ? RDMIG_PAGE_REMOTE : RDMIG_PAGE_ZERO;
+		released++;
+	}
+	for (unsigned p = 0; p < N + 3; p++)
+		n[want[p]]++;
+	T_CHECK(rdmig_pagestate_release(ps, S, N, bits) == released, "%lld pages released",
+	        (long long)released);
+	for (unsigned p = 0; p < N + 3; p++) {
+		uint64_t at = p < 1000 ? A + p * (uint64_t)PG : B + (p - 1000) * (uint64_t)PG;
+
+		if (rdmig_pagestate_get(ps, at) != want[p]) {
+			T_CHECK(false, "page %u: state %d, expected %d", p,
+			        (int)rdmig_pagestate_get(ps, at), (int)want[p]);
+			break;
+		}
+	}
+	rdmig_pagestate_counts(ps, &c);
+	for (int st = 0; st < RDMIG_PAGE_NSTATES; st++)
+		T_CHECK(c.pages[st] == n[st], "state %d: %llu pages counted, %llu there", st,
+		        (unsigned long long)c.pages[st], (unsigned long long)n[st]);
+	T_CHECK(rdmig_pagestate_release(ps, S, N, bits) == 0, "a second release changes nothing");
+	rdmig_pagestate_destroy(ps);
+}
+
 int main(int argc, char **argv)
 {
 	t_state.only = argc > 1 ? argv[1] : NULL;
@@ -443,6 +509,7 @@ int main(int argc, char **argv)
 	T_RUN(basics);
 	T_RUN(fork_copy);
 	T_RUN(release_held);
+	T_RUN(release_random);
 	T_RUN(random_model);
 	T_RUN(big_table);
 	if (t_state.only && !t_state.passed && !t_state.failed) {
