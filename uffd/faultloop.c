@@ -1016,6 +1016,16 @@ static void apply_arena_ready(struct rdmig_faultloop *l)
 	free(req);
 }
 
+/* Does a held fault wait on a page of source addresses [src, end)? */
+static bool waited_on(const struct rdmig_faultloop *l, uint64_t src, uint64_t end)
+{
+	for (uint32_t i = 0; i < l->nslots; i++)
+		if (l->slots[i].state == SLOT_HELD && l->slots[i].src >= src &&
+		    l->slots[i].src < end)
+			return true;
+	return false;
+}
+
 /* Parts the source has walked: HELD -> REMOTE or ZERO in every client, then the
  * faults that waited on them are handled again (by source address: a page moved
  * by mremap keeps its source address, and a child's pages have the parent's). */
@@ -1030,6 +1040,16 @@ static void apply_release(struct rdmig_faultloop *l)
 	l->rel = NULL;
 	l->nrel = l->rel_cap = 0;
 	pthread_mutex_unlock(&l->ready_mu);
+	/* Parts a fault waits on first: the source walks a wanted part next, but
+	 * the parts it sent before that one are often still queued here. */
+	for (size_t k = 0, front = 0; k < n && l->n_held; k++) {
+		if (!waited_on(l, req[k].src, req[k].src + req[k].pages * l->page_size))
+			continue;
+		struct release_req tmp = req[front];
+
+		req[front++] = req[k];
+		req[k] = tmp;
+	}
 	for (size_t k = 0; k < n; k++) {
 		uint64_t end = req[k].src + req[k].pages * l->page_size;
 
