@@ -10,7 +10,13 @@
  *     the secret finds no key that works;
  *   - one CQ, with a completion channel, for both queues;
  *   - VERBS_NRECV pre-posted receive buffers and VERBS_NSEND send slots of
- *     RDMIG_MSG_MAX bytes, registered for local access only;
+ *     RDMIG_MSG_MAX bytes, registered for local access only; a message is
+ *     copied out of its receive buffer, which is posted again, as soon as
+ *     its completion is polled (by recv, or by a send waiting for a slot), so
+ *     two sides that both send without reading never wait on each other's
+ *     receive queues (they did: a burst of more than VERBS_NRECV messages
+ *     each way stalled both until RC retries failed the connection). What
+ *     waits unread is bounded by VERBS_QUEUED_MAX bytes;
  *   - a table of one-sided operation slots: a READ/WRITE's wr_id names its slot,
  *     which keeps the caller's ctx until poll hands the completion over.
  *
@@ -61,6 +67,9 @@
 enum {
 	VERBS_NRECV = 8,
 	VERBS_NSEND = 8,
+	/* received, not yet read: beyond this the peer is failed (~32 thousand
+	 * PART messages; our protocol never keeps more than a few unread) */
+	VERBS_QUEUED_MAX = 64 << 20,
 	/* 4.096 us << 14 = 67 ms per try; after 1 + 6 tries a silent peer fails the
 	 * QP in about 0.5 s on rxe (hardware may stretch each try up to 4x: ~2 s).
 	 * Not 7 retries: rxe reads retry_cnt 7 as "retry for ever", like rnr_retry. */
@@ -113,6 +122,12 @@ struct verbs_op {
 	unsigned parts; /* its WRs not yet completed */
 };
 
+struct verbs_msg {
+	struct verbs_msg *next;
+	uint32_t len;
+	char data[];
+};
+
 struct verbs_conn {
 	struct rdmig_conn base;
 	struct rdma_event_channel *ech;
@@ -131,9 +146,9 @@ struct verbs_conn {
 
 	char *recv_buf;
 	struct ibv_mr *recv_mr;
-	uint32_t rq_idx[VERBS_NRECV]; /* received, not yet taken by recv: FIFO */
-	uint32_t rq_len[VERBS_NRECV];
-	unsigned rq_head, rq_count;
+	struct verbs_msg *rq_head, *rq_tail; /* received, not yet taken by recv */
+	unsigned rq_count;
+	size_t rq_bytes;
 
 	char *send_buf;
 	struct ibv_mr *send_mr;
@@ -333,6 +348,43 @@ static int verbs_wc_errno(const struct verbs_conn *c, enum ibv_wc_status status)
 	}
 }
 
+static int verbs_post_recv(struct verbs_conn *c, uint32_t idx);
+
+/* A message landed in receive buffer idx: copied to the queue, the buffer
+ * posted again (see the file comment). */
+static void verbs_queue_msg(struct verbs_conn *c, uint32_t idx, uint32_t len)
+{
+	struct verbs_msg *m;
+	int ret;
+
+	/* one that arrived before a failure is still delivered, then the error */
+	if (len > RDMIG_MSG_MAX || c->rq_bytes + len > VERBS_QUEUED_MAX) {
+		verbs_fail(c, -ENOBUFS, RDMIG_LOG_WARN,
+		           "the peer sent more messages than may wait unread");
+		return;
+	}
+	m = malloc(sizeof(*m) + len);
+	if (!m) {
+		verbs_fail(c, -ENOMEM, RDMIG_LOG_WARN, "out of memory for a received message");
+		return;
+	}
+	m->next = NULL;
+	m->len = len;
+	memcpy(m->data, c->recv_buf + (size_t)idx * RDMIG_MSG_MAX, len);
+	if (c->rq_tail)
+		c->rq_tail->next = m;
+	else
+		c->rq_head = m;
+	c->rq_tail = m;
+	c->rq_count++;
+	c->rq_bytes += len;
+	if (c->err)
+		return;
+	ret = verbs_post_recv(c, idx);
+	if (ret)
+		verbs_fail(c, ret, RDMIG_LOG_WARN, "reposting a receive");
+}
+
 static void verbs_handle_wc(struct verbs_conn *c, const struct ibv_wc *wc)
 {
 	uint32_t kind = (uint32_t)(wc->wr_id >> 32), idx = (uint32_t)wc->wr_id;
@@ -347,12 +399,8 @@ static void verbs_handle_wc(struct verbs_conn *c, const struct ibv_wc *wc)
 	case VERBS_WR_RECV:
 		if (idx >= VERBS_NRECV)
 			break;
-		if (wc->status == IBV_WC_SUCCESS) {
-			unsigned tail = (c->rq_head + c->rq_count++) % VERBS_NRECV;
-
-			c->rq_idx[tail] = idx;
-			c->rq_len[tail] = wc->byte_len;
-		}
+		if (wc->status == IBV_WC_SUCCESS)
+			verbs_queue_msg(c, idx, wc->byte_len);
 		return;
 	case VERBS_WR_SEND:
 		if (idx >= VERBS_NSEND)
@@ -574,6 +622,12 @@ static void verbs_conn_destroy(struct verbs_conn *c)
 		(void)ibv_dereg_mr(c->recv_mr);
 	free(c->send_buf);
 	free(c->recv_buf);
+	while (c->rq_head) {
+		struct verbs_msg *m = c->rq_head;
+
+		c->rq_head = m->next;
+		free(m);
+	}
 	if (c->cq) {
 		ret = ibv_destroy_cq(c->cq);
 		if (ret)
@@ -1231,21 +1285,21 @@ out:
 
 static int verbs_take_msg(struct verbs_conn *c, void *buf, size_t cap)
 {
-	uint32_t idx = c->rq_idx[c->rq_head], len = c->rq_len[c->rq_head];
-	int ret;
+	struct verbs_msg *m = c->rq_head;
+	uint32_t len = m->len;
 
-	c->rq_head = (c->rq_head + 1) % VERBS_NRECV;
+	c->rq_head = m->next;
+	if (!c->rq_head)
+		c->rq_tail = NULL;
 	c->rq_count--;
+	c->rq_bytes -= len;
 	if (len > cap) {
+		free(m);
 		verbs_fail(c, -ECONNRESET, RDMIG_LOG_WARN, "message longer than the buffer");
 		return -EMSGSIZE;
 	}
-	memcpy(buf, c->recv_buf + (size_t)idx * RDMIG_MSG_MAX, len);
-	if (!c->err) {
-		ret = verbs_post_recv(c, idx);
-		if (ret)
-			verbs_fail(c, ret, RDMIG_LOG_WARN, "reposting a receive");
-	}
+	memcpy(buf, m->data, len);
+	free(m);
 	return (int)len;
 }
 
