@@ -787,7 +787,7 @@ static void *fabric_progress_main(void *arg)
 {
 	struct fabric_conn *c = arg;
 	uint64_t next_tick = 0, spin_until = 0, now, until;
-	bool eq_ready = false;
+	bool eq_ready = false, spins;
 
 	while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
 		now = fabric_now_ns();
@@ -803,7 +803,10 @@ static void *fabric_progress_main(void *arg)
 			fabric_park(c, until < next_tick ? until : next_tick);
 			continue;
 		}
-		if (fabric_reap(c, false) && c->thread_spins)
+		/* a connection of messages only has no peer op to serve between our
+		 * calls: a wake-up per message is cheaper than a CPU spinning */
+		spins = c->thread_spins && !atomic_load(&c->base.messages_only);
+		if (fabric_reap(c, false) && spins)
 			spin_until = now + FABRIC_THREAD_SPIN_NS;
 		if (now < spin_until) {
 			if (fabric_peek(c))
@@ -812,7 +815,7 @@ static void *fabric_progress_main(void *arg)
 				spin_until = 0;
 			continue;
 		}
-		if (fabric_sleep(c, &eq_ready) && c->thread_spins)
+		if (fabric_sleep(c, &eq_ready) && spins)
 			spin_until = fabric_now_ns() + FABRIC_THREAD_SPIN_NS;
 	}
 	return NULL;

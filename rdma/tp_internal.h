@@ -14,6 +14,8 @@
 
 #include "rdmig/transport.h"
 
+#include <stdatomic.h>
+
 struct rdmig_listener {
 	const struct rdmig_transport_ops *ops;
 	struct rdmig_tp_opts opts; /* copy; token_file points into token_path */
@@ -24,6 +26,7 @@ struct rdmig_conn {
 	const struct rdmig_transport_ops *ops;
 	long live_mrs; /* registrations of this connection not yet deregistered */
 	int injected;  /* fault injection failed this connection: -ECONNRESET from now on */
+	atomic_bool messages_only; /* rdmig_tp_messages_only() */
 };
 
 struct rdmig_mr {

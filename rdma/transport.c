@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -310,6 +311,11 @@ int rdmig_tp_recv(struct rdmig_conn *c, void *buf, size_t cap, int timeout_ms)
 int rdmig_tp_event_fd(struct rdmig_conn *c)
 {
 	return c->ops->event_fd(c);
+}
+
+void rdmig_tp_messages_only(struct rdmig_conn *c)
+{
+	atomic_store(&c->messages_only, true);
 }
 
 const char *rdmig_tp_name(const struct rdmig_conn *c)

@@ -703,8 +703,10 @@ static int reconnect(struct dst *d, int why)
 		ret = rdmig_tp_accept(d->lis, left, &ctl);
 		left = d->o->retry_ms - (int)((rdmig_now_ns() - t0) / 1000000);
 	} while (ret == -EACCES && left > 0);
-	if (ret == 0)
+	if (ret == 0) {
+		rdmig_tp_messages_only(ctl);
 		ret = rdmig_tp_accept(d->lis, left > 1000 ? left : 1000, &d->next_data);
+	}
 	if (ret == 0)
 		ret =
 		    rdmig_mirror_recv_table(d->next_data, left > 1000 ? left : 1000, &regions, &n);
@@ -1102,6 +1104,9 @@ static int run(struct dst *d)
 			        "rdma_migrate dst: turned away a peer that does not hold the "
 			        "token\n");
 	} while (ret == -EACCES);
+	/* messages only (the source's control connection says why) */
+	if (ret == 0)
+		rdmig_tp_messages_only(d->ctl);
 	if (ret == 0)
 		ret = rdmig_tp_accept(d->lis, step, &d->data);
 	if (ret < 0) {

@@ -616,8 +616,10 @@ static int reconnect(struct src *s, int why)
 	s->data = s->conn = NULL;
 	while ((rdmig_now_ns() - t0) / 1000000 < (uint64_t)o->retry_ms) {
 		ret = rdmig_tp_connect(&o->tp, o->addr, 1000, &s->conn);
-		if (ret == 0)
+		if (ret == 0) {
+			rdmig_tp_messages_only(s->conn);
 			ret = rdmig_tp_connect(&o->tp, o->addr, 1000, &s->data);
+		}
 		if (ret == 0)
 			ret = rdmig_mirror_create(s->data, &s->mirror);
 		if (ret == 0)
@@ -903,6 +905,14 @@ static int run(struct src *s)
 	 * thread the control one (a connection is used by one thread at a time). */
 	ret =
 	    rdmig_tp_connect(&o->tp, o->addr, o->timeout_ms > 0 ? o->timeout_ms : 10000, &s->conn);
+	/* The control connection carries messages only: the destination READs the
+	 * mirror through the data one. Without the hint, fabric's progress thread
+	 * polled on for 0.1 ms after every message (GO, RUNNING, each PART after
+	 * the resume), CPU time the destination's first faults wanted on a
+	 * two-CPU machine (256 MiB random writer, 8 alternating pairs: the pause
+	 * the process saw, median 5.86 against 6.37 ms). */
+	if (ret == 0)
+		rdmig_tp_messages_only(s->conn);
 	if (ret == 0)
 		ret = rdmig_tp_connect(&o->tp, o->addr, o->timeout_ms > 0 ? o->timeout_ms : 10000,
 		                       &s->data);

@@ -235,6 +235,12 @@ static void srv_session(struct rdmig_conn *c)
 			snprintf(out, sizeof(out), "fds=%d conns=%ld mrs=%ld guard_violations=%d",
 			         count_fds(), k.conns, k.mrs, guard_violations);
 			srv_reply(c, out);
+		} else if (!strcmp(cmd, "quiet")) {
+			rdmig_tp_messages_only(c);
+			srv_reply(c, "ok");
+		} else if (sscanf(cmd, "echo %llu", &a) == 1) {
+			snprintf(out, sizeof(out), "echo %llu", a);
+			srv_reply(c, out);
 		} else if (!strcmp(cmd, "bye")) {
 			break;
 		} else {
@@ -910,6 +916,47 @@ out:
 	cl_close(&probe, 4096);
 }
 
+/*
+ * A connection both sides mark messages-only (rdmig_tp_messages_only: no
+ * polling after traffic, a wake-up per message) still delivers every message:
+ * 300 round trips, then 64 sent back to back, every answer in order.
+ */
+static void messages_only(void)
+{
+	struct client cl;
+	char out[64], want[64];
+
+	T_OK(cl_open(&cl, 0, 4096));
+	if (!cl.c)
+		return;
+	rdmig_tp_messages_only(cl.c);
+	T_OK(cl_ask(&cl, "quiet", out, sizeof(out)));
+	T_CHECK(!strcmp(out, "ok"), "the server marked its side: '%s'", out);
+	for (unsigned i = 0; i < 300; i++) {
+		char cmd[32];
+
+		snprintf(cmd, sizeof(cmd), "echo %u", i);
+		if (cl_ask(&cl, cmd, out, sizeof(out)) || strcmp(out, cmd)) {
+			T_CHECK(0, "round trip %u answered '%s'", i, out);
+			break;
+		}
+	}
+	for (unsigned i = 0; i < 64; i++) {
+		snprintf(want, sizeof(want), "echo %u", 1000 + i);
+		T_OK(rdmig_tp_send(cl.c, want, strlen(want)));
+	}
+	for (unsigned i = 0; i < 64; i++) {
+		int n = rdmig_tp_recv(cl.c, out, sizeof(out) - 1, 60000);
+
+		snprintf(want, sizeof(want), "echo %u", 1000 + i);
+		if (n < 0 || (out[n] = '\0', strcmp(out, want))) {
+			T_CHECK(0, "answer %u of a burst: %s", i, n < 0 ? strerror(-n) : out);
+			break;
+		}
+	}
+	cl_close(&cl, 4096);
+}
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: tp_conformance --transport fabric|verbs [--provider P] [--addr A]\n"
@@ -973,6 +1020,7 @@ int main(int argc, char **argv)
 	T_RUN(read_random);
 	T_RUN(write_random);
 	T_RUN(bad_input);
+	T_RUN(messages_only);
 	T_RUN(authentication);
 	T_RUN(cycles);
 	T_RUN(peer_death);

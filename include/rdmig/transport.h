@@ -177,6 +177,12 @@ RDMIG_WUR int rdmig_tp_wait(struct rdmig_conn *c, struct rdmig_completion *out, 
 int rdmig_tp_send(struct rdmig_conn *c, const void *msg, size_t len);
 RDMIG_WUR int rdmig_tp_recv(struct rdmig_conn *c, void *buf, size_t cap, int timeout_ms);
 int rdmig_tp_event_fd(struct rdmig_conn *c);
+/* The peer only exchanges messages on c: it never reads or writes memory
+ * registered here. A hint for the backend, off by default: fabric's progress
+ * thread then no longer polls on after traffic (it does so to serve a peer's
+ * READs without a wake-up each; after each message it only burned a CPU). Any
+ * thread, any time. */
+void rdmig_tp_messages_only(struct rdmig_conn *c);
 const char *rdmig_tp_name(const struct rdmig_conn *c);
 
 /* Live objects made through these wrappers in this process (tests use these to
