@@ -10,13 +10,15 @@
  *     the secret finds no key that works;
  *   - one CQ, with a completion channel, for both queues;
  *   - VERBS_NRECV pre-posted receive buffers and VERBS_NSEND send slots of
- *     RDMIG_MSG_MAX bytes, registered for local access only; a message is
- *     copied out of its receive buffer, which is posted again, as soon as
- *     its completion is polled (by recv, or by a send waiting for a slot), so
- *     two sides that both send without reading never wait on each other's
- *     receive queues (they did: a burst of more than VERBS_NRECV messages
- *     each way stalled both until RC retries failed the connection). What
- *     waits unread is bounded by VERBS_QUEUED_MAX bytes;
+ *     RDMIG_MSG_MAX bytes, registered for local access only. As in fabric.c,
+ *     a message is copied out of its receive buffer, which is posted again,
+ *     as soon as its completion is polled (by recv, or by a send waiting for
+ *     a slot), so two sides that both send without reading do not wait on
+ *     each other's receive queues (they did: a burst of more than VERBS_NRECV
+ *     messages each way stalled both until RC retries failed the
+ *     connection). Only with VERBS_RXQ_MAX copies waiting (or no memory)
+ *     does a message stay in its buffer until recv takes it: back-pressure
+ *     on a peer that floods us, not a failure;
  *   - a table of one-sided operation slots: a READ/WRITE's wr_id names its slot,
  *     which keeps the caller's ctx until poll hands the completion over.
  *
@@ -67,9 +69,8 @@
 enum {
 	VERBS_NRECV = 8,
 	VERBS_NSEND = 8,
-	/* received, not yet read: beyond this the peer is failed (~32 thousand
-	 * PART messages; our protocol never keeps more than a few unread) */
-	VERBS_QUEUED_MAX = 64 << 20,
+	/* messages copied out before buffers are held instead (fabric.c's too) */
+	VERBS_RXQ_MAX = 256,
 	/* 4.096 us << 14 = 67 ms per try; after 1 + 6 tries a silent peer fails the
 	 * QP in about 0.5 s on rxe (hardware may stretch each try up to 4x: ~2 s).
 	 * Not 7 retries: rxe reads retry_cnt 7 as "retry for ever", like rnr_retry. */
@@ -125,7 +126,8 @@ struct verbs_op {
 struct verbs_msg {
 	struct verbs_msg *next;
 	uint32_t len;
-	char data[];
+	int buf;    /* the receive buffer it is still in, or -1: a copy */
+	char *data; /* the copy's bytes, or the buffer's */
 };
 
 struct verbs_conn {
@@ -148,7 +150,7 @@ struct verbs_conn {
 	struct ibv_mr *recv_mr;
 	struct verbs_msg *rq_head, *rq_tail; /* received, not yet taken by recv */
 	unsigned rq_count;
-	size_t rq_bytes;
+	struct verbs_msg rq_held[VERBS_NRECV]; /* messages left in their buffers */
 
 	char *send_buf;
 	struct ibv_mr *send_mr;
@@ -350,39 +352,54 @@ static int verbs_wc_errno(const struct verbs_conn *c, enum ibv_wc_status status)
 
 static int verbs_post_recv(struct verbs_conn *c, uint32_t idx);
 
-/* A message landed in receive buffer idx: copied to the queue, the buffer
- * posted again (see the file comment). */
-static void verbs_queue_msg(struct verbs_conn *c, uint32_t idx, uint32_t len)
+/* Receive buffer idx is free again: post it (not after a failure). */
+static void verbs_repost(struct verbs_conn *c, uint32_t idx)
 {
-	struct verbs_msg *m;
 	int ret;
 
-	/* one that arrived before a failure is still delivered, then the error */
-	if (len > RDMIG_MSG_MAX || c->rq_bytes + len > VERBS_QUEUED_MAX) {
-		verbs_fail(c, -ENOBUFS, RDMIG_LOG_WARN,
-		           "the peer sent more messages than may wait unread");
+	if (c->err)
 		return;
-	}
-	m = malloc(sizeof(*m) + len);
-	if (!m) {
-		verbs_fail(c, -ENOMEM, RDMIG_LOG_WARN, "out of memory for a received message");
-		return;
+	ret = verbs_post_recv(c, idx);
+	if (ret)
+		verbs_fail(c, ret, RDMIG_LOG_WARN, "reposting a receive");
+}
+
+/* A message landed in receive buffer idx (see the file comment). One that
+ * arrived before a failure is still delivered, then the error. */
+static void verbs_queue_msg(struct verbs_conn *c, uint32_t idx, uint32_t len)
+{
+	char *src = c->recv_buf + (size_t)idx * RDMIG_MSG_MAX;
+	struct verbs_msg *m = NULL;
+
+	if (c->rq_count < VERBS_RXQ_MAX)
+		m = malloc(sizeof(*m) + len);
+	if (m) {
+		m->buf = -1;
+		m->data = (char *)(m + 1);
+		memcpy(m->data, src, len);
+		verbs_repost(c, idx);
+	} else {
+		m = &c->rq_held[idx];
+		m->buf = (int)idx;
+		m->data = src;
 	}
 	m->next = NULL;
 	m->len = len;
-	memcpy(m->data, c->recv_buf + (size_t)idx * RDMIG_MSG_MAX, len);
 	if (c->rq_tail)
 		c->rq_tail->next = m;
 	else
 		c->rq_head = m;
 	c->rq_tail = m;
 	c->rq_count++;
-	c->rq_bytes += len;
-	if (c->err)
-		return;
-	ret = verbs_post_recv(c, idx);
-	if (ret)
-		verbs_fail(c, ret, RDMIG_LOG_WARN, "reposting a receive");
+}
+
+/* recv is done with m: free the copy, or post its buffer again. */
+static void verbs_msg_release(struct verbs_conn *c, struct verbs_msg *m)
+{
+	if (m->buf < 0)
+		free(m);
+	else
+		verbs_repost(c, (uint32_t)m->buf);
 }
 
 static void verbs_handle_wc(struct verbs_conn *c, const struct ibv_wc *wc)
@@ -626,7 +643,8 @@ static void verbs_conn_destroy(struct verbs_conn *c)
 		struct verbs_msg *m = c->rq_head;
 
 		c->rq_head = m->next;
-		free(m);
+		if (m->buf < 0)
+			free(m);
 	}
 	if (c->cq) {
 		ret = ibv_destroy_cq(c->cq);
@@ -1292,14 +1310,13 @@ static int verbs_take_msg(struct verbs_conn *c, void *buf, size_t cap)
 	if (!c->rq_head)
 		c->rq_tail = NULL;
 	c->rq_count--;
-	c->rq_bytes -= len;
 	if (len > cap) {
-		free(m);
 		verbs_fail(c, -ECONNRESET, RDMIG_LOG_WARN, "message longer than the buffer");
+		verbs_msg_release(c, m);
 		return -EMSGSIZE;
 	}
 	memcpy(buf, m->data, len);
-	free(m);
+	verbs_msg_release(c, m);
 	return (int)len;
 }
 
