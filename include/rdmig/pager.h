@@ -117,7 +117,10 @@ struct rdmig_page_source_ops {
 	 * a failure of this fetch (reported like a failed completion). */
 	int (*fetch)(struct rdmig_page_source *s, uint64_t addr, size_t len, uint64_t ctx);
 	/* Take up to max finished fetches without blocking; returns how many. Every
-	 * successful fetch() completes exactly once (status < 0 on failure). */
+	 * successful fetch() completes exactly once (status < 0 on failure). With
+	 * max 0 (out may be NULL): only send what fetch() gathered; what completed
+	 * may stay here without event_fd saying so, for the next poll(), which
+	 * the caller makes before it waits on event_fd. */
 	int (*poll)(struct rdmig_page_source *s, struct rdmig_fetch_done *out, int max);
 	/* The loop is done with d->data (installed or dropped): reuse the staging. */
 	void (*release)(struct rdmig_page_source *s, const struct rdmig_fetch_done *d);
