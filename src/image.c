@@ -413,7 +413,9 @@ static int check_files(const struct rdmig_image *img)
 	return 0;
 }
 
-static int check_vma(const struct rdmig_image *img, uint32_t i)
+/* wire: a decoded image. The source's own (encoding) may have bitmaps on held
+ * vmas, filled by its walk; they are not sent. */
+static int check_vma(const struct rdmig_image *img, uint32_t i, bool wire)
 {
 	const struct rdmig_img_vma *v = &img->vmas[i];
 	bool is_file = v->kind == RDMIG_VMA_FILE_PRIVATE || v->kind == RDMIG_VMA_FILE_SHARED_RO;
@@ -453,6 +455,8 @@ static int check_vma(const struct rdmig_image *img, uint32_t i)
 		return -1;
 	}
 	if (v->touched && (v->flags & RDMIG_VMA_F_HELD)) {
+		if (!wire)
+			return 0;
 		pr_err("vma %u: touched bitmap on a held vma", i);
 		return -1;
 	}
@@ -509,8 +513,10 @@ static int check_cow(const struct rdmig_image *img, uint32_t i)
 	if (v && v->kind == RDMIG_VMA_ANON) {
 		uint64_t p = (a - v->start) / RDMIG_IMG_PAGE;
 
-		/* one source per page: an eager ANON page is never also fetched */
-		if (v->touched && (v->touched[p / 8] >> (p % 8) & 1)) {
+		/* one source per page: an eager ANON page is never also fetched (a held
+		 * vma's bits are the walk's: rdmig_capture_walk_part clears them) */
+		if (v->touched && !(v->flags & RDMIG_VMA_F_HELD) &&
+		    (v->touched[p / 8] >> (p % 8) & 1)) {
 			pr_err("cow page %u at %#" PRIx64 " is also marked touched", i, a);
 			return -1;
 		}
@@ -547,7 +553,7 @@ static int check_ahead(const struct rdmig_image *img, uint32_t i)
 
 /* Every rule the decoder enforces past the framing. Logs one line and returns -1
  * on the first violation. */
-static int check_image(const struct rdmig_image *img)
+static int check_image(const struct rdmig_image *img, bool wire)
 {
 	if (!memchr(img->comm, '\0', sizeof(img->comm))) {
 		pr_err("comm is not NUL-terminated");
@@ -603,7 +609,7 @@ static int check_image(const struct rdmig_image *img)
 		return -1;
 	}
 	for (uint32_t i = 0; i < img->nvmas; i++) {
-		if (check_vma(img, i))
+		if (check_vma(img, i, wire))
 			return -1;
 	}
 	if (img->nfds > RDMIG_IMG_MAX_FDS || (img->nfds && !img->fds)) {
@@ -807,9 +813,17 @@ static void emit_files_vmas_fds(struct writer *w, const struct rdmig_image *img)
 	}
 	for (uint32_t i = 0; i < img->nvmas; i++) {
 		const struct rdmig_img_vma *v = &img->vmas[i];
-		uint64_t blen = v->touched ? bitmap_len(v) : 0;
-		uint64_t nruns = v->touched ? touched_runs(NULL, v) : 0;
-		bool runs = nruns && nruns * RUN_LEN < blen;
+		struct rdmig_img_vma held = *v;
+		uint64_t blen, nruns;
+		bool runs;
+
+		if (v->flags & RDMIG_VMA_F_HELD) {
+			held.touched = NULL; /* the source's walk fills them; PARTs carry them */
+			v = &held;
+		}
+		blen = v->touched ? bitmap_len(v) : 0;
+		nruns = v->touched ? touched_runs(NULL, v) : 0;
+		runs = nruns && nruns * RUN_LEN < blen;
 
 		w_rec_flags(w, TAG_VMA, runs ? REC_F_RUNS : 0,
 		            VMA_FIXED_LEN + (runs ? nruns * RUN_LEN : blen));
@@ -932,7 +946,7 @@ int rdmig_image_encode(const struct rdmig_image *img, uint8_t **out, size_t *len
 
 	*out = NULL;
 	*len = 0;
-	if (check_image(img))
+	if (check_image(img, false))
 		return -EINVAL;
 	emit(&w, img, 0);
 	size = w.off;
@@ -1561,7 +1575,7 @@ int rdmig_image_decode(const uint8_t *buf, size_t len, struct rdmig_image *img)
 	ret = parse_records(buf + HDR_LEN, len - HDR_LEN, img);
 	if (ret)
 		goto out_free;
-	if (check_image(img)) {
+	if (check_image(img, true)) {
 		ret = -EBADMSG;
 		goto out_free;
 	}
