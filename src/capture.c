@@ -12,7 +12,9 @@
  *      anonymous vma, the pages present or swapped that are not the shared zero
  *      page (the huge zero page included), and finds in private file mappings
  *      the pages that are anonymous copies (present or swapped, not file
- *      pages): those are read into img->cow;
+ *      pages): those are read into img->cow; with hold_anon, no anonymous
+ *      vma is walked here, and what is left of the getpid()'s time goes to
+ *      the caller's idle work (the source walks held parts: parts.h);
  *   3. the getpid() is waited for; then, on one CPU with ours, injected calls
  *      through the scratch area: every signal's sigaction, the alternate
  *      stack, clear_child_tid (PR_GET_TID_ADDRESS), brk(0) (the scratch is
@@ -1545,6 +1547,12 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
 	if (!ret)
 		ret = capture_fds(pid, img, &files_cap, why, whylen);
 	rdmig_laps_mark(&laps, "fds");
+	/* what is left of the wait, for the caller's work (the held walk) */
+	if (!ret && known && known->hold_anon && known->idle) {
+		while (rdmig_tracee_call_running(t) && known->idle(known->idle_arg, img) > 0)
+			;
+		rdmig_laps_mark(&laps, "idle");
+	}
 	ret2 = rdmig_tracee_call_end(t, "getpid", &self);
 	if (!ret && !ret2 && self != pid) {
 		pr_err("pid %d: an injected getpid() answered %ld", pid, self);

@@ -441,6 +441,20 @@ int rdmig_tracee_call_end(struct rdmig_tracee *t, const char *what, long *ret)
 	return tracee_call_result(t, what, err, r, ret);
 }
 
+bool rdmig_tracee_call_running(const struct rdmig_tracee *t)
+{
+	siginfo_t si = {0};
+
+	if (!t->inflight || t->dead)
+		return false;
+	/* WNOWAIT: the stop stays for tracee_wait. An error (the thread gone)
+	 * says "stopped": _end finds out what happened. */
+	if (waitid(P_PID, (id_t)CUR(t)->tid, &si, WSTOPPED | WEXITED | WNOHANG | WNOWAIT | __WALL) <
+	    0)
+		return false;
+	return si.si_pid == 0;
+}
+
 int rdmig_tracee_call(struct rdmig_tracee *t, const char *what, long *ret, long nr, long a0,
                       long a1, long a2, long a3, long a4, long a5)
 {

@@ -75,6 +75,13 @@ struct rdmig_capture_known {
 	 * RDMIG_VMA_F_HELD and no bitmaps; rdmig_capture_walk_part fills them in
 	 * later, part by part, while the process is still frozen here. */
 	bool hold_anon;
+	/* With hold_anon, work for the wait on the thread's first return to user
+	 * mode (capture.c: 0.1-2 ms here, with /proc read before it ends): called
+	 * while that return lasts, once img->vmas is complete (the eager pages are
+	 * not known yet: img->cow lacks them), until it returns 0 (nothing left)
+	 * or -errno (the capture goes on; the caller keeps its error). */
+	int (*idle)(void *arg, struct rdmig_image *img);
+	void *idle_arg;
 };
 RDMIG_CAPTURE_WUR int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
                                     const struct rdmig_capture_known *known, char *why,

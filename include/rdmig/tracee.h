@@ -83,6 +83,10 @@ RDMIG_TRACEE_WUR int rdmig_tracee_call(struct rdmig_tracee *t, const char *what,
 RDMIG_TRACEE_WUR int rdmig_tracee_call_begin(struct rdmig_tracee *t, const char *what, long nr,
                                              long a0, long a1, long a2, long a3, long a4, long a5);
 RDMIG_TRACEE_WUR int rdmig_tracee_call_end(struct rdmig_tracee *t, const char *what, long *ret);
+/* Whether the call set going by _begin may still be running: false once its
+ * thread has stopped (for the call's end, or for anything else _end will deal
+ * with), or when no call is in flight. Only looks (the stop is left for _end). */
+bool rdmig_tracee_call_running(const struct rdmig_tracee *t);
 
 /* Thread i's SIGTRAPs sent by someone else while we held it (tracee.c): the
  * kernel dequeued them, so PTRACE_PEEKSIGINFO does not list them; release queues
