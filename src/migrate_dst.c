@@ -765,10 +765,50 @@ static int take_part(struct dst *d, const struct rdmig_msg *m)
 	if ((m->u.part.flags & RDMIG_PART_LAST) && !d->parts_done) {
 		d->parts_done = true;
 		d->t_released = rdmig_now_ns();
-		pr_info("every held page released, %.2f ms after the resume (%u parts)",
-		        (double)(d->t_released - d->t_resume) / 1e6, d->parts);
+		if (d->t_resume)
+			pr_info("every held page released, %.2f ms after the resume (%u parts)",
+			        (double)(d->t_released - d->t_resume) / 1e6, d->parts);
+		else
+			pr_info("every held page released before the resume (%u parts)", d->parts);
 	}
 	return 0;
+}
+
+/* A PART before GO. One that cannot be taken (no pager, or one outside a held
+ * mapping) fails the pager (*pret), which is told to the source after its GO,
+ * as the ERROR that lets it resume its original. */
+static void go_part(struct dst *d, const struct rdmig_msg *m, int *pret)
+{
+	int ret;
+
+	if (*pret < 0)
+		return; /* failing already: its ERROR goes after GO */
+	ret = d->loop && d->held ? take_part(d, m) : -EPROTO;
+	if (ret < 0) {
+		if (ret == -EPROTO)
+			pr_err("the source sent a PART for no held mapping");
+		snprintf(d->why, sizeof(d->why),
+		         "a part of the process's memory the source released could not be taken "
+		         "(%s)",
+		         strerror(-ret));
+		*pret = ret;
+	}
+}
+
+/* GO, taking the PARTs the source walked while we restored (a few sent while
+ * we restored, the rest between our READY and its GO: parts.h): released
+ * before the resume, their pages are never waited on. As rdmig_expect
+ * otherwise. */
+static int expect_go(struct dst *d, int timeout_ms, struct rdmig_msg *m, int *pret)
+{
+	for (;;) {
+		int len = rdmig_tp_recv(d->ctl, d->msg, RDMIG_MSG_MAX, timeout_ms);
+
+		if (len < 0 || rdmig_msg_decode(d->msg, (size_t)len, m) < 0 ||
+		    m->type != RDMIG_MSG_PART)
+			return rdmig_expect_got(d->msg, len, RDMIG_MSG_GO, m);
+		go_part(d, m, pret);
+	}
 }
 
 /* Everything on the control connection now: PARTs. A link error is returned as
@@ -941,12 +981,12 @@ static void summary(struct dst *d, const struct rdmig_faultloop_stats *s, uint64
 		    ",\"bytes_read\":%" PRIu64 ",\"downtime_phases_ns\":{\"restore\":%" PRIu64
 		    ",\"ready\":%" PRIu64 ",\"wait_go\":%" PRIu64 ",\"resume\":%" PRIu64
 		    "},\"start_paging_ns\":%" PRIu64 ",\"held_faults\":%" PRIu64
-		    ",\"released_ns\":%" PRIu64,
+		    ",\"released_ns\":%" PRId64,
 		    (int)d->r.pid, (int)d->img.pid, d->t_resume - d->t_go, d->t_local - d->t_resume,
 		    s->faults, demand, s->faults_zero, s->faults_coalesced, pre, bytes,
 		    d->t_built - d->t_received, d->t_readied - d->t_built, d->t_gone - d->t_readied,
 		    d->t_resume - d->t_gone, d->t_paged - d->t_readied, s->faults_held,
-		    d->t_released ? d->t_released - d->t_resume : 0);
+		    d->t_released ? (int64_t)(d->t_released - d->t_resume) : 0);
 		/* the timeline: [ms after resume, faults, fetched, prefetched, local, total] */
 		fprintf(f, ",\"timeline\":[");
 		for (size_t i = 0; i < d->ntl; i++)
@@ -1163,7 +1203,7 @@ static int run(struct dst *d)
 	if (pret == 0)
 		pret = d->stopcopy ? install_all(d) : start_pager(d);
 	d->t_paged = rdmig_now_ns();
-	ret = rdmig_expect(d->ctl, d->msg, RDMIG_MSG_GO, step, &m);
+	ret = expect_go(d, step, &m, &pret);
 	if (ret < 0)
 		return abort_restore(d, "the source did not commit", ret);
 	if (pret < 0)

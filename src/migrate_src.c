@@ -83,9 +83,13 @@ struct src {
 	uint64_t image_bytes;
 	struct rdmig_mirror_view *views; /* the mirror's final table */
 	uint32_t nviews;
-	/* post-copy: the anonymous mappings walked after the resume (parts.h) */
+	/* post-copy: the anonymous mappings walked outside the freeze (parts.h) */
 	struct rdmig_parts *parts;
-	uint64_t t_released; /* realtime ns: the last part sent */
+	uint32_t parts_ahead; /* sent before GO */
+	bool walk_late;       /* RDMIG_HOLD=late: no walk before GO */
+	bool finalized;       /* rdmig_precopy_final ran in the capture's idle time */
+	int idle_err;         /* what failed there */
+	uint64_t t_released;  /* realtime ns: the last part sent */
 	int reconnects;
 	uint32_t rounds;       /* pre-copy rounds the destination pulled (0: none,
 	                        * post-copy from here on, as a hybrid may decide) */
@@ -545,7 +549,7 @@ static void summary(struct src *s)
 	       (int)s->o->pid, (double)(s->t_resume - s->t_freeze) / 1e6,
 	       (double)(s->t_done - s->t_start) / 1e9, s->image_bytes, ps.pages_touched,
 	       (double)ps.pages_touched * 4096 / 1048576.0, ps.pages_copied,
-	       s->parts ? "part by part after the resume" : "at the freeze", ps.pages_recopied,
+	       s->parts ? "part by part outside the freeze" : "at the freeze", ps.pages_recopied,
 	       ps.pages_late, s->done[0], s->done[1], s->done[2], (double)s->done[3] / 1048576.0);
 	/* where the downtime went: stop every thread, capture, copy what was written
 	 * since the last round, send the table and image, the destination's restore
@@ -655,52 +659,75 @@ static int reconnect(struct src *s, int why)
 	return ret < 0 ? ret : -ETIMEDOUT;
 }
 
-/* The destination runs the process; the held vmas' pages wait there until
- * their part is walked, copied and sent (parts.h). A WANT moves a part to the
- * front; a DONE (the process exited meanwhile) ends the walk. A lost link gets
- * --retry-s, as while serving. *m is the DONE when one came. */
-/* The next part walked and copied, its PART in s->msg: the length, 0 when none
- * is left, or -errno (a walk or a copy that fails has nothing to retry). */
+/* Parts sent before READY at most: the destination reads none until its
+ * pager runs, and a verbs connection has 8 receive buffers (verbs.c); a sender
+ * past them waits, and would read READY late. What was walked beyond goes
+ * between READY and GO. */
+#define PARTS_AHEAD 6u
+
+/* Walk and copy one part: 1, 0 when every part is walked, or -errno (a walk
+ * or a copy that fails has nothing to retry). */
 static int walk_one(struct src *s)
 {
-	struct rdmig_parts_stats st;
 	int n = rdmig_inject("src.part");
 
 	if (n == 0)
-		n = rdmig_parts_next(s->parts, s->pc, s->msg, RDMIG_MSG_MAX);
+		n = rdmig_parts_walk(s->parts, s->pc);
 	/* The walk is a run of CPU-bound parts; between two, the threads that serve
-	 * the destination's READs and carry its WANTs get the CPU at once rather
-	 * than at the scheduler's next tick. */
+	 * the destination (its restore before the switch; its READs and WANTs
+	 * after) get the CPU at once rather than at the scheduler's next tick. */
 	sched_yield();
-	rdmig_parts_stats(s->parts, &st);
-	if (n > 0 && st.walked == st.total)
-		s->t_released = rdmig_now_ns(); /* the last part's, about to be sent */
 	return n;
 }
 
-/* RUNNING, after GO. It takes 1-2 ms to come back here (the destination resumes
- * the process first), in which the first parts are walked and sent: a part
- * waits for no message. As rdmig_expect otherwise; -EIO with *walk_err set when
- * a walk failed. */
-static int expect_running(struct src *s, struct rdmig_msg *m, int timeout_ms, bool *walk_err)
+/* Send the walked parts not sent yet, until upto are sent in all. */
+static int send_parts(struct src *s, uint32_t upto)
 {
-	bool more = s->parts != NULL;
+	for (;;) {
+		struct rdmig_parts_stats st;
+		int n;
 
+		rdmig_parts_stats(s->parts, &st);
+		if (st.taken >= upto)
+			return 0;
+		n = rdmig_parts_take(s->parts, s->msg, RDMIG_MSG_MAX);
+		if (n <= 0)
+			return n;
+		if (st.taken + 1 == st.total)
+			s->t_released = rdmig_now_ns(); /* the last part's, about to be sent */
+		n = rdmig_tp_send(s->conn, s->msg, (size_t)n);
+		if (n < 0)
+			return n;
+	}
+}
+
+/* want (READY, or RUNNING after GO), walking parts while it comes: the
+ * destination restores the process (1-2 ms), or resumes it, while the source
+ * would only wait. Walked parts are sent until upto are out. As rdmig_expect
+ * otherwise; *walk_err set when a walk failed. */
+static int expect_walking(struct src *s, uint16_t want, uint32_t upto, int timeout_ms,
+                          struct rdmig_msg *m, bool *walk_err)
+{
 	*walk_err = false;
 	for (;;) {
-		int n, len = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, more ? 0 : timeout_ms);
+		struct rdmig_parts_stats st;
+		bool more;
+		int n, len;
 
+		rdmig_parts_stats(s->parts, &st);
+		more = st.walked < st.total && (want != RDMIG_MSG_READY || !s->walk_late);
+		len = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, more ? 0 : timeout_ms);
 		if (len != -EAGAIN || !more)
-			return rdmig_expect_got(s->msg, len, RDMIG_MSG_RUNNING, m);
+			return rdmig_expect_got(s->msg, len, want, m);
 		n = walk_one(s);
 		if (n < 0) {
 			*walk_err = true;
 			return n;
 		}
-		more = n > 0;
-		if (more && (n = rdmig_tp_send(s->conn, s->msg, (size_t)n)) < 0) {
+		n = send_parts(s, upto);
+		if (n < 0) {
 			memset(m, 0, sizeof(*m));
-			pr_err("waiting for RUNNING: %s", strerror(-n));
+			pr_err("waiting for %s: %s", rdmig_msg_type_name(want), strerror(-n));
 			return n;
 		}
 	}
@@ -741,9 +768,9 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 			n = walk_one(s);
 			if (n < 0)
 				return n;
-			if (n == 0)
+			ret = send_parts(s, UINT32_MAX);
+			if (ret == 0 && n == 0)
 				break;
-			ret = rdmig_tp_send(s->conn, s->msg, (size_t)n);
 		}
 		if (ret < 0 && (ret = reconnect(s, ret)) < 0)
 			return ret;
@@ -753,11 +780,12 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 
 		rdmig_parts_stats(s->parts, &st);
 		fprintf(stderr,
-		        "rdma_migrate src: pid %d: %u parts of its memory walked after the resume "
-		        "(first: %u its registers pointed at, %u its faults asked for), %" PRIu64
+		        "rdma_migrate src: pid %d: %u parts of its memory walked outside the "
+		        "freeze, %u of them sent before the switch (first: %u its registers "
+		        "pointed at, %u its faults asked for), %" PRIu64
 		        " pages with data, walk and copy %.2f ms, the last sent %.2f ms after "
 		        "the resume (negative: before it)\n",
-		        (int)s->o->pid, st.walked, st.hinted, st.wanted, st.pages,
+		        (int)s->o->pid, st.walked, s->parts_ahead, st.hinted, st.wanted, st.pages,
 		        (double)st.walk_ns / 1e6,
 		        ((double)s->t_released - (double)s->t_resume) / 1e6);
 	}
@@ -771,10 +799,28 @@ static int switch_over(struct src *s)
 	bool walk_err;
 	int ret, step = s->o->timeout_ms > 0 ? s->o->timeout_ms : 60000;
 
-	ret = rdmig_expect(s->conn, s->msg, RDMIG_MSG_READY, step, &m);
+	/* the parts walked meanwhile count for nothing if this rolls back */
+	ret = expect_walking(s, RDMIG_MSG_READY, PARTS_AHEAD, step, &m, &walk_err);
 	if (ret < 0)
-		return rollback(s, "the destination could not restore the process", ret);
+		return rollback(s,
+		                walk_err ? "walking the process's memory failed"
+		                         : "the destination could not restore the process",
+		                ret);
 	s->t_ready = rdmig_now_ns();
+	/* What was walked beyond PARTS_AHEAD goes before GO: the destination reads
+	 * it now and releases it before the resume. After GO it met the process's
+	 * first faults (1 GiB random writer: the resume to the first touch ~0.3 ms
+	 * longer), and a destination taking it before the resume waited on each
+	 * part walked meanwhile. */
+	ret = send_parts(s, UINT32_MAX);
+	if (ret < 0)
+		return rollback(s, "lost the destination before the switch", ret);
+	{
+		struct rdmig_parts_stats st;
+
+		rdmig_parts_stats(s->parts, &st);
+		s->parts_ahead = st.taken;
+	}
 	/* The commit. A queued SIGSTOP keeps the original stopped even if this daemon
 	 * dies from here on: ptrace's detach on our exit would otherwise let it run
 	 * next to its copy. */
@@ -790,7 +836,7 @@ static int switch_over(struct src *s)
 		ret = -EIO;
 	if (ret < 0)
 		return park(s, "lost the destination while committing", ret);
-	ret = expect_running(s, &m, step, &walk_err);
+	ret = expect_walking(s, RDMIG_MSG_RUNNING, UINT32_MAX, step, &m, &walk_err);
 	if (walk_err)
 		return park(s, "walking the process's memory after the resume failed", ret);
 	if (ret < 0 && m.type == RDMIG_MSG_ERROR) {
@@ -849,31 +895,77 @@ static int switch_over(struct src *s)
 	return RDMIG_EXIT_OK;
 }
 
-/* Post-copy walks the anonymous mappings after the resume (parts.h) when the
- * walk inside the freeze would cost more than a held fault's wait: the walk
- * grows with the pages that hold data (~1.4 ms per GiB here), the wait does not
- * (a WANT's round trip and one part's walk, 1-3 ms here where both daemons and
- * the process share two CPUs). Measured here, 1 GiB and 4 GiB random writers
- * in alternating pairs (design.md, "The walk after the resume"): at 4 GiB the
- * pause the process saw fell from 16.5-19.2 to 10.1-12.6 ms and the downtime
- * from 12.7-14.3 to 5.5-5.7; at 1 GiB the downtime fell but the pause did not
- * (medians 12.8 against 16.8 ms). Hence from HOLD_MIN_PAGES with data (the
- * first round's count); RDMIG_HOLD=on|off decides instead. Not after pulled
+/* Post-copy walks the anonymous mappings outside the freeze (parts.h) when the
+ * walk inside it would cost more than it hides: the walk grows with the pages
+ * that hold data (~1.4 ms per GiB here); inside the freeze it overlaps the
+ * frozen thread's first return to user mode (0.2-1.5 ms here: capture.c), and
+ * outside it begins in what is left of that wait, goes on while the
+ * destination restores, and what is not walked by GO makes faults wait (a
+ * WANT's round trip and one part's walk). Measured here, random writers in
+ * alternating pairs (design.md, "The walk outside the freeze"): at 256 MiB
+ * held lost (16 pairs: pause median 6.88 against 6.58 ms, the same downtime,
+ * the first touch later); at 1 GiB it won a little (two sets, 4 and 5 pairs:
+ * downtime median 5.72 against 6.73 and 6.18 against 6.57 ms, pause 7.13
+ * against 7.62 and 7.36 against 7.43); at 4 GiB the downtime no longer grows
+ * with the size. Hence from HOLD_MIN_PAGES with data (the first round's
+ * count); RDMIG_HOLD=on|off|late decides instead ("late": no walk before GO,
+ * the tests' way to a walk that fails after the switch). Not after pulled
  * rounds: the destination's arena copies of what the freeze copies again must
  * be named before the image (RUNS_FINAL), which needs the walk. */
-#define HOLD_MIN_PAGES (2ull << 30 >> 12) /* 2 GiB */
+#define HOLD_MIN_PAGES (1ull << 30 >> 12) /* 1 GiB */
 
-static bool hold_anon(const struct src *s)
+static bool hold_anon(struct src *s)
 {
 	const char *env = getenv("RDMIG_HOLD");
 	struct rdmig_precopy_stats st;
 
 	if (s->o->mode == RDMIG_MODE_PRECOPY || s->rounds || (env && !strcmp(env, "off")))
 		return false;
+	if (env && !strcmp(env, "late")) {
+		s->walk_late = true; /* the tests' way to a walk that fails after GO */
+		return true;
+	}
 	if (env && !strcmp(env, "on"))
 		return true;
 	rdmig_precopy_stats(s->pc, &st);
 	return st.pages_first >= HOLD_MIN_PAGES;
+}
+
+/* The capture's idle time (rdmig_capture_known.idle): while the frozen
+ * thread's first return to user mode lasts, the held walk begins (the last
+ * copy's views first, which it needs). The main thread's registers as saved
+ * at the seize say which parts it will want first; the other threads' are
+ * read later. */
+static int walk_idle(void *arg, struct rdmig_image *img)
+{
+	struct src *s = arg;
+	int ret;
+
+	if (s->idle_err || s->walk_late)
+		return 0;
+	if (!s->finalized) {
+		ret = rdmig_precopy_final(s->pc, img, &s->views, &s->nviews);
+		if (ret == 0)
+			ret = rdmig_parts_create(s->o->pid, img, &s->parts);
+		if (ret < 0) {
+			s->idle_err = ret;
+			return ret;
+		}
+		s->finalized = true;
+		if (s->parts) {
+			const struct user_regs_struct *r = rdmig_tracee_saved_regs(s->t);
+			const unsigned long long *reg = (const unsigned long long *)r;
+
+			for (size_t i = 0; i < sizeof(*r) / sizeof(*reg); i++)
+				rdmig_parts_want(s->parts, reg[i]);
+		}
+	}
+	ret = rdmig_inject("src.part");
+	if (ret == 0)
+		ret = rdmig_parts_walk(s->parts, s->pc);
+	if (ret < 0)
+		s->idle_err = ret;
+	return ret;
 }
 
 static int run(struct src *s)
@@ -1001,12 +1093,21 @@ static int run(struct src *s)
 		ret = rdmig_inject("src.capture");
 	if (ret == 0)
 		ret = rdmig_capture(s->t, &s->img,
-		                    &(struct rdmig_capture_known){s->lay_cow, s->nlay_cow, hold},
+		                    &(struct rdmig_capture_known){.pages = s->lay_cow,
+		                                                  .n = s->nlay_cow,
+		                                                  .hold_anon = hold,
+		                                                  .idle = walk_idle,
+		                                                  .idle_arg = s},
 		                    s->why, sizeof(s->why));
-	if (ret == 0 && hold)
+	if (ret < 0)
+		return rollback(s, "cannot capture the process", ret);
+	if (s->idle_err)
+		return rollback(s, "walking the process's memory failed", s->idle_err);
+	if (hold && !s->parts)
 		ret = rdmig_parts_create(o->pid, &s->img, &s->parts);
 	if (ret < 0)
 		return rollback(s, "cannot capture the process", ret);
+	rdmig_parts_captured(s->parts);
 	s->t_captured = rdmig_now_ns();
 	if (!s->rounds) {
 		/* The image does not depend on the last copy: the destination restores
@@ -1018,8 +1119,13 @@ static int run(struct src *s)
 		s->ns_image = rdmig_now_ns() - s->t_captured;
 	}
 	ret = rdmig_inject("src.final_copy");
-	if (ret == 0)
+	if (ret == 0 && s->finalized) {
+		views = s->views; /* made in the capture's idle time */
+		nviews = s->nviews;
+		s->views = NULL;
+	} else if (ret == 0) {
 		ret = rdmig_precopy_final(s->pc, &s->img, &views, &nviews);
+	}
 	if (ret < 0)
 		return rollback(s, "copying the last changed pages failed", ret);
 	s->t_copied = rdmig_now_ns();

@@ -1,11 +1,13 @@
 /*
- * The source's page walk after the resume (parts.h).
+ * The source's page walk outside the freeze (parts.h).
  *
  * Why: the capture's walk of the anonymous mappings (which pages hold data,
  * which were written since the last round) was the one part of the freeze that
  * grows with the process: ~1.4 ms per GiB here, 5-7 ms of a 4 GiB process's
- * 11-21 ms. Done after the resume, a part at a time, the freeze no longer
- * depends on the size; the price is that a fault on a page not released yet
+ * 11-21 ms. Done outside the capture, a part at a time, the freeze no longer
+ * depends on the size: the walk starts once the image is sent and runs while
+ * the destination restores (where the source would only wait for READY), then
+ * on after the resume; the price is that a fault on a page not released yet
  * waits for its part's walk and copy (0.1-0.4 ms for 64 MiB), and the part a
  * fault waits on is walked next (WANT).
  *
@@ -42,8 +44,8 @@ struct rdmig_parts {
 	int pm_fd;
 	struct part *p;
 	uint32_t n;
-	uint32_t *order; /* walked parts, in the order they were walked */
-	uint32_t walked, cursor, nwanted;
+	uint32_t *order; /* walked parts, in the order they were walked (and taken) */
+	uint32_t walked, taken, cursor, nwanted;
 	uint32_t *want; /* wanted parts not walked yet, oldest first */
 	uint32_t want_head;
 	uint32_t hinted; /* of the wanted, those the registers named */
@@ -93,6 +95,17 @@ int rdmig_parts_create(pid_t pid, struct rdmig_image *img, struct rdmig_parts **
 			    (struct part){.vma = i, .start = a, .end = e < v->end ? e : v->end};
 		}
 	}
+	*out = ps;
+	return 0;
+}
+
+void rdmig_parts_captured(struct rdmig_parts *ps)
+{
+	const struct rdmig_image *img;
+
+	if (!ps)
+		return;
+	img = ps->img;
 	/* What the process touches first after the resume is most likely what its
 	 * registers point at (the stack, a buffer in hand, the object a loop is
 	 * on): those parts go first, before any fault asks for them. */
@@ -100,8 +113,20 @@ int rdmig_parts_create(pid_t pid, struct rdmig_image *img, struct rdmig_parts **
 		for (uint32_t r = 0; r < RDMIG_IMG_NREGS; r++)
 			rdmig_parts_want(ps, img->threads[t].regs[r]);
 	ps->hinted = ps->nwanted;
-	*out = ps;
-	return 0;
+	/* as rdmig_capture_walk_part does for the eager pages it knows of */
+	for (uint32_t w = 0; w < ps->walked; w++) {
+		const struct part *p = &ps->p[ps->order[w]];
+		struct rdmig_img_vma *v = &img->vmas[p->vma];
+
+		for (uint32_t k = 0; k < img->ncow; k++) {
+			uint64_t a = img->cow[k].addr, pg = (a - v->start) / PG;
+
+			if (a < p->start || a >= p->end || !(v->touched[pg / 8] >> (pg % 8) & 1))
+				continue;
+			v->touched[pg / 8] &= (uint8_t) ~(1u << (pg % 8));
+			ps->pages--;
+		}
+	}
 }
 
 void rdmig_parts_free(struct rdmig_parts *ps)
@@ -173,7 +198,7 @@ static int walk(struct rdmig_parts *ps, struct rdmig_precopy *pc, uint32_t i)
 	return 0;
 }
 
-int rdmig_parts_next(struct rdmig_parts *ps, struct rdmig_precopy *pc, uint8_t *msg, size_t cap)
+int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc)
 {
 	uint32_t i = UINT32_MAX;
 	int ret;
@@ -195,18 +220,30 @@ int rdmig_parts_next(struct rdmig_parts *ps, struct rdmig_precopy *pc, uint8_t *
 		return -EIO; /* walked < n, yet every part is walked: a bug */
 	ret = walk(ps, pc, i);
 	if (ret < 0) {
-		pr_err("walking %#" PRIx64 "-%#" PRIx64 " after the resume failed: %s",
-		       ps->p[i].start, ps->p[i].end, strerror(-ret));
+		pr_err("walking %#" PRIx64 "-%#" PRIx64 " failed: %s", ps->p[i].start, ps->p[i].end,
+		       strerror(-ret));
 		return ret;
 	}
-	return encode(ps, i, ps->walked == ps->n, msg, cap);
+	return 1;
+}
+
+int rdmig_parts_take(struct rdmig_parts *ps, uint8_t *msg, size_t cap)
+{
+	int n;
+
+	if (!ps || ps->taken == ps->walked)
+		return 0;
+	n = encode(ps, ps->order[ps->taken], ps->taken + 1 == ps->n, msg, cap);
+	if (n > 0)
+		ps->taken++;
+	return n;
 }
 
 int rdmig_parts_again(struct rdmig_parts *ps, uint32_t i, uint8_t *msg, size_t cap)
 {
-	if (!ps || i >= ps->walked)
+	if (!ps || i >= ps->taken)
 		return 0;
-	return encode(ps, ps->order[i], ps->walked == ps->n && i == ps->walked - 1, msg, cap);
+	return encode(ps, ps->order[i], i + 1 == ps->n, msg, cap);
 }
 
 void rdmig_parts_stats(const struct rdmig_parts *ps, struct rdmig_parts_stats *out)
@@ -215,6 +252,7 @@ void rdmig_parts_stats(const struct rdmig_parts *ps, struct rdmig_parts_stats *o
 	if (!ps)
 		return;
 	*out = (struct rdmig_parts_stats){.walked = ps->walked,
+	                                  .taken = ps->taken,
 	                                  .total = ps->n,
 	                                  .wanted = ps->nwanted - ps->hinted,
 	                                  .hinted = ps->hinted,

@@ -1,9 +1,11 @@
 /*
- * The source's page walk after the resume (src/parts.c): post-copy without pulled
- * rounds captures the process without walking its anonymous mappings (they go
- * out held, rdmig/image.h's RDMIG_VMA_F_HELD), and walks and copies them here,
- * part by part, while the process already runs on the destination and its
- * faults on those pages wait. Each part walked is one PART message (proto.h).
+ * The source's page walk outside the freeze (src/parts.c): post-copy without
+ * pulled rounds captures the process without walking its anonymous mappings
+ * (they go out held, rdmig/image.h's RDMIG_VMA_F_HELD), and walks and copies
+ * them here, part by part, from the moment the image is sent: while the
+ * destination restores, and after the resume while the process runs there and
+ * its faults on pages not released yet wait. Each part walked is one PART
+ * message (proto.h).
  */
 #ifndef RDMIG_SRC_PARTS_H
 #define RDMIG_SRC_PARTS_H
@@ -21,27 +23,41 @@
 struct rdmig_parts;
 
 /* The parts of img's held vmas (none: *out NULL and 0). pid: the frozen
- * process, whose pagemap is read. img must outlive the object. */
+ * process, whose pagemap is read. img must outlive the object; its vmas must
+ * not change. */
 int rdmig_parts_create(pid_t pid, struct rdmig_image *img, struct rdmig_parts **out);
 void rdmig_parts_free(struct rdmig_parts *ps);
+
+/* The capture is complete (rdmig_parts_create may run inside it, in its idle
+ * time, before the threads' registers and the eager pages are in img): the
+ * parts the registers point into go first, and the eager pages (the restore
+ * writes them) lose their touched bits in the parts walked already. */
+void rdmig_parts_captured(struct rdmig_parts *ps);
 
 /* Walk the part holding source address addr next (a fault waits there). An
  * address outside every held part, or in one walked already, changes nothing. */
 void rdmig_parts_want(struct rdmig_parts *ps, uint64_t addr);
 
-/* Walk and copy the next part (wanted ones first, then in address order) and
- * encode its PART message into msg (cap bytes). Returns the message's length,
- * 0 when every part is walked, or -errno. */
-int rdmig_parts_next(struct rdmig_parts *ps, struct rdmig_precopy *pc, uint8_t *msg, size_t cap);
+/* Walk and copy the next part (wanted ones first, then in address order).
+ * Returns 1 when one was walked, 0 when every part is, or -errno. A walked part
+ * waits for rdmig_parts_take: the walk runs ahead of what may be sent (before
+ * the switch, the destination reads nothing until its pager runs). */
+int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc);
 
-/* The PART message of walked part i again (a destination that reconnected may
- * have lost it): its length, 0 past the last walked part, or -errno. */
+/* The PART message of the oldest walked part not taken yet, encoded into msg
+ * (cap bytes) and counted as sent: its length, 0 when none waits, or -errno.
+ * The one that completes the walk carries RDMIG_PART_LAST. */
+int rdmig_parts_take(struct rdmig_parts *ps, uint8_t *msg, size_t cap);
+
+/* The PART message of taken part i again (a destination that reconnected may
+ * have lost it): its length, 0 past the last taken part, or -errno. */
 int rdmig_parts_again(struct rdmig_parts *ps, uint32_t i, uint8_t *msg, size_t cap);
 
-/* Parts walked, parts in all, walked first because a fault asked (WANT) or a
- * register pointed there, pages with data found, and the walk's time. */
+/* Parts walked, taken (sent), in all, walked first because a fault asked
+ * (WANT) or a register pointed there, pages with data found, and the walk's
+ * time. */
 struct rdmig_parts_stats {
-	uint32_t walked, total, wanted, hinted;
+	uint32_t walked, taken, total, wanted, hinted;
 	uint64_t pages, walk_ns;
 };
 void rdmig_parts_stats(const struct rdmig_parts *ps, struct rdmig_parts_stats *out);

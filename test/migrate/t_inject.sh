@@ -118,14 +118,15 @@ declare -A CASES=(
   [tp.dst.recv]="|RDMIG_INJECT_TP=recv:9|rollback"
   [src.committed]="RDMIG_INJECT=src.committed||after"
   [src.serving]="RDMIG_INJECT=src.serving||after"
-  [src.part]="RDMIG_HOLD=on RDMIG_INJECT=src.part||after"
+  [src.part]="RDMIG_HOLD=on RDMIG_INJECT=src.part||rollback"
+  [src.part_late]="RDMIG_HOLD=late RDMIG_INJECT=src.part||after"
   [dst.running]="|RDMIG_INJECT=dst.running|after"
   [tp.dst.post_read]="|RDMIG_INJECT_TP=post_read:40|recovered"
   [tp.src.recv]="RDMIG_INJECT_TP=recv:3||recovered"
 )
 ORDER=(src.connected src.tracking src.track_files src.frozen src.capture src.final_copy src.sent dst.receiving
        dst.prebuild dst.restoring dst.pager dst.ready dst.resume tp.src.mr_reg tp.src.send tp.dst.recv
-       src.committed src.serving src.part dst.running tp.dst.post_read tp.src.recv)
+       src.part src.committed src.serving src.part_late dst.running tp.dst.post_read tp.src.recv)
 sel=("$@")
 [ ${#sel[@]} -gt 0 ] || sel=("${ORDER[@]}")
 for c in "${sel[@]}"; do

@@ -64,15 +64,27 @@ python_heap() { in_mode python_heap postcopy 5 python3 "$HERE/heap.py" "${HEAP_A
 # The fallback of kernels without asynchronous write tracking (before 6.7, or
 # without soft-dirty): nothing is copied while the process runs, everything with
 # data at the freeze, and no PAGEMAP_SCAN (pagemap entries are read instead).
-# The walk after the resume (RDMIG_HOLD=on): the heap's pages wait on the
-# destination until the source has walked and copied their part.
+# The walk outside the freeze (RDMIG_HOLD): the heap's vmas go out held and the
+# source walks and copies them part by part. With "on" it begins in the
+# capture's idle time and goes on while the destination restores (parts sent
+# before GO); with "late" it begins only at GO, so the heap's pages wait on the
+# destination until their part comes, after the resume.
+walked() { # NAME
+  if ! grep -q "parts of its memory walked outside the freeze" "$T/$1.src.log"; then
+    fail "$1" "the source did not walk the held memory outside the freeze"; show_logs "$1"; return 1
+  fi
+}
 walked_after() { # NAME
-  if ! grep -q "parts of its memory walked after the resume" "$T/$1.src.log"; then
-    fail "$1" "the source did not walk the held memory after the resume"; show_logs "$1"; return 1
+  if ! grep -q "parts of its memory walked outside the freeze, 0 of them sent before the switch" \
+      "$T/$1.src.log"; then
+    fail "$1" "the source did not walk the held memory after the switch"; show_logs "$1"; return 1
   fi
 }
 held_postcopy() {
-  RDMIG_HOLD=on EXTRA_CHECK=walked_after in_mode held_postcopy postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
+  RDMIG_HOLD=on EXTRA_CHECK=walked in_mode held_postcopy postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
+}
+held_late_postcopy() {
+  RDMIG_HOLD=late EXTRA_CHECK=walked_after in_mode held_late_postcopy postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
 }
 
 python_heap_untracked() {
@@ -115,7 +127,7 @@ forks_mode() { # MODE
   check_migrated "$name" "$T/$name.ref" "$T/$name.out"
 }
 forks_postcopy() { forks_mode postcopy; }
-forks_held() { RDMIG_HOLD=on EXTRA_CHECK=walked_after forks_mode postcopy forks_held; }
+forks_held() { RDMIG_HOLD=late EXTRA_CHECK=walked_after forks_mode postcopy forks_held; }
 forks_precopy() { forks_mode precopy; }
 forks_hybrid() { forks_mode hybrid; }
 
@@ -304,7 +316,7 @@ bad_token() {
 }
 
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(python_heap held_postcopy python_heap_untracked python_heap_precopy python_heap_hybrid
+[ ${#cases[@]} -gt 0 ] || cases=(python_heap held_postcopy held_late_postcopy python_heap_untracked python_heap_precopy python_heap_hybrid
   gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid
   forks_postcopy forks_held forks_precopy forks_hybrid postcopy_ops sparse_postcopy sparse_precopy
   sparse_hybrid writer_hybrid refuse_socket refuse_shm refuse_huge_anon bad_token)

@@ -24,12 +24,14 @@ echo "== migration: verbs on rxe0 ($RDMIG_RXE_ADDR)"
 # (through a pipe: the guest's stdout is a virtio-serial device, which the
 # capture refuses in the workloads that inherit it)
 "$build/test/test_restore" 2>&1 | cat || exit 1
-# held_postcopy: the walk after the resume, on verbs and with soft-dirty
-# tracking (its parts copied by the soft-dirty bits).
+# held_postcopy, held_late_postcopy: the walk outside the freeze, on verbs and
+# with soft-dirty tracking (its parts copied by the soft-dirty bits): parts sent
+# while the destination restores (verbs' receive buffers not read until its
+# pager runs), and after the resume.
 # writer_hybrid: Debian 12's kernel tracks with soft-dirty bits, so hybrid must
 # say it cannot tell what was written and make its one pull (sparse_hybrid, the
 # rule's other side, needs 6.7's tracking; its process also ends before a copy
 # of its 1 GiB under emulation).
-RDMIG_MIG_TRANSPORT=verbs "$here/migrate/t_programs.sh" python_heap held_postcopy python_heap_precopy python_heap_hybrid \
+RDMIG_MIG_TRANSPORT=verbs "$here/migrate/t_programs.sh" python_heap held_postcopy held_late_postcopy python_heap_precopy python_heap_hybrid \
   gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid forks_postcopy forks_precopy forks_hybrid postcopy_ops \
   writer_hybrid
