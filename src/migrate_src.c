@@ -808,10 +808,10 @@ static int switch_over(struct src *s)
 		                ret);
 	s->t_ready = rdmig_now_ns();
 	/* What was walked beyond PARTS_AHEAD goes before GO: the destination reads
-	 * it now and releases it before the resume. After GO it met the process's
-	 * first faults (1 GiB random writer: the resume to the first touch ~0.3 ms
-	 * longer), and a destination taking it before the resume waited on each
-	 * part walked meanwhile. */
+	 * it now and releases it before the resume. Sent after GO, it was taken
+	 * after the resume, while the process's first faults wanted the CPU; and a
+	 * destination that took what came after GO before resuming waited on each
+	 * part walked meanwhile (1 GiB: downtime 10-12 ms in 3 of 8 runs). */
 	ret = send_parts(s, UINT32_MAX);
 	if (ret < 0)
 		return rollback(s, "lost the destination before the switch", ret);
@@ -901,18 +901,19 @@ static int switch_over(struct src *s)
  * frozen thread's first return to user mode (0.2-1.5 ms here: capture.c), and
  * outside it begins in what is left of that wait, goes on while the
  * destination restores, and what is not walked by GO makes faults wait (a
- * WANT's round trip and one part's walk). Measured here, random writers in
- * alternating pairs (design.md, "The walk outside the freeze"): at 256 MiB
- * held lost (16 pairs: pause median 6.88 against 6.58 ms, the same downtime,
- * the first touch later); at 1 GiB it won a little (two sets, 4 and 5 pairs:
- * downtime median 5.72 against 6.73 and 6.18 against 6.57 ms, pause 7.13
- * against 7.62 and 7.36 against 7.43); at 4 GiB the downtime no longer grows
- * with the size. Hence from HOLD_MIN_PAGES with data (the first round's
- * count); RDMIG_HOLD=on|off|late decides instead ("late": no walk before GO,
- * the tests' way to a walk that fails after the switch). Not after pulled
+ * WANT's round trip and one part's walk). Measured here, alternating pairs
+ * (design.md, "The walk outside the freeze"): at 256 MiB held lost (random
+ * writer, 16 pairs: pause median 6.88 against 6.58 ms, the same downtime, the
+ * first touch later); at 1 GiB the downtime was shorter held for every pattern
+ * but the pause was not (one build, held against RDMIG_HOLD=off: seq 6.00
+ * against 6.24 ms, random 7.16 against 7.68, zipf 8.37 against 7.52, the
+ * first touch 2.0 against 1.2 ms); at 4 GiB the walk in the freeze is ~6 ms
+ * of it. Hence from HOLD_MIN_PAGES with data (the first round's count);
+ * RDMIG_HOLD=on|off|late decides instead ("late": no walk before GO, the
+ * tests' way to a walk that fails after the switch). Not after pulled
  * rounds: the destination's arena copies of what the freeze copies again must
  * be named before the image (RUNS_FINAL), which needs the walk. */
-#define HOLD_MIN_PAGES (1ull << 30 >> 12) /* 1 GiB */
+#define HOLD_MIN_PAGES (2ull << 30 >> 12) /* 2 GiB */
 
 static bool hold_anon(struct src *s)
 {
