@@ -514,9 +514,9 @@ static int check_cow(const struct rdmig_image *img, uint32_t i)
 		uint64_t p = (a - v->start) / RDMIG_IMG_PAGE;
 
 		/* one source per page: an eager ANON page is never also fetched (a held
-		 * vma's bits are the walk's: rdmig_capture_walk_part clears them) */
-		if (v->touched && !(v->flags & RDMIG_VMA_F_HELD) &&
-		    (v->touched[p / 8] >> (p % 8) & 1)) {
+		 * vma's bits, the source's walk's, are cleared there too:
+		 * rdmig_capture_walk_part, rdmig_parts_captured) */
+		if (v->touched && (v->touched[p / 8] >> (p % 8) & 1)) {
 			pr_err("cow page %u at %#" PRIx64 " is also marked touched", i, a);
 			return -1;
 		}

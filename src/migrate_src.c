@@ -856,8 +856,8 @@ static int switch_over(struct src *s)
 	 * threads stay too (idle; stopped at the end): joining them here, right
 	 * after the resume, took CPU from the destination's first faults (256 MiB
 	 * random writer, 16 alternating pairs: the pause the process saw, median
-	 * 5.4 against 5.8 ms). The walk after the resume walks 64 MiB parts,
-	 * which they do not split. */
+	 * 5.4 against 5.8 ms). The held walk walks 64 MiB parts, which they do
+	 * not split. */
 	fprintf(stderr,
 	        "rdma_migrate src: pid %d runs on the destination as pid %" PRIu64
 	        " (downtime %.3f ms); serving its memory\n",
