@@ -118,6 +118,9 @@
  * sleeping thread costs each of them a wakeup (about as much again as the read itself
  * on the tcp provider). */
 #define FABRIC_THREAD_SPIN_NS 100000u
+/* A send waiting for a send buffer (or for room in the provider's queue) reads the
+ * CQ itself this often: the completions that free them need someone to read it. */
+#define FABRIC_SEND_REDRIVE_NS 200000u
 /* A sched_yield that takes longer than this means the core is contended. */
 #define FABRIC_SPIN_PREEMPTED_NS 20000u
 /* For this long after a poll that waited for ops, the caller is presumed to be driving
@@ -233,8 +236,9 @@ struct fabric_conn {
 	atomic_uint ndone; /* done_len, for a spinning poll to read without the lock */
 
 	pthread_mutex_t lock;
-	pthread_cond_t cond;      /* rx queue grew, a send buffer came free, state changed */
-	pthread_cond_t park_cond; /* the caller stopped driving, or close */
+	pthread_mutex_t reap_lock; /* one reader of the CQ at a time: see fabric_reap */
+	pthread_cond_t cond;       /* rx queue grew, a send buffer came free, state changed */
+	pthread_cond_t park_cond;  /* the caller stopped driving, or close */
 
 	/* Under lock. */
 	enum fabric_state state;
@@ -608,22 +612,53 @@ static void fabric_complete_error(struct fabric_conn *c)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* Read the CQ once without sleeping. Returns whether anything was read. */
+/* Read the CQ once without sleeping. Returns whether anything was read. The thread
+ * and a caller may both read it: reap_lock keeps each read and the queueing of what
+ * it read together, or two readers could queue two messages in the wrong order.
+ * Without c->lock (taken after reap_lock). */
 static bool fabric_reap(struct fabric_conn *c, bool by_caller)
 {
 	struct fi_cq_msg_entry ent[FABRIC_CQ_BATCH];
+	bool got = true;
 	ssize_t n;
 
+	pthread_mutex_lock(&c->reap_lock);
 	n = fi_cq_read(c->cq, ent, FABRIC_CQ_BATCH);
-	if (n > 0) {
+	if (n > 0)
 		fabric_complete(c, ent, (size_t)n, by_caller);
-		return true;
-	}
-	if (n == -FI_EAVAIL) {
+	else if (n == -FI_EAVAIL)
 		fabric_complete_error(c);
-		return true;
+	else
+		got = false;
+	pthread_mutex_unlock(&c->reap_lock);
+	return got;
+}
+
+/* A caller about to wait for a message or a send buffer reads the CQ itself first
+ * (a few batches): the thread may be off the CPU for milliseconds on a busy host,
+ * and a wait that only it can end lasts as long (seen: a send waiting 4.2 ms for
+ * a send buffer whose completion sat in the CQ while the migration's threads and
+ * the process it serves shared two CPUs). Without c->lock; wakes every waiter. */
+static void fabric_drive(struct fabric_conn *c)
+{
+	/* without a wait fd the thread reads the CQ while it sleeps (fabric_sleep),
+	 * outside reap_lock: left to it, as before */
+	for (int i = 0; c->cq_fd >= 0 && i < 4 && fabric_reap(c, false); i++)
+		;
+}
+
+/* Arm the provider's wait fd before a caller of recv sleeps on event_fd (its own
+ * loop's, or ours below), as poll does: a few tries, reaping what makes it refuse
+ * (whatever that brings wakes event_fd: by_caller false). Without c->lock. */
+static void fabric_arm(struct fabric_conn *c)
+{
+	struct fid *fid = &c->cq->fid;
+
+	for (int tries = 0; c->cq_fd >= 0 && tries < 4; tries++) {
+		if (fi_trywait(c->fabric, &fid, 1) != -FI_EAGAIN)
+			break;
+		(void)fabric_reap(c, false);
 	}
-	return false;
 }
 
 /* The thread's slow duties: EQ events and op timeouts. */
@@ -758,6 +793,9 @@ static bool fabric_sleep(struct fabric_conn *c, bool *eq_ready)
 		struct fi_cq_msg_entry ent[FABRIC_CQ_BATCH];
 		ssize_t n = fi_cq_sread(c->cq, ent, FABRIC_CQ_BATCH, NULL, FABRIC_TICK_MS);
 
+		/* Not under reap_lock (a poll would wait for this sleep): recv and send
+		 * leave such a CQ to the thread (fabric_drive), so no message is read
+		 * here and by a caller at once. */
 		if (n > 0)
 			fabric_complete(c, ent, (size_t)n, false);
 		else if (n == -FI_EAVAIL)
@@ -873,6 +911,7 @@ static struct fabric_conn *fabric_conn_alloc(int op_timeout_ms)
 		return NULL;
 	}
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->reap_lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->cond, &ca);
@@ -960,6 +999,7 @@ static void fabric_conn_destroy(struct fabric_conn *c)
 	close(c->efd);
 	pthread_cond_destroy(&c->park_cond);
 	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->reap_lock);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
 }
@@ -1621,7 +1661,7 @@ static int fabric_send(struct rdmig_conn *bc, const void *msg, size_t len)
 {
 	struct fabric_conn *c = fabric_conn_of(bc);
 	uint64_t deadline = fabric_deadline(c->op_timeout_ms);
-	bool expired = false;
+	bool expired = false, driven = false;
 	unsigned char *buf;
 	unsigned slot = 0;
 	ssize_t fret;
@@ -1629,6 +1669,8 @@ static int fabric_send(struct rdmig_conn *bc, const void *msg, size_t len)
 
 	pthread_mutex_lock(&c->lock);
 	for (;;) {
+		uint64_t until;
+
 		if (c->state != FABRIC_UP) {
 			ret = c->err;
 			goto out_unlock;
@@ -1643,8 +1685,20 @@ static int fabric_send(struct rdmig_conn *bc, const void *msg, size_t len)
 			ret = -ETIMEDOUT;
 			goto out_unlock;
 		}
+		if (!driven) {
+			/* a send's completion frees its buffer: read them ourselves */
+			pthread_mutex_unlock(&c->lock);
+			fabric_drive(c);
+			pthread_mutex_lock(&c->lock);
+			driven = true;
+			continue;
+		}
 		fabric_unpark_locked(c); /* the thread completes sends while we wait */
-		expired = fabric_cond_wait(c, deadline) != 0;
+		/* and we read the CQ again every FABRIC_SEND_REDRIVE_NS meanwhile */
+		until = fabric_now_ns() + FABRIC_SEND_REDRIVE_NS;
+		(void)fabric_cond_wait(c, deadline && deadline < until ? deadline : until);
+		expired = deadline && fabric_now_ns() >= deadline;
+		driven = false;
 	}
 	c->tx_busy[slot] = true;
 	c->tx_inflight++;
@@ -1658,8 +1712,11 @@ static int fabric_send(struct rdmig_conn *bc, const void *msg, size_t len)
 			break;
 		/* The provider's transmit queue (or the verbs provider's credits) ran out:
 		 * wait a little for ops to finish and try again. */
-		retry = fabric_now_ns() + NS_PER_MS;
-		if (retry > deadline) {
+		pthread_mutex_unlock(&c->lock);
+		fabric_drive(c);
+		pthread_mutex_lock(&c->lock);
+		retry = fabric_now_ns() + FABRIC_SEND_REDRIVE_NS;
+		if (deadline && retry > deadline) {
 			fabric_break_locked(c, -ETIMEDOUT, -ETIMEDOUT,
 			                    "transmit queue stayed full for op_timeout_ms");
 			break;
@@ -1677,12 +1734,34 @@ out_unlock:
 	return ret;
 }
 
+/* A caller of recv on a connection of messages only sleeps on event_fd itself,
+ * until deadline (0: none) or for FABRIC_TICK_MS at most: the CQ's wait fd in it
+ * wakes it on the message, with no thread in between (the thread wakes too, and
+ * whoever reads the CQ first queues the message). c->lock held, dropped while it
+ * sleeps. */
+static void fabric_caller_sleep_locked(struct fabric_conn *c, uint64_t deadline)
+{
+	struct pollfd p = {.fd = c->epfd, .events = POLLIN};
+	uint64_t now = fabric_now_ns();
+	int ms = FABRIC_TICK_MS;
+
+	if (deadline && deadline <= now)
+		ms = 0;
+	else if (deadline && deadline - now < (uint64_t)ms * NS_PER_MS)
+		ms = (int)((deadline - now + NS_PER_MS - 1) / NS_PER_MS);
+	fabric_rearm_locked(c);
+	pthread_mutex_unlock(&c->lock);
+	fabric_arm(c);
+	(void)poll(&p, 1, ms);
+	pthread_mutex_lock(&c->lock);
+}
+
 static int fabric_recv(struct rdmig_conn *bc, void *buf, size_t cap, int timeout_ms)
 {
 	struct fabric_conn *c = fabric_conn_of(bc);
 	uint64_t deadline = fabric_deadline(timeout_ms);
 	struct fabric_rxmsg *m;
-	bool expired = false;
+	bool expired = false, driven = false, arm = false;
 	int ret;
 
 	pthread_mutex_lock(&c->lock);
@@ -1693,8 +1772,17 @@ static int fabric_recv(struct rdmig_conn *bc, void *buf, size_t cap, int timeout
 			ret = c->err;
 			goto out_rearm;
 		}
+		if (!driven) {
+			pthread_mutex_unlock(&c->lock);
+			fabric_drive(c);
+			pthread_mutex_lock(&c->lock);
+			driven = true;
+			continue;
+		}
 		if (timeout_ms == 0) {
+			/* the caller sleeps on event_fd next: arm it (see fabric_arm) */
 			ret = -EAGAIN;
+			arm = true;
 			goto out_rearm;
 		}
 		if (expired) {
@@ -1702,7 +1790,13 @@ static int fabric_recv(struct rdmig_conn *bc, void *buf, size_t cap, int timeout
 			goto out_rearm;
 		}
 		fabric_unpark_locked(c);
-		expired = fabric_cond_wait(c, deadline) != 0;
+		if (atomic_load(&c->base.messages_only) && c->epfd >= 0) {
+			fabric_caller_sleep_locked(c, deadline);
+			expired = deadline && fabric_now_ns() >= deadline;
+			driven = false;
+		} else {
+			expired = fabric_cond_wait(c, deadline) != 0;
+		}
 	}
 	m = c->rxq_head;
 	c->rxq_head = m->next;
@@ -1722,6 +1816,8 @@ static int fabric_recv(struct rdmig_conn *bc, void *buf, size_t cap, int timeout
 out_rearm:
 	fabric_rearm_locked(c);
 	pthread_mutex_unlock(&c->lock);
+	if (arm)
+		fabric_arm(c);
 	return ret;
 }
 
