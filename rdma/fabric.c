@@ -647,6 +647,14 @@ static void fabric_drive(struct fabric_conn *c)
 		;
 }
 
+/* fabric_drive from under c->lock (dropped meanwhile: reap_lock comes first). */
+static void fabric_drive_locked(struct fabric_conn *c)
+{
+	pthread_mutex_unlock(&c->lock);
+	fabric_drive(c);
+	pthread_mutex_lock(&c->lock);
+}
+
 /* Arm the provider's wait fd before a caller of recv sleeps on event_fd (its own
  * loop's, or ours below), as poll does: a few tries, reaping what makes it refuse
  * (whatever that brings wakes event_fd: by_caller false). Without c->lock. */
@@ -1687,9 +1695,7 @@ static int fabric_send(struct rdmig_conn *bc, const void *msg, size_t len)
 		}
 		if (!driven) {
 			/* a send's completion frees its buffer: read them ourselves */
-			pthread_mutex_unlock(&c->lock);
-			fabric_drive(c);
-			pthread_mutex_lock(&c->lock);
+			fabric_drive_locked(c);
 			driven = true;
 			continue;
 		}
@@ -1712,9 +1718,7 @@ static int fabric_send(struct rdmig_conn *bc, const void *msg, size_t len)
 			break;
 		/* The provider's transmit queue (or the verbs provider's credits) ran out:
 		 * wait a little for ops to finish and try again. */
-		pthread_mutex_unlock(&c->lock);
-		fabric_drive(c);
-		pthread_mutex_lock(&c->lock);
+		fabric_drive_locked(c);
 		retry = fabric_now_ns() + FABRIC_SEND_REDRIVE_NS;
 		if (deadline && retry > deadline) {
 			fabric_break_locked(c, -ETIMEDOUT, -ETIMEDOUT,
@@ -1773,9 +1777,7 @@ static int fabric_recv(struct rdmig_conn *bc, void *buf, size_t cap, int timeout
 			goto out_rearm;
 		}
 		if (!driven) {
-			pthread_mutex_unlock(&c->lock);
-			fabric_drive(c);
-			pthread_mutex_lock(&c->lock);
+			fabric_drive_locked(c);
 			driven = true;
 			continue;
 		}
