@@ -20,6 +20,10 @@
  *     for up to FABRIC_POLL_SPIN_NS), then the caller sleeps on event_fd, an epoll fd
  *     holding our eventfd and the CQ's wait fd, so it wakes on the connection's traffic
  *     with no thread in between. The thread stays parked meanwhile (FABRIC_YIELD_NS).
+ *   - the caller, while it waits for a message or a send buffer: recv and send read the
+ *     CQ before they wait (fabric_drive; send again every FABRIC_SEND_REDRIVE_NS), and a
+ *     blocking recv on a connection of messages only sleeps on event_fd itself. On a
+ *     busy host the thread can be off the CPU for milliseconds.
  *   - the thread, otherwise: it reaps into our queues (finished ops into the done ring,
  *     messages into the rx queue) and writes the eventfd; after traffic it keeps polling
  *     for FABRIC_THREAD_SPIN_NS, then sleeps on the CQ's and EQ's wait fds.
@@ -59,8 +63,9 @@
  *
  * Locking. c->lock guards slots, queues and state. libfabric is called with or without
  * it held: the provider never calls back into us, so the order is always c->lock, then
- * the provider's locks. The domain is FI_THREAD_SAFE because the thread reads the CQ
- * while the caller posts.
+ * the provider's locks. reap_lock, taken before c->lock, makes each read of the CQ and
+ * the queueing of what it read one step, since the thread and a caller both read it.
+ * The domain is FI_THREAD_SAFE because the thread reads the CQ while the caller posts.
  *
  * Errors: libfabric's -FI_E* become -errno in fabric_errno(), at this file's border.
  */
