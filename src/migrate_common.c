@@ -114,3 +114,76 @@ void rdmig_heap_warm(size_t bytes)
 		p[i] = 0;
 	free((void *)p);
 }
+
+static void *spare_main(void *arg)
+{
+	struct rdmig_spare *sp = arg;
+	void *(*fn)(void *);
+	void *fn_arg;
+
+	/* glibc gives a thread its own malloc arena at its first malloc (an mmap,
+	 * an mprotect, the faults of its first chunks): now, not in the job */
+	{
+		void *volatile warm = malloc(1); /* volatile: not elided with the free */
+
+		free(warm);
+	}
+	pthread_mutex_lock(&sp->mu);
+	while (!sp->handed && !sp->quit)
+		pthread_cond_wait(&sp->cv, &sp->mu);
+	fn = sp->handed ? sp->fn : NULL;
+	fn_arg = sp->arg;
+	pthread_mutex_unlock(&sp->mu);
+	return fn ? fn(fn_arg) : NULL;
+}
+
+int rdmig_spare_start(struct rdmig_spare *sp)
+{
+	int err;
+
+	*sp = (struct rdmig_spare){0};
+	pthread_mutex_init(&sp->mu, NULL);
+	pthread_cond_init(&sp->cv, NULL);
+	err = pthread_create(&sp->th, NULL, spare_main, sp);
+	if (err) {
+		pthread_cond_destroy(&sp->cv);
+		pthread_mutex_destroy(&sp->mu);
+		*sp = (struct rdmig_spare){0};
+		return -err;
+	}
+	sp->started = true;
+	return 0;
+}
+
+int rdmig_spare_spawn(void *arg, pthread_t *th, void *(*fn)(void *), void *fn_arg)
+{
+	struct rdmig_spare *sp = arg;
+
+	if (!sp || !sp->started || sp->handed)
+		return -pthread_create(th, NULL, fn, fn_arg);
+	pthread_mutex_lock(&sp->mu);
+	sp->fn = fn;
+	sp->arg = fn_arg;
+	sp->handed = true;
+	/* no wait for it to take the job: it reads fn under mu, whenever it runs */
+	pthread_cond_signal(&sp->cv);
+	pthread_mutex_unlock(&sp->mu);
+	*th = sp->th;
+	return 0;
+}
+
+void rdmig_spare_stop(struct rdmig_spare *sp)
+{
+	if (!sp->started)
+		return;
+	if (!sp->handed) {
+		pthread_mutex_lock(&sp->mu);
+		sp->quit = true;
+		pthread_cond_signal(&sp->cv);
+		pthread_mutex_unlock(&sp->mu);
+		pthread_join(sp->th, NULL);
+	}
+	pthread_cond_destroy(&sp->cv);
+	pthread_mutex_destroy(&sp->mu);
+	sp->started = false;
+}

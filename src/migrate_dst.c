@@ -73,6 +73,7 @@ struct dst {
 	const struct rdmig_migrate_opts *o;
 	enum dst_state state;
 	struct rdmig_husk *husk;
+	struct rdmig_spare spare; /* the pager's thread, made before the downtime */
 	struct rdmig_listener *lis;
 	struct rdmig_conn *ctl, *data;
 	struct rdmig_conn *next_data; /* a reconnection's, until the switch takes it */
@@ -592,6 +593,8 @@ static int start_pager(struct dst *d)
 	lo.on_event = on_event;
 	lo.on_held = on_held;
 	lo.event_arg = d;
+	lo.spawn = rdmig_spare_spawn;
+	lo.spawn_arg = &d->spare;
 	lo.prefetch_quiet_us = PREFETCH_QUIET_US;
 	if (!d->o->no_prefetch)
 		lo.prefetch =
@@ -1161,6 +1164,8 @@ static int run(struct dst *d)
 	/* what the image's decode and the restore allocate, resident before they do
 	 * (whether or not a layout comes ahead) */
 	rdmig_heap_warm(8u << 20);
+	if (rdmig_spare_start(&d->spare) < 0)
+		pr_info("no thread made ahead for the pager: it makes its own at the switch");
 	/* kept open after the switch, for a source that has to reconnect */
 	if (o->retry_ms <= 0) {
 		rdmig_tp_close_listener(d->lis);
@@ -1287,6 +1292,7 @@ int rdmig_dst_run(const struct rdmig_migrate_opts *o)
 	/* After a failure past the switch the process keeps its own copy of the uffd:
 	 * with our loop gone its faults on missing pages wait, they never read zeros. */
 	rdmig_faultloop_destroy(d.loop);
+	rdmig_spare_stop(&d.spare); /* after the loop that may have joined it */
 	if (d.r.uffd >= 0 && d.restored)
 		close(d.r.uffd);
 	rdmig_prefetch_destroy(d.pf);

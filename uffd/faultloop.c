@@ -1308,8 +1308,13 @@ static void *loop_main(void *arg)
 
 		free(warm);
 	}
-	/* what completed since start() sent the hinted fetches (the source need
-	 * not have said so on its event fd) */
+	/* The hinted pages first, before the first poll(), which waits until the
+	 * process's first fault (often on a hinted page). Not in start(): posting
+	 * them there cost the destination's main thread 0.12-0.28 ms here before
+	 * it could take GO; here they go out while it resumes the process. The
+	 * take sends what the source gathered. */
+	if (l->hints_due)
+		fetch_hints(l);
 	take_completions(l);
 
 	while (!atomic_load(&l->stop_req)) {
@@ -1528,18 +1533,9 @@ int rdmig_faultloop_start(struct rdmig_faultloop *l)
 	l->last_probe_ns = mono_ns();
 	if (l->o.prefetch_quiet_us)
 		l->prefetch_from_ns = l->last_probe_ns + PREFETCH_IDLE_START_MS * 1000000ull;
-	/* The hinted pages go out here, in the caller, before the thread exists
-	 * (nothing else uses the source yet): the loop's first turn waited in
-	 * poll() until the process's first fault, which was often on a hinted
-	 * page. The poll (max 0) sends what the source gathered; the thread takes
-	 * the completions at its first turn (installing them here cost the
-	 * destination's main thread 0.04-0.5 ms before it could take GO). */
-	if (l->hints_due) {
-		fetch_hints(l);
-		(void)rdmig_source_poll(l->o.source, NULL, 0);
-	}
 	atomic_store(&l->c.running, true);
-	ret = -pthread_create(&l->thread, NULL, loop_main, l);
+	ret = l->o.spawn ? l->o.spawn(l->o.spawn_arg, &l->thread, loop_main, l)
+	                 : -pthread_create(&l->thread, NULL, loop_main, l);
 	if (ret) {
 		atomic_store(&l->c.running, false);
 		return ret;

@@ -55,6 +55,7 @@ struct memsource {
 	struct ms_region *regions;
 	size_t nregions;
 	uint64_t seq;
+	uint64_t first[RDMIG_MEMSOURCE_LOGGED]; /* the first fetches' addresses, in order */
 	unsigned outstanding;
 	enum rdmig_memsource_inject mode;
 	uint64_t after;
@@ -175,6 +176,8 @@ static int ms_fetch(struct rdmig_page_source *s, uint64_t addr, size_t len, uint
 	}
 	slot = m->free_slots[--m->nfree];
 	q = &m->req[slot];
+	if (m->seq < RDMIG_MEMSOURCE_LOGGED)
+		m->first[m->seq] = addr;
 	*q = (struct ms_req){.addr = addr, .ctx = ctx, .len = len, .seq = m->seq++};
 	m->outstanding++;
 	if (m->inline_completion) {
@@ -392,6 +395,18 @@ uint64_t rdmig_memsource_fetches(struct rdmig_page_source *s)
 	n = m->seq;
 	pthread_mutex_unlock(&m->mu);
 	return n;
+}
+
+uint64_t rdmig_memsource_fetched(struct rdmig_page_source *s, unsigned i)
+{
+	struct memsource *m = to_ms(s);
+	uint64_t addr = UINT64_MAX;
+
+	pthread_mutex_lock(&m->mu);
+	if (i < RDMIG_MEMSOURCE_LOGGED && i < m->seq)
+		addr = m->first[i];
+	pthread_mutex_unlock(&m->mu);
+	return addr;
 }
 
 unsigned rdmig_memsource_outstanding(struct rdmig_page_source *s)

@@ -44,5 +44,9 @@ void rdmig_memsource_set_delay(struct rdmig_page_source *s, unsigned delay_us);
 /* Fetches accepted so far, and how many of them are still outstanding. */
 uint64_t rdmig_memsource_fetches(struct rdmig_page_source *s);
 unsigned rdmig_memsource_outstanding(struct rdmig_page_source *s);
+/* The source address of the i-th fetch accepted (from 0), for the first
+ * RDMIG_MEMSOURCE_LOGGED; UINT64_MAX for one not made (or not logged). */
+#define RDMIG_MEMSOURCE_LOGGED 64u
+uint64_t rdmig_memsource_fetched(struct rdmig_page_source *s, unsigned i);
 
 #endif /* RDMIG_UFFD_MEMSOURCE_H */

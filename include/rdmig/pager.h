@@ -24,6 +24,7 @@
 #define RDMIG_PAGER_H
 
 #include <linux/userfaultfd.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -262,6 +263,12 @@ struct rdmig_faultloop_opts {
 	 * page's source address), so the owner can ask for its part first. Must not
 	 * block. May be NULL. */
 	void (*on_held)(void *arg, uint64_t src);
+	/* Starts the loop's thread, fn(arg), joinable, its handle in *th; 0 /
+	 * -errno. NULL: pthread_create. A daemon hands over a thread it made
+	 * before the downtime (rdmig_spare_spawn): creating one at start() is
+	 * inside it. */
+	int (*spawn)(void *spawn_arg, pthread_t *th, void *(*fn)(void *), void *arg);
+	void *spawn_arg;
 };
 
 struct rdmig_faultloop_stats {
