@@ -198,6 +198,12 @@ void rdmig_arena_drop_source(struct rdmig_arena *a)
 	}
 }
 
+void rdmig_arena_retire(struct rdmig_arena *a)
+{
+	if (a && a->src)
+		rdmig_tpsource_retire(a->src);
+}
+
 void rdmig_arena_destroy(struct rdmig_arena *a)
 {
 	if (!a)

@@ -38,6 +38,10 @@ int rdmig_arena_region(const struct rdmig_arena *a, uint32_t i, uint64_t *start,
 uint64_t rdmig_arena_pulled(const struct rdmig_arena *a);
 /* The pull source goes (the pager makes its own on the same connection). */
 void rdmig_arena_drop_source(struct rdmig_arena *a);
+/* Its connection is going: its source's registration goes now (pulls still
+ * outstanding land in the source's staging until the connection is closed,
+ * which destroy frees after). Harmless twice, or without a source. */
+void rdmig_arena_retire(struct rdmig_arena *a);
 void rdmig_arena_destroy(struct rdmig_arena *a);
 
 /* Fetch every page of runs through src, calling fn(arg, addr, data) for each as it

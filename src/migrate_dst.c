@@ -1296,6 +1296,16 @@ int rdmig_dst_run(const struct rdmig_migrate_opts *o)
 	if (d.r.uffd >= 0 && d.restored)
 		close(d.r.uffd);
 	rdmig_prefetch_destroy(d.pf);
+	/* A READ still outstanding (a hinted fetch when the switch failed, a pull
+	 * abandoned) writes into its staging until the data connection is closed:
+	 * as at a reconnection (switchsrc.c), the registrations go first, then the
+	 * connection, then the memory. A SEGV in fabric's thread (signals blocked:
+	 * no sanitizer report) when the staging went first. */
+	if (d.src)
+		rdmig_tpsource_retire(d.src);
+	rdmig_arena_retire(d.arena);
+	rdmig_tp_close(d.data);
+	d.data = NULL;
 	if (d.pager_src)
 		rdmig_source_destroy(d.pager_src); /* owns src and those it replaced */
 	else

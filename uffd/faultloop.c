@@ -48,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1300,9 +1301,12 @@ static void *loop_main(void *arg)
 {
 	struct rdmig_faultloop *l = arg;
 
+	/* named for top -H and perf, like fabric's threads */
+	(void)prctl(PR_SET_NAME, "rdmig-pager", 0, 0, 0);
 	/* glibc gives a thread its own malloc arena at its first malloc (an mmap, an
 	 * mprotect and the page faults of its first chunks: 0.3-0.8 ms here). Now,
-	 * while the process is still stopped, rather than inside its first fault. */
+	 * while the process is still stopped, rather than inside its first fault (a
+	 * thread made ahead, rdmig_faultloop_opts.spawn, has made it already). */
 	{
 		void *volatile warm = malloc(1); /* volatile: not elided with the free */
 
