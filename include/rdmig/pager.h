@@ -317,8 +317,8 @@ RDMIG_PAGER_WUR int rdmig_faultloop_set_state(struct rdmig_faultloop *l, uint64_
 RDMIG_PAGER_WUR int rdmig_faultloop_add_arena(struct rdmig_faultloop *l, uint64_t src, uint64_t len,
                                               const void *base);
 /* Before start: fetch the page at addr (the primary target's) when the loop
- * starts (start posts the fetch itself, ahead of the prefetcher and its quiet
- * start) if it is REMOTE then, or as soon as a release makes it REMOTE if it
+ * starts (its thread posts the fetch first thing, before it first reads a
+ * fault, ahead of the prefetcher and its quiet start) if it is REMOTE then, or as soon as a release makes it REMOTE if it
  * is HELD. For the pages the frozen threads' registers point into: the loop
  * starts before the process resumes, the link is idle until its first fault,
  * and those pages are where it resumes work. At most RDMIG_FAULTLOOP_HINTS;
