@@ -4,6 +4,10 @@
  * rdmig_capture_check() reads /proc/PID only and refuses, with one sentence,
  * what this version cannot move. rdmig_capture() runs the same check again (the
  * process may have changed since), then, with the thread frozen:
+ *   0. with the answers of the injected calls (step 3) asked at the tracking
+ *      start and still holding (capture_calls.c: a watch on the process's
+ *      calls says so), steps 1 and 3 are skipped: the process never runs
+ *      inside the freeze;
  *   1. an injected getpid() is set going in the main thread, and while it runs:
  *   2. /proc: mm fields, credentials, umask, rlimits (prlimit), cwd, exe,
  *      personality, comm, auxv, the memory map with file identities, the vdso
@@ -16,10 +20,10 @@
  *      vma is walked here, and what is left of the getpid()'s time goes to
  *      the caller's idle work (the source walks held parts: parts.h);
  *   3. the getpid() is waited for; then, on one CPU with ours, injected calls
- *      through the scratch area: every signal's sigaction, the alternate
- *      stack, clear_child_tid (PR_GET_TID_ADDRESS), brk(0) (the scratch is
- *      mapped after the map was read and unmapped before the end, so it never
- *      shows in it);
+ *      through the scratch area (capture_calls.c): every signal's
+ *      sigaction, the alternate stack, clear_child_tid (PR_GET_TID_ADDRESS),
+ *      brk(0) (the scratch is mapped after the map was read and unmapped
+ *      before the end, so it never shows in it);
  *   4. ptrace: registers (as saved at seize), xstate, signal mask, rseq,
  *      pending signals (thread and process), the robust list;
  *   5. the eager pages (tid caches, rseq areas, stack tops), read last.
@@ -62,6 +66,7 @@
 #define LOG_SUBSYS "capture"
 #include "rdmig/capture.h"
 
+#include "capture_calls.h"
 #include "pagescan.h"
 #include "procfs.h"
 #include "rdmig/log.h"
@@ -564,91 +569,12 @@ int rdmig_capture_check(pid_t pid, char *why, size_t whylen)
 	return check(pid, false, why, whylen);
 }
 
-/* ---- capture: injected calls ---- */
-
-#define SCRATCH_SIGACT 0u
-#define SCRATCH_ALTSTACK (RDMIG_IMG_NSIG * KSIGACTION_SIZE)
-#define SCRATCH_TIDADDR (SCRATCH_ALTSTACK + 24u)
-#define SCRATCH_LEN (SCRATCH_TIDADDR + 8u)
-
 static uint64_t le64_at(const uint8_t *p)
 {
 	uint64_t v;
 
 	memcpy(&v, p, sizeof(v)); /* x86_64 only: host order is the tracee's */
 	return v;
-}
-
-/* set_sigs: SigCgt | SigIgn, as capture_proc read them. */
-static int capture_injected(struct rdmig_tracee *t, struct rdmig_image *img, uint64_t set_sigs)
-{
-	uint8_t buf[SCRATCH_LEN];
-	uint64_t s;
-	long brk;
-	int ret, ret2;
-	/* Injections are most of the freeze: ask only about signals with a handler
-	 * or ignored, and SIGCHLD, whose flags matter even at SIG_DFL. The others
-	 * are SIG_DFL with no flags: left zero. */
-	uint64_t ask = set_sigs | (1ull << (SIGCHLD - 1));
-
-	ret = rdmig_tracee_scratch(t, SCRATCH_LEN, &s);
-	if (ret)
-		return ret;
-	memset(buf, 0, sizeof(buf));
-	ret = rdmig_tracee_write(t, s, buf, sizeof(buf));
-	for (unsigned sig = 1; !ret && sig <= RDMIG_IMG_NSIG; sig++) {
-		if (sig == SIGKILL || sig == SIGSTOP || !(ask >> (sig - 1) & 1))
-			continue;
-		ret = rdmig_tracee_call(t, "rt_sigaction", NULL, SYS_rt_sigaction, sig, 0,
-		                        (long)(s + SCRATCH_SIGACT + (sig - 1) * KSIGACTION_SIZE), 8,
-		                        0, 0);
-	}
-	if (!ret)
-		ret = rdmig_tracee_call(t, "brk(0)", &brk, SYS_brk, 0, 0, 0, 0, 0, 0);
-	if (!ret)
-		ret = rdmig_tracee_read(t, s, buf, sizeof(buf));
-	/* the alternate stack and clear_child_tid of each thread, asked in it */
-	for (unsigned i = 0; !ret && i < img->nthreads; i++) {
-		uint8_t tb[SCRATCH_LEN - SCRATCH_ALTSTACK];
-		struct rdmig_img_thread *th = &img->threads[i];
-
-		ret = rdmig_tracee_select(t, i);
-		if (!ret)
-			ret = rdmig_tracee_call(t, "sigaltstack", NULL, SYS_sigaltstack, 0,
-			                        (long)(s + SCRATCH_ALTSTACK), 0, 0, 0, 0);
-		if (!ret)
-			ret = rdmig_tracee_call(t, "prctl(PR_GET_TID_ADDRESS)", NULL, SYS_prctl,
-			                        PR_GET_TID_ADDRESS, (long)(s + SCRATCH_TIDADDR), 0,
-			                        0, 0, 0);
-		if (!ret)
-			ret = rdmig_tracee_read(t, s + SCRATCH_ALTSTACK, tb, sizeof(tb));
-		if (ret)
-			break;
-		/* stack_t: ss_sp u64, ss_flags i32 (+4 padding), ss_size u64 */
-		th->altstack_sp = le64_at(tb);
-		th->altstack_flags = (uint32_t)le64_at(tb + 8);
-		th->altstack_size = le64_at(tb + 16);
-		th->clear_child_tid = le64_at(tb + SCRATCH_TIDADDR - SCRATCH_ALTSTACK);
-	}
-	if (rdmig_tracee_select(t, 0) && !ret)
-		ret = -EIO;
-	ret2 = rdmig_tracee_scratch_unmap(t);
-	if (ret)
-		return ret;
-	if (ret2)
-		return ret2;
-	for (unsigned i = 0; i < RDMIG_IMG_NSIG; i++) {
-		const uint8_t *p = buf + SCRATCH_SIGACT + i * KSIGACTION_SIZE;
-
-		img->sigactions[i] = (struct rdmig_img_sigaction){
-		    .handler = le64_at(p),
-		    .flags = le64_at(p + 8),
-		    .restorer = le64_at(p + 16),
-		    .mask = le64_at(p + 24),
-		};
-	}
-	img->mm.brk = (uint64_t)brk;
-	return 0;
 }
 
 /* ---- capture: ptrace ---- */
@@ -1504,6 +1430,9 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
 	uint32_t files_cap = 0;
 	struct rdmig_laps laps;
 	uint64_t set_sigs = 0;
+	const struct capture_calls *early;
+	struct capture_calls asked = {0};
+	bool begun = false;
 	long self = 0;
 	int ret, ret2, err;
 
@@ -1530,17 +1459,25 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
 	for (unsigned i = 0; i < img->nthreads; i++)
 		img->threads[i].tid = rdmig_tracee_tid(t, i);
 	rdmig_laps_mark(&laps, "check");
-	/* The thread's first return to user mode after the freeze costs what the
-	 * host makes it cost (see the file comment): it runs a getpid() on its own
-	 * CPU while we read /proc here, and the injections that need their answers
-	 * come after. */
-	ret = rdmig_tracee_call_begin(t, "getpid", SYS_getpid, 0, 0, 0, 0, 0, 0);
-	if (ret)
-		goto out_free_image;
+	/* Answers asked at the tracking start that still hold: nothing to inject,
+	 * and the thread need not run at all. */
+	early = known && known->early ? capture_early_valid(known->early, t) : NULL;
+	/* Otherwise the thread's first return to user mode after the freeze costs
+	 * what the host makes it cost (see the file comment): it runs a getpid()
+	 * on its own CPU while we read /proc here, and the injections that need
+	 * their answers come after. */
+	if (!early) {
+		ret = rdmig_tracee_call_begin(t, "getpid", SYS_getpid, 0, 0, 0, 0, 0, 0);
+		if (ret)
+			goto out_free_image;
+		begun = true;
+	}
 	ret = capture_proc(pid, img, &set_sigs);
 	if (!ret)
 		ret = capture_thread_names(pid, img);
 	rdmig_laps_mark(&laps, "proc");
+	if (!ret && early && !capture_early_sigs_match(known->early, set_sigs))
+		early = NULL; /* asked below, without the getpid's head start */
 	if (!ret)
 		ret = capture_maps(pid, t, img, known, &files_cap, why, whylen);
 	rdmig_laps_mark(&laps, "maps");
@@ -1548,30 +1485,44 @@ int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
 		ret = capture_fds(pid, img, &files_cap, why, whylen);
 	rdmig_laps_mark(&laps, "fds");
 	/* what is left of the wait, for the caller's work (the held walk) */
-	if (!ret && known && known->hold_anon && known->idle) {
+	if (!ret && begun && known && known->hold_anon && known->idle) {
 		while (rdmig_tracee_call_running(t) && known->idle(known->idle_arg, img) > 0)
 			;
 		rdmig_laps_mark(&laps, "idle");
 	}
-	ret2 = rdmig_tracee_call_end(t, "getpid", &self);
-	if (!ret && !ret2 && self != pid) {
-		pr_err("pid %d: an injected getpid() answered %ld", pid, self);
-		ret2 = -EIO;
+	if (begun) {
+		ret2 = rdmig_tracee_call_end(t, "getpid", &self);
+		if (!ret && !ret2 && self != pid) {
+			pr_err("pid %d: an injected getpid() answered %ld", pid, self);
+			ret2 = -EIO;
+		}
+		rdmig_laps_mark(&laps, "resumed");
+		if (!ret)
+			ret = ret2;
 	}
-	rdmig_laps_mark(&laps, "resumed");
-	if (ret || (ret = ret2))
-		goto out_free_image;
-	/* Injected calls on one CPU with ours: two wake-ups each (tracee.c). */
-	err = rdmig_tracee_colocate(t);
-	if (err)
-		pr_info("pid %d: injected calls not kept on one CPU: %s", pid, strerror(-err));
-	ret = capture_injected(t, img, set_sigs);
-	if (!ret)
-		ret = capture_ptrace(t, img, why, whylen);
-	(void)rdmig_tracee_uncolocate(t); /* a failure is logged: a speed-up's */
 	if (ret)
 		goto out_free_image;
-	rdmig_laps_mark(&laps, "injected");
+	if (early) {
+		ret = capture_calls_apply(early, img);
+		if (!ret)
+			ret = capture_ptrace(t, img, why, whylen);
+	} else {
+		/* Injected calls on one CPU with ours: two wake-ups each (tracee.c). */
+		err = rdmig_tracee_colocate(t);
+		if (err)
+			pr_info("pid %d: injected calls not kept on one CPU: %s", pid,
+			        strerror(-err));
+		ret = capture_calls_ask(t, set_sigs, &asked);
+		if (!ret)
+			ret = capture_calls_apply(&asked, img);
+		capture_calls_free(&asked);
+		if (!ret)
+			ret = capture_ptrace(t, img, why, whylen);
+		(void)rdmig_tracee_uncolocate(t); /* a failure is logged: a speed-up's */
+	}
+	if (ret)
+		goto out_free_image;
+	rdmig_laps_mark(&laps, early ? "ptrace" : "injected");
 	ret = capture_eager_pages(t, img);
 	if (ret)
 		goto out_free_image;

@@ -85,6 +85,8 @@ struct src {
 	uint32_t nviews;
 	/* post-copy: the anonymous mappings walked outside the freeze (parts.h) */
 	struct rdmig_parts *parts;
+	/* the injected calls' answers asked at the tracking start (capture.h) */
+	struct rdmig_capture_early *early;
 	uint32_t parts_ahead; /* sent before GO */
 	bool walk_late;       /* RDMIG_HOLD=late: no walk before GO */
 	bool finalized;       /* rdmig_precopy_final ran in the capture's idle time */
@@ -585,13 +587,15 @@ static void summary(struct src *s)
 		        ",\"pages_recopied\":%" PRIu64 ",\"pages_late\":%" PRIu64
 		        ",\"faults\":%" PRIu64 ",\"fetched\":%" PRIu64 ",\"prefetched\":%" PRIu64
 		        ",\"bytes_read\":%" PRIu64 ",\"rounds\":%u,\"precopy_pages\":%" PRIu64
-		        ",\"hybrid_written\":%" PRId64 ",\"downtime_phases_ns\":{\"stop\":%" PRIu64
-		        ",\"capture\":%" PRIu64 ",\"last_copy\":%" PRIu64 ",\"send\":%" PRIu64
-		        ",\"restore\":%" PRIu64 ",\"commit\":%" PRIu64 "}}\n",
+		        ",\"hybrid_written\":%" PRId64 ",\"calls_asked_early\":%s"
+		        ",\"downtime_phases_ns\":{\"stop\":%" PRIu64 ",\"capture\":%" PRIu64
+		        ",\"last_copy\":%" PRIu64 ",\"send\":%" PRIu64 ",\"restore\":%" PRIu64
+		        ",\"commit\":%" PRIu64 "}}\n",
 		        (int)s->o->pid, s->t_resume - s->t_freeze, s->t_freeze, s->t_resume,
 		        s->t_done - s->t_start, s->image_bytes, ps.pages_touched, ps.pages_copied,
 		        ps.pages_recopied, ps.pages_late, s->done[0], s->done[1], s->done[2],
-		        s->done[3], s->rounds, s->precopy_sent, hybrid_written, ph[0], ph[1], ph[2],
+		        s->done[3], s->rounds, s->precopy_sent, hybrid_written,
+		        rdmig_capture_early_used(s->early) ? "true" : "false", ph[0], ph[1], ph[2],
 		        ph[3], ph[4], ph[5]);
 		fclose(f);
 	}
@@ -1031,6 +1035,16 @@ static int run(struct src *s)
 	ret = rdmig_precopy_start(s->t, s->mirror, &s->pc);
 	if (ret < 0)
 		return rollback(s, "cannot start tracking the process's writes", ret);
+	/* What the freeze would ask by injected calls, asked in this stop and
+	 * watched from here: if nothing changes it, the freeze need not make the
+	 * process run (src/capture_calls.c). Without the watch, the freeze asks. */
+	if ((err = rdmig_inject("src.early_calls")) < 0 ||
+	    (err = rdmig_capture_early_start(s->t, &s->early)) < 0)
+		pr_info("pid %d: its calls cannot be watched (%s): its signal handlers and "
+		        "stacks are asked in the freeze",
+		        (int)o->pid, strerror(-err));
+	else if ((ret = rdmig_capture_early_ask(s->early, s->t)) < 0)
+		return rollback(s, "cannot read the process's signal handlers", ret);
 	ret = rdmig_tracee_release(s->t, true);
 	s->t = NULL;
 	if (ret < 0)
@@ -1096,6 +1110,7 @@ static int run(struct src *s)
 		ret = rdmig_capture(s->t, &s->img,
 		                    &(struct rdmig_capture_known){.pages = s->lay_cow,
 		                                                  .n = s->nlay_cow,
+		                                                  .early = s->early,
 		                                                  .hold_anon = hold,
 		                                                  .idle = walk_idle,
 		                                                  .idle_arg = s},
@@ -1178,6 +1193,7 @@ int rdmig_src_run(const struct rdmig_migrate_opts *o)
 	free(s.lay_cow);
 	free(s.views);
 	rdmig_parts_free(s.parts);
+	rdmig_capture_early_free(s.early);
 	if (s.t)
 		(void)rdmig_tracee_release(s.t, s.state < SRC_COMMITTED);
 	rdmig_tp_close(s.data);

@@ -24,6 +24,7 @@
 #include "rdmig/image.h"
 #include "rdmig/tracee.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -82,7 +83,33 @@ struct rdmig_capture_known {
 	 * or -errno (the capture goes on; the caller keeps its error). */
 	int (*idle)(void *arg, struct rdmig_image *img);
 	void *idle_arg;
+	/* Answers of the injected calls asked at the tracking start
+	 * (rdmig_capture_early): used, and nothing injected in the freeze, when
+	 * they still hold; NULL: asked in the freeze. */
+	struct rdmig_capture_early *early;
 };
+/*
+ * The injected calls' answers asked ahead, with every thread of t stopped (the
+ * tracking start's stop), and a watch on the process's calls from then on
+ * (src/callwatch.h): at the freeze, rdmig_capture uses them when the watch saw
+ * none of the calls that change them and no signal delivered, the threads are
+ * the same and so are the signals with a handler; otherwise it asks again.
+ *   _start: open the watch; nothing is done to the process. -errno when it
+ *           cannot be watched (no perf tracepoints, no right to them): the
+ *           freeze then asks, as without.
+ *   _ask:   the injected calls, then the watch's start. -errno as for any
+ *           injected call (the process's state is then in doubt, as when the
+ *           tracking's own injections fail); e is then never used.
+ */
+struct rdmig_capture_early;
+RDMIG_CAPTURE_WUR int rdmig_capture_early_start(struct rdmig_tracee *t,
+                                                struct rdmig_capture_early **out);
+RDMIG_CAPTURE_WUR int rdmig_capture_early_ask(struct rdmig_capture_early *e,
+                                              struct rdmig_tracee *t);
+void rdmig_capture_early_free(struct rdmig_capture_early *e); /* accepts NULL */
+/* Whether the last rdmig_capture given e took its answers from it. */
+bool rdmig_capture_early_used(const struct rdmig_capture_early *e);
+
 RDMIG_CAPTURE_WUR int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
                                     const struct rdmig_capture_known *known, char *why,
                                     size_t whylen);
