@@ -5,6 +5,7 @@
 #                              python_heap_hybrid gzip_file py_threads_{postcopy,precopy,hybrid}
 #                              forks_{postcopy,precopy,hybrid} postcopy_ops
 #                              sparse_{postcopy,precopy,hybrid} writer_hybrid
+#                              handlers_{steady,flipping}
 #                              refuse_socket refuse_huge_anon
 #                              refuse_shm bad_token
 #                              (default: all)
@@ -50,7 +51,7 @@ check_migrated() { # NAME REF OUT
 in_mode() {
   local name=$1 mode=$2 settle=$3; shift 3
   "$@" >"$T/$name.ref" </dev/null || { fail "$name" "reference run failed"; return; }
-  SRC_OPTS="--mode $mode" run_migrated "$name" "$T/$name.out" "$settle" "$@"
+  SRC_OPTS="--mode $mode ${SRC_OPTS:-}" run_migrated "$name" "$T/$name.out" "$settle" "$@"
   check_migrated "$name" "$T/$name.ref" "$T/$name.out"
 }
 
@@ -262,6 +263,28 @@ py_threads_postcopy() { py_threads_mode postcopy; }
 py_threads_precopy() { py_threads_mode precopy; }
 py_threads_hybrid() { py_threads_mode hybrid; }
 
+# Signal handlers and an alternate stack across the switch (test/workloads/
+# handlers.c). The source asks for them at its start and uses those answers at
+# the freeze unless a watch on the process's calls saw them change
+# (src/capture_calls.c): a steady process must have had its answers used, one
+# that swaps its SIGUSR1 handler every tick (and raises it before each swap, so
+# a stale handler after the switch would print) must have had them asked again.
+early_used() { # NAME true|false
+  local got
+  got=$(sed -n 's/.*"calls_asked_early":\([a-z]*\).*/\1/p' "$T/$1.src.json")
+  [ "$got" = "$2" ] && return 0
+  fail "$1" "calls_asked_early is '$got', not $2"; show_logs "$1"; return 1
+}
+handlers_mode() { # NAME FLIP EXPECT
+  local name=$1
+  EARLY=$3
+  SRC_OPTS="--stats-json $T/$name.src.json" EXTRA_CHECK=early_check \
+    in_mode "$name" postcopy 10 "$BUILD/test/handlers" 150 "$2"
+}
+early_check() { early_used "$1" "$EARLY"; }
+handlers_steady() { handlers_mode handlers_steady 0 true; }
+handlers_flipping() { handlers_mode handlers_flipping 1 false; }
+
 # refuse NAME WHAT-REGEX PYTHON-CODE: the source must refuse before touching the
 # process (exit 2, a message naming the thing), and the process must finish with
 # the same output as if nothing had happened.
@@ -319,6 +342,6 @@ cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(python_heap held_postcopy held_late_postcopy python_heap_untracked python_heap_precopy python_heap_hybrid
   gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid
   forks_postcopy forks_held forks_precopy forks_hybrid postcopy_ops sparse_postcopy sparse_precopy
-  sparse_hybrid writer_hybrid refuse_socket refuse_shm refuse_huge_anon bad_token)
+  sparse_hybrid writer_hybrid handlers_steady handlers_flipping refuse_socket refuse_shm refuse_huge_anon bad_token)
 for c in "${cases[@]}"; do echo "-- $c"; "$c"; done
 finish
