@@ -1040,8 +1040,8 @@ static int run(struct src *s)
 	 * process run (src/capture_calls.c). Without the watch, the freeze asks. */
 	if ((err = rdmig_inject("src.early_calls")) < 0 ||
 	    (err = rdmig_capture_early_start(s->t, &s->early)) < 0)
-		pr_info("pid %d: its calls cannot be watched (%s): its signal handlers and "
-		        "stacks are asked in the freeze",
+		pr_warn("pid %d: its calls cannot be watched (%s): its signal handlers and "
+		        "stacks are asked inside the freeze, a longer downtime",
 		        (int)o->pid, strerror(-err));
 	else if ((ret = rdmig_capture_early_ask(s->early, s->t)) < 0)
 		return rollback(s, "cannot read the process's signal handlers", ret);

@@ -16,11 +16,13 @@ HEAP_ARGS=(300000 30)
 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/ref" </dev/null
 
 # one NAME SRC_ENV DST_ENV EXPECT: EXPECT is "rollback", "after", "recovered" or
-# "complete" (a failure that costs only time: the prebuild of the husk, the
-# tracking of file mappings), where a side must say what it could not do
+# "complete" (a failure that costs only time: the prebuild of the husk, the watch
+# on the process's calls, the tracking of file mappings), where a side must say
+# what it could not do
 declare -A SAYS=(
   [dst.prebuild]="could not build the process's memory map ahead"
   [src.track_files]="private file mappings are not tracked"
+  [src.early_calls]="its calls cannot be watched"
 )
 one() {
   local name=$1 senv=$2 denv=$3 expect=$4
@@ -106,6 +108,7 @@ declare -A CASES=(
   [src.capture]="RDMIG_INJECT=src.capture||rollback"
   [src.final_copy]="RDMIG_INJECT=src.final_copy||rollback"
   [src.track_files]="RDMIG_INJECT=src.track_files||complete"
+  [src.early_calls]="RDMIG_INJECT=src.early_calls||complete"
   [src.sent]="RDMIG_INJECT=src.sent||rollback"
   [dst.receiving]="|RDMIG_INJECT=dst.receiving|rollback"
   [dst.prebuild]="|RDMIG_INJECT=dst.prebuild|complete"
@@ -124,7 +127,7 @@ declare -A CASES=(
   [tp.dst.post_read]="|RDMIG_INJECT_TP=post_read:40|recovered"
   [tp.src.recv]="RDMIG_INJECT_TP=recv:3||recovered"
 )
-ORDER=(src.connected src.tracking src.track_files src.frozen src.capture src.final_copy src.sent dst.receiving
+ORDER=(src.connected src.tracking src.track_files src.early_calls src.frozen src.capture src.final_copy src.sent dst.receiving
        dst.prebuild dst.restoring dst.pager dst.ready dst.resume tp.src.mr_reg tp.src.send tp.dst.recv
        src.part src.committed src.serving src.part_late dst.running tp.dst.post_read tp.src.recv)
 sel=("$@")
