@@ -356,13 +356,23 @@ static uint64_t cpu_ns(pid_t pid)
  * sleeps longer than WARM_MS is frozen anyway. What it writes meanwhile goes in
  * the last copy.
  *
- * A process found running or runnable (state R) is not waited for: it takes
- * the round's changes as it runs, and /proc/PID/schedstat moves only at a tick
- * (4 ms), during which it dirtied pages for the last copy. 256 MiB random
- * writer, 6 alternating pairs: pages the freeze copied 65-184 -> 51-79, last
- * copy 0.83 -> 0.37 ms, downtime 8.1 -> 7.65 ms (medians); the capture's first
- * call stayed hidden. */
+ * A process found running or runnable (state R) is not waited for that way:
+ * /proc/PID/schedstat moves only at a tick (4 ms), during which it dirtied
+ * pages for the last copy (256 MiB random writer, 6 alternating pairs: pages
+ * the freeze copied 65-184 -> 51-79, last copy 0.83 -> 0.37 ms, downtime 8.1 ->
+ * 7.65 ms, medians, against freezing it at once). It is frozen at its first
+ * write fault instead (RUN_WAIT_MS). */
 #define WARM_MS 25
+/* A running process (state R) is frozen once it has written to a page after the
+ * last round (a write to a page the round protected is a minor fault, counted in
+ * /proc/PID/stat), at most this long after it: the first return to user mode
+ * after a round can stall it on this hypervisor (15-33 ms seen at 1-4 GiB,
+ * rare), and a freeze during that stall counted the stall in the pause across
+ * the switch (the last touch on the source long before the freeze). Waiting for
+ * the write lets the stall end on the source while the process still runs; what
+ * it writes meanwhile (a few pages: the poll is 50 us) goes in the last copy. A
+ * process that runs without writing is frozen after RUN_WAIT_MS, having run. */
+#define RUN_WAIT_MS 40
 /* Heap made resident for the freeze (rdmig_heap_warm): the capture and the image
  * of a 1 GiB process allocate ~0.5 MiB inside it; one with many threads and
  * mappings, more. */
@@ -373,10 +383,22 @@ static void let_it_run(struct src *s)
 	uint64_t t0 = rdmig_now_ns(), was = cpu_ns(s->o->pid);
 	struct procfs_stat st;
 
-	if (!was)
+	if (!was || procfs_stat(s->o->pid, &st))
 		return;
-	if (procfs_stat(s->o->pid, &st) == 0 && st.state == 'R') {
-		pr_info("pid %d is running: frozen without waiting", (int)s->o->pid);
+	if (st.state == 'R') {
+		/* Running, or in its return to user mode: wait for a write fault. */
+		uint64_t flt = st.minflt;
+
+		while (rdmig_now_ns() - t0 < RUN_WAIT_MS * 1000000ull) {
+			usleep(50);
+			if (procfs_stat(s->o->pid, &st) || st.minflt != flt) {
+				pr_info("pid %d wrote %.2f ms after the last round", (int)s->o->pid,
+				        (double)(rdmig_now_ns() - t0) / 1e6);
+				return;
+			}
+		}
+		pr_info("pid %d is running and did not write within %d ms of the last round",
+		        (int)s->o->pid, RUN_WAIT_MS);
 		return;
 	}
 	while (rdmig_now_ns() - t0 < WARM_MS * 1000000ull) {

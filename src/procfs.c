@@ -351,11 +351,11 @@ int procfs_status(pid_t pid, struct procfs_status *st)
 int procfs_stat(pid_t pid, struct procfs_stat *st)
 {
 	/* 1-based field numbers (proc(5)) of what is kept, in order */
-	static const int want[] = {9, 26, 27, 28, 45, 46, 47, 48, 49, 50, 51};
-	uint64_t *dst[] = {&st->flags,          &st->mm.start_code, &st->mm.end_code,
-	                   &st->mm.start_stack, &st->mm.start_data, &st->mm.end_data,
-	                   &st->mm.start_brk,   &st->mm.arg_start,  &st->mm.arg_end,
-	                   &st->mm.env_start,   &st->mm.env_end};
+	static const int want[] = {9, 10, 26, 27, 28, 45, 46, 47, 48, 49, 50, 51};
+	uint64_t *dst[] = {&st->flags,       &st->minflt,         &st->mm.start_code,
+	                   &st->mm.end_code, &st->mm.start_stack, &st->mm.start_data,
+	                   &st->mm.end_data, &st->mm.start_brk,   &st->mm.arg_start,
+	                   &st->mm.arg_end,  &st->mm.env_start,   &st->mm.env_end};
 	char *buf, *p;
 	size_t len, w = 0;
 	int ret, field;

@@ -49,7 +49,8 @@ void procfs_status_free(struct procfs_status *st);
 
 struct procfs_stat {
 	char state;
-	uint64_t flags; /* PF_* */
+	uint64_t flags;  /* PF_* */
+	uint64_t minflt; /* minor faults, every thread's */
 	struct rdmig_img_mm mm;
 };
 int procfs_stat(pid_t pid, struct procfs_stat *st);
