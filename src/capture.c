@@ -93,7 +93,6 @@
 #include <sys/user.h>
 #include <unistd.h>
 
-#define KSIGACTION_SIZE 32u /* handler, flags, restorer, mask */
 #define DELETED_SUFFIX " (deleted)"
 
 struct rseq_conf {
@@ -569,14 +568,6 @@ int rdmig_capture_check(pid_t pid, char *why, size_t whylen)
 	return check(pid, false, why, whylen);
 }
 
-static uint64_t le64_at(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, sizeof(v)); /* x86_64 only: host order is the tracee's */
-	return v;
-}
-
 /* ---- capture: ptrace ---- */
 
 static int peek_siginfo(pid_t pid, unsigned flags, uint8_t **out, uint32_t *n)
@@ -1038,7 +1029,7 @@ static int capture_proc(pid_t pid, struct rdmig_image *img, uint64_t *set_sigs)
 	ret = procfs_read(pid, "auxv", RDMIG_IMG_MAX_AUXV, &buf, &len);
 	if (ret)
 		return ret;
-	if (len < 16 || len % 16 || le64_at((uint8_t *)buf + len - 16) != 0) {
+	if (len < 16 || len % 16 || capture_le64((uint8_t *)buf + len - 16) != 0) {
 		pr_err("pid %d: auxv of %zu bytes does not end with AT_NULL", pid, len);
 		free(buf);
 		return -EIO;

@@ -40,14 +40,6 @@ struct rdmig_capture_early {
 	bool used;
 };
 
-static uint64_t le64_at(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, sizeof(v)); /* x86_64 only: host order is the tracee's */
-	return v;
-}
-
 void capture_calls_free(struct capture_calls *c)
 {
 	free(c->threads);
@@ -105,10 +97,10 @@ int capture_calls_ask(struct rdmig_tracee *t, uint64_t set_sigs, struct capture_
 		if (ret)
 			break;
 		/* stack_t: ss_sp u64, ss_flags i32 (+4 padding), ss_size u64 */
-		th->altstack_sp = le64_at(tb);
-		th->altstack_flags = (uint32_t)le64_at(tb + 8);
-		th->altstack_size = le64_at(tb + 16);
-		th->clear_child_tid = le64_at(tb + SCRATCH_TIDADDR - SCRATCH_ALTSTACK);
+		th->altstack_sp = capture_le64(tb);
+		th->altstack_flags = (uint32_t)capture_le64(tb + 8);
+		th->altstack_size = capture_le64(tb + 16);
+		th->clear_child_tid = capture_le64(tb + SCRATCH_TIDADDR - SCRATCH_ALTSTACK);
 	}
 	if (rdmig_tracee_select(t, 0) && !ret)
 		ret = -EIO;
@@ -121,21 +113,27 @@ int capture_calls_ask(struct rdmig_tracee *t, uint64_t set_sigs, struct capture_
 		const uint8_t *p = buf + SCRATCH_SIGACT + i * KSIGACTION_SIZE;
 
 		c->sigactions[i] = (struct rdmig_img_sigaction){
-		    .handler = le64_at(p),
-		    .flags = le64_at(p + 8),
-		    .restorer = le64_at(p + 16),
-		    .mask = le64_at(p + 24),
+		    .handler = capture_le64(p),
+		    .flags = capture_le64(p + 8),
+		    .restorer = capture_le64(p + 16),
+		    .mask = capture_le64(p + 24),
 		};
 	}
 	c->brk = (uint64_t)brk;
 	return 0;
 }
 
-static const struct capture_calls_thread *find_thread(const struct capture_calls *c, int32_t tid)
+/* Thread tid of c; at i first: the tracee lists threads in /proc's order at
+ * each seize, so it is nearly always there (a search per thread would be
+ * quadratic inside the freeze, for up to 1024 threads). */
+static const struct capture_calls_thread *find_thread(const struct capture_calls *c, unsigned i,
+                                                      int32_t tid)
 {
-	for (unsigned i = 0; i < c->nthreads; i++)
-		if (c->threads[i].tid == tid)
-			return &c->threads[i];
+	if (i < c->nthreads && c->threads[i].tid == tid)
+		return &c->threads[i];
+	for (unsigned k = 0; k < c->nthreads; k++)
+		if (c->threads[k].tid == tid)
+			return &c->threads[k];
 	return NULL;
 }
 
@@ -143,7 +141,7 @@ int capture_calls_apply(const struct capture_calls *c, struct rdmig_image *img)
 {
 	for (unsigned i = 0; i < img->nthreads; i++) {
 		struct rdmig_img_thread *th = &img->threads[i];
-		const struct capture_calls_thread *ct = find_thread(c, th->tid);
+		const struct capture_calls_thread *ct = find_thread(c, i, th->tid);
 
 		if (!ct)
 			return -ESRCH;
@@ -239,7 +237,7 @@ const struct capture_calls *capture_early_valid(struct rdmig_capture_early *e,
 		return NULL;
 	}
 	for (unsigned i = 0; i < n; i++)
-		if (!find_thread(&e->c, rdmig_tracee_tid(t, i))) {
+		if (!find_thread(&e->c, i, rdmig_tracee_tid(t, i))) {
 			pr_info("pid %d: thread %d is new: its handlers and stacks are asked again",
 			        (int)pid, (int)rdmig_tracee_tid(t, i));
 			return NULL;

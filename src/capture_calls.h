@@ -13,6 +13,16 @@
 #include "rdmig/tracee.h"
 
 #include <stdint.h>
+#include <string.h>
+
+/* A u64 the tracee wrote (x86_64 only: host order is the tracee's). */
+static inline uint64_t capture_le64(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
 
 struct capture_calls_thread {
 	int32_t tid;
