@@ -28,7 +28,8 @@ int rdmig_pagescan(int pm_fd, uint64_t start, uint64_t end, bool anon_only, uint
  * thread costs about as much here as it would save on a walk of 1 GiB (~0.5 ms
  * in a PVM guest); handing a part to a waiting one is a condition variable's
  * wake-up. One per CPU but one, at
- * most 3; they block every signal and wait on a condition variable. Returns how
+ * most 3; they block every signal and wait on a condition variable, and each
+ * walk keeps them off the CPU of the thread that asked for it. Returns how
  * many run (0 on one CPU, or when none could start: the walk goes alone). Start
  * and stop from one thread; stop is idempotent and joins them.
  */
