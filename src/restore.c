@@ -106,6 +106,19 @@ int rst_call(struct rst *r, const char *what, long *ret, long nr, long a0, long 
 	return 0;
 }
 
+int rst_calls(struct rst *r, struct rdmig_tracee_call *c, unsigned n, unsigned *failed)
+{
+	unsigned at = n;
+	int err = rdmig_tracee_calls(r->t, c, n, &at);
+
+	if (failed)
+		*failed = at;
+	if (err && !failed)
+		return rst_fail(r, err, "%s in the process being restored failed: %s",
+		                at < n ? c[at].what : "a call", strerror(-err));
+	return err;
+}
+
 int rst_to_scratch(struct rst *r, const void *buf, size_t len, uint64_t *addr)
 {
 	int err = rdmig_tracee_scratch(r->t, len, addr);

@@ -46,6 +46,14 @@ int rst_fail(struct rst *r, int err, const char *fmt, ...) __attribute__((format
 int rst_call(struct rst *r, const char *what, long *ret, long nr, long a0, long a1, long a2,
              long a3, long a4, long a5);
 
+/* Several calls in one resume (rdmig_tracee_calls); a failing call becomes
+ * rst_fail as in rst_call, unless failed is not NULL: then the caller words the
+ * failure of call *failed itself (the error is returned, nothing recorded). */
+int rst_calls(struct rst *r, struct rdmig_tracee_call *c, unsigned n, unsigned *failed);
+/* One entry of such a batch: RST_CALL("umask", SYS_umask, 022) */
+#define RST_CALL(name, num, ...)                                                                   \
+	((struct rdmig_tracee_call){.what = (name), .nr = (num), .a = {__VA_ARGS__}})
+
 /* Copy len bytes into the tracee's scratch area: *addr. */
 int rst_to_scratch(struct rst *r, const void *buf, size_t len, uint64_t *addr);
 

@@ -27,6 +27,7 @@
 #include <linux/capability.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,35 +108,44 @@ int rst_task_misc(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
 	const struct rdmig_img_thread *th = &img->threads[0];
-	char comm[16];
+	size_t cwd_len = img->cwd ? strlen(img->cwd) + 1 : 0;
+	char *buf;
 	uint64_t at;
+	unsigned n = 0, failed = 0;
 	int err;
 
+	/* comm and the cwd side by side in the scratch: one batch reads both */
+	buf = calloc(1, 16 + cwd_len);
+	if (!buf)
+		return rst_fail(r, -ENOMEM, "out of memory");
+	memcpy(buf, img->comm, 15);
+	if (cwd_len)
+		memcpy(buf + 16, img->cwd, cwd_len);
+	err = rst_to_scratch(r, buf, 16 + cwd_len, &at);
+	free(buf);
+	if (err)
+		return err;
 	/* The husk's robust list and clear_child_tid point into the daemon's TLS,
 	 * which is gone: both are always replaced (with NULL when the image has none). */
-	if ((err = rst_call(r, "set_robust_list", NULL, SYS_set_robust_list, (long)th->robust_head,
-	                    th->robust_head ? (long)th->robust_len : K_ROBUST_HEAD_LEN, 0, 0, 0,
-	                    0)) ||
-	    (err = rst_call(r, "set_tid_address", NULL, SYS_set_tid_address,
-	                    (long)th->clear_child_tid, 0, 0, 0, 0, 0)) ||
-	    (err = rst_call(r, "personality", NULL, SYS_personality, img->personality, 0, 0, 0, 0,
-	                    0)) ||
-	    (err = rst_call(r, "umask", NULL, SYS_umask, img->umask & 0777, 0, 0, 0, 0, 0)))
-		return err;
-	if (img->cwd) {
-		if ((err = rst_to_scratch(r, img->cwd, strlen(img->cwd) + 1, &at)))
-			return err;
-		err = rdmig_tracee_call(r->t, "chdir", NULL, SYS_chdir, (long)at, 0, 0, 0, 0, 0);
-		if (err)
-			return rst_fail(r, err, "the working directory %s is not usable here: %s",
-			                img->cwd, strerror(-err));
-	}
-	memcpy(comm, img->comm, sizeof(comm));
-	comm[sizeof(comm) - 1] = '\0';
-	if ((err = rst_to_scratch(r, comm, sizeof(comm), &at)))
-		return err;
-	return rst_call(r, "prctl(PR_SET_NAME)", NULL, SYS_prctl, PR_SET_NAME, (long)at, 0, 0, 0,
-	                0);
+	struct rdmig_tracee_call c[6] = {
+	    RST_CALL("set_robust_list", SYS_set_robust_list, (long)th->robust_head,
+	             th->robust_head ? (long)th->robust_len : K_ROBUST_HEAD_LEN),
+	    RST_CALL("set_tid_address", SYS_set_tid_address, (long)th->clear_child_tid),
+	    RST_CALL("personality", SYS_personality, img->personality),
+	    RST_CALL("umask", SYS_umask, img->umask & 0777),
+	    RST_CALL("prctl(PR_SET_NAME)", SYS_prctl, PR_SET_NAME, (long)at),
+	};
+	n = 5;
+	if (cwd_len)
+		c[n++] = RST_CALL("chdir", SYS_chdir, (long)(at + 16));
+	err = rst_calls(r, c, n, &failed);
+	if (err && failed < n && c[failed].nr == SYS_chdir)
+		return rst_fail(r, err, "the working directory %s is not usable here: %s", img->cwd,
+		                strerror(-err));
+	if (err)
+		return rst_fail(r, err, "%s in the process being restored failed: %s",
+		                failed < n ? c[failed].what : "a call", strerror(-err));
+	return 0;
 }
 
 /* Move tmp (opened with O_CLOEXEC as the image's fd has it) to number fd and
@@ -287,43 +297,50 @@ int rst_sigactions(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
 	const struct rdmig_img_thread *th = &img->threads[0];
-	struct k_sigaction ka[RDMIG_IMG_NSIG];
-	struct k_stack ss = {0};
+	/* every action, then the alternate stack, in one write to the scratch */
+	struct {
+		struct k_sigaction ka[RDMIG_IMG_NSIG];
+		struct k_stack ss;
+	} buf;
+	struct rdmig_tracee_call c[RDMIG_IMG_NSIG + 1];
+	char what[RDMIG_IMG_NSIG][24];
+	unsigned n = 0;
 	uint64_t at;
 	int err;
 
+	memset(&buf, 0, sizeof(buf));
 	for (unsigned i = 0; i < RDMIG_IMG_NSIG; i++) {
-		ka[i].handler = img->sigactions[i].handler;
-		ka[i].flags = img->sigactions[i].flags;
-		ka[i].restorer = img->sigactions[i].restorer;
-		ka[i].mask = img->sigactions[i].mask;
+		buf.ka[i].handler = img->sigactions[i].handler;
+		buf.ka[i].flags = img->sigactions[i].flags;
+		buf.ka[i].restorer = img->sigactions[i].restorer;
+		buf.ka[i].mask = img->sigactions[i].mask;
 	}
-	if ((err = rst_to_scratch(r, ka, sizeof(ka), &at)))
+	if (th->altstack_flags & SS_DISABLE) {
+		buf.ss.flags = SS_DISABLE;
+	} else {
+		buf.ss.sp = th->altstack_sp;
+		buf.ss.size = th->altstack_size;
+		buf.ss.flags =
+		    (int32_t)(th->altstack_flags & K_SS_AUTODISARM); /* never SS_ONSTACK */
+	}
+	if ((err = rst_to_scratch(r, &buf, sizeof(buf), &at)))
 		return err;
 	/* The husk reset every action to all-zero when it was forked (restore.c):
 	 * only the image's non-default ones need a call. */
 	for (int sig = 1; sig <= (int)RDMIG_IMG_NSIG; sig++) {
 		const struct rdmig_img_sigaction *a = &img->sigactions[sig - 1];
-		char what[48];
 
 		if (sig == SIGKILL || sig == SIGSTOP ||
 		    !(a->handler | a->flags | a->restorer | a->mask))
 			continue;
-		snprintf(what, sizeof(what), "rt_sigaction(%d)", sig);
-		if ((err = rst_call(r, what, NULL, SYS_rt_sigaction, sig,
-		                    (long)(at + (uint64_t)(sig - 1) * sizeof(ka[0])), 0, 8, 0, 0)))
-			return err;
+		snprintf(what[n], sizeof(what[n]), "rt_sigaction(%d)", sig);
+		c[n] = RST_CALL(what[n], SYS_rt_sigaction, sig,
+		                (long)(at + (uint64_t)(sig - 1) * sizeof(buf.ka[0])), 0, 8);
+		n++;
 	}
-	if (th->altstack_flags & SS_DISABLE) {
-		ss.flags = SS_DISABLE;
-	} else {
-		ss.sp = th->altstack_sp;
-		ss.size = th->altstack_size;
-		ss.flags = (int32_t)(th->altstack_flags & K_SS_AUTODISARM); /* never SS_ONSTACK */
-	}
-	if ((err = rst_to_scratch(r, &ss, sizeof(ss), &at)))
-		return err;
-	return rst_call(r, "sigaltstack", NULL, SYS_sigaltstack, (long)at, 0, 0, 0, 0, 0);
+	c[n++] =
+	    RST_CALL("sigaltstack", SYS_sigaltstack, (long)(at + offsetof(__typeof__(buf), ss)));
+	return rst_calls(r, c, n, NULL);
 }
 
 static bool image_has_fd(const struct rdmig_image *img, int fd)
@@ -361,10 +378,21 @@ int rst_uffd(struct rst *r)
 	                    0, 0)))
 		return err;
 	if (u0 != num) {
-		err = rst_call(r, "dup3(userfaultfd)", NULL, SYS_dup3, u0, num, O_CLOEXEC, 0, 0, 0);
-		rst_close(r, (int)u0);
-		if (err)
-			return err;
+		struct rdmig_tracee_call c[2] = {
+		    RST_CALL("dup3(userfaultfd)", SYS_dup3, u0, num, O_CLOEXEC),
+		    RST_CALL("close", SYS_close, u0),
+		};
+
+		unsigned failed = 0;
+
+		err = rst_calls(r, c, 2, &failed);
+		if (err && failed == 0) {
+			rst_close(r, (int)u0);
+			return rst_fail(r, err, "%s in the process being restored failed: %s",
+			                c[0].what, strerror(-err));
+		}
+		/* a close that fails is only logged, as rst_close does */
+		err = 0;
 	}
 	r->uffd_in_proc = (int)num;
 	pidfd = (int)syscall(SYS_pidfd_open, r->pid, 0);
@@ -579,21 +607,25 @@ int rst_creds(struct rst *r)
 	if (keep && (err = rst_call(r, "prctl(PR_SET_KEEPCAPS, 0)", NULL, SYS_prctl,
 	                            PR_SET_KEEPCAPS, 0, 0, 0, 0, 0)))
 		return err;
-	if ((err = rst_call(r, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", NULL, SYS_prctl, PR_CAP_AMBIENT,
-	                    PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, 0)))
-		return err;
-	for (int cap = 0; cap < 64; cap++)
-		if ((c->cap_amb >> cap & 1) &&
-		    (err = rst_call(r, "prctl(PR_CAP_AMBIENT_RAISE)", NULL, SYS_prctl,
-		                    PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, 0)))
+	{
+		/* the ambient set, no_new_privs and the husk's PDEATHSIG (the restored
+		 * process must outlive the daemon): one batch */
+		struct rdmig_tracee_call b[2 + 64 + 1];
+		unsigned n = 0;
+
+		b[n++] = RST_CALL("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", SYS_prctl, PR_CAP_AMBIENT,
+		                  PR_CAP_AMBIENT_CLEAR_ALL);
+		for (int cap = 0; cap < 64; cap++)
+			if (c->cap_amb >> cap & 1)
+				b[n++] = RST_CALL("prctl(PR_CAP_AMBIENT_RAISE)", SYS_prctl,
+				                  PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap);
+		if (c->no_new_privs)
+			b[n++] = RST_CALL("prctl(PR_SET_NO_NEW_PRIVS)", SYS_prctl,
+			                  PR_SET_NO_NEW_PRIVS, 1);
+		b[n++] = RST_CALL("prctl(PR_SET_PDEATHSIG, 0)", SYS_prctl, PR_SET_PDEATHSIG, 0);
+		if ((err = rst_calls(r, b, n, NULL)))
 			return err;
-	if (c->no_new_privs && (err = rst_call(r, "prctl(PR_SET_NO_NEW_PRIVS)", NULL, SYS_prctl,
-	                                       PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0)))
-		return err;
-	/* The husk's PDEATHSIG: the restored process must outlive the daemon. */
-	if ((err = rst_call(r, "prctl(PR_SET_PDEATHSIG, 0)", NULL, SYS_prctl, PR_SET_PDEATHSIG, 0,
-	                    0, 0, 0, 0)))
-		return err;
+	}
 	return check_creds(r, c);
 }
 

@@ -88,6 +88,12 @@
 #define TRACEE_PAGE 4096ul
 #define TRACEE_SCRATCH_MAX (1ul << 20)
 #define TRACEE_SCRATCH_MIN (64ul << 10)
+/* The batch area after the callers' scratch: the code, then the table. */
+#define TRACEE_BATCH_AREA TRACEE_PAGE
+#define TRACEE_BATCH_ENTRY 64u /* nr, a0-a5, ret */
+#define TRACEE_BATCH_TABLE 64u /* the code's room */
+#define TRACEE_BATCH_MAX ((unsigned)((TRACEE_BATCH_AREA - TRACEE_BATCH_TABLE) / TRACEE_BATCH_ENTRY))
+#define WANT_INT3 (-SIGTRAP) /* tracee_wait_for: the batch code's int3, not a step */
 /* Room kept free around a scratch area placed among avoid ranges. */
 #define TRACEE_SCRATCH_GUARD (1ul << 20)
 #define TRACEE_SCRATCH_LOW (1ul << 30)
@@ -133,7 +139,8 @@ struct rdmig_tracee {
 	int inflight_req;        /* PTRACE_SINGLESTEP, or PTRACE_SYSCALL while SIGTRAP is ignored */
 	bool inflight_sets_trap; /* the call in flight sets SIGTRAP's action */
 	uint64_t scratch_addr;
-	size_t scratch_len;
+	size_t scratch_len; /* the callers' part; the batch area follows it */
+	bool scratch_exec;  /* the mapping is executable: batches can run there */
 	struct tracee_range *avoid;
 	size_t navoid, avoid_cap;
 	bool colocated; /* rdmig_tracee_colocate: our thread is pinned, own_cpus is its own */
@@ -280,6 +287,10 @@ static int tracee_wait_for(struct rdmig_tracee *t, int req, int want_sig, bool w
 				return ret;
 			if (want_sig == SIGTRAP && si.si_code == TRAP_BRKPT)
 				return 0; /* our step's report */
+			/* the batch code's int3; nobody else runs code in the
+			 * thread, and a SIGTRAP sent with kill() is SI_USER */
+			if (want_sig == WANT_INT3 && si.si_code == SI_KERNEL)
+				return 0;
 			ret = tracee_hold_trap(t);
 			if (ret)
 				return ret;
@@ -464,6 +475,175 @@ int rdmig_tracee_call(struct rdmig_tracee *t, const char *what, long *ret, long 
 	return tracee_call_result(t, what, err, r, ret);
 }
 
+/*
+ * The batch code (x86_64, position-independent, no stack), copied to the start
+ * of the batch area. rbx: the table, r12: how many entries; each entry is
+ * {nr, a0, a1, a2, a3, a4, a5, ret}. It runs them in order and stops on its
+ * int3 after the last one or after the first that returns -errno (1..4095):
+ * then r12 still counts that one, so r12 is how many did not succeed.
+ */
+static const uint8_t batch_code[] = {
+    0x4d, 0x85, 0xe4,                   /* 0x00 loop: test %r12,%r12 */
+    0x74, 0x32,                         /* 0x03 jz done */
+    0x48, 0x8b, 0x03,                   /* 0x05 mov (%rbx),%rax */
+    0x48, 0x8b, 0x7b, 0x08,             /* 0x08 mov 8(%rbx),%rdi */
+    0x48, 0x8b, 0x73, 0x10,             /* 0x0c mov 16(%rbx),%rsi */
+    0x48, 0x8b, 0x53, 0x18,             /* 0x10 mov 24(%rbx),%rdx */
+    0x4c, 0x8b, 0x53, 0x20,             /* 0x14 mov 32(%rbx),%r10 */
+    0x4c, 0x8b, 0x43, 0x28,             /* 0x18 mov 40(%rbx),%r8 */
+    0x4c, 0x8b, 0x4b, 0x30,             /* 0x1c mov 48(%rbx),%r9 */
+    0x0f, 0x05,                         /* 0x20 syscall */
+    0x48, 0x89, 0x43, 0x38,             /* 0x22 mov %rax,56(%rbx) */
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, /* 0x26 cmp $-4095,%rax */
+    0x73, 0x09,                         /* 0x2c jae done */
+    0x48, 0x83, 0xc3, 0x40,             /* 0x2e add $64,%rbx */
+    0x49, 0xff, 0xcc,                   /* 0x32 dec %r12 */
+    0xeb, 0xc9,                         /* 0x35 jmp loop */
+    0xcc,                               /* 0x37 done: int3 */
+};
+
+/*
+ * Up to TRACEE_BATCH_MAX calls in one resume: PTRACE_CONT into the batch code,
+ * one stop at its int3, where each call alone costs a step and its stop (two
+ * wake-ups, 20-50 us here). -ENOSYS where it cannot: SIGTRAP ignored or
+ * blocked (int3 forces a SIGTRAP, which would reset the process's action, as a
+ * step's report would: file comment) or no executable scratch. *ran: how many
+ * ran, the last of them perhaps failed (its ret is -errno).
+ */
+static int tracee_batch(struct rdmig_tracee *t, struct rdmig_tracee_call *c, unsigned k,
+                        unsigned *ran)
+{
+	struct tracee_thread *th = CUR(t);
+	uint64_t area[(TRACEE_BATCH_TABLE + TRACEE_BATCH_MAX * TRACEE_BATCH_ENTRY) / 8];
+	struct user_regs_struct r;
+	uint64_t base, at;
+	int err;
+
+	*ran = 0;
+	if (t->dead)
+		return -ESRCH;
+	if (t->inflight)
+		return -EBUSY;
+	if (k > TRACEE_BATCH_MAX)
+		return -EINVAL;
+	if (t->trap_ignored || th->trap_blocked)
+		return -ENOSYS;
+	if (!t->scratch_addr && (err = rdmig_tracee_scratch(t, 1, &at)))
+		return err;
+	if (!t->scratch_exec)
+		return -ENOSYS;
+	base = t->scratch_addr + t->scratch_len;
+	memset(area, 0, TRACEE_BATCH_TABLE);
+	memcpy(area, batch_code, sizeof(batch_code));
+	for (unsigned i = 0; i < k; i++) {
+		uint64_t *e = &area[(TRACEE_BATCH_TABLE + i * TRACEE_BATCH_ENTRY) / 8];
+
+		e[0] = (uint64_t)c[i].nr;
+		for (unsigned j = 0; j < 6; j++)
+			e[1 + j] = (uint64_t)c[i].a[j];
+		e[7] = 0;
+	}
+	err = rdmig_tracee_write(t, base, area, TRACEE_BATCH_TABLE + k * TRACEE_BATCH_ENTRY);
+	if (err)
+		return err;
+	r = th->saved;
+	r.rip = base;
+	r.rbx = base + TRACEE_BATCH_TABLE;
+	r.r12 = k;
+	r.orig_rax = (unsigned long long)-1; /* no syscall to restart */
+	r.eflags &= ~0x100ull;               /* TF: run, do not step */
+	err = tracee_ptrace(t, PTRACE_SETREGS, NULL, &r);
+	if (err)
+		return err;
+	th->in_syscall_stop = true; /* the registers need restoring, as after a call */
+	err = tracee_run_until(t, PTRACE_CONT, WANT_INT3, false);
+	if (!err)
+		err = tracee_ptrace(t, PTRACE_GETREGS, NULL, &r);
+	if (err)
+		return err;
+	if (r.rip != base + sizeof(batch_code) || r.r12 > k) {
+		pr_err("pid %d: injected calls stopped at rip %#llx with %llu left, not after "
+		       "%#" PRIx64,
+		       th->tid, r.rip, r.r12, base + sizeof(batch_code) - 1);
+		return -EIO;
+	}
+	*ran = k - (unsigned)r.r12 + (r.r12 ? 1 : 0);
+	err = rdmig_tracee_read(t, base + TRACEE_BATCH_TABLE, area, *ran * TRACEE_BATCH_ENTRY);
+	if (err)
+		return err;
+	for (unsigned i = 0; i < *ran; i++)
+		c[i].ret = (long)area[i * TRACEE_BATCH_ENTRY / 8 + 7];
+	return 0;
+}
+
+/* Calls that go alone, by the one-call path: an action for SIGTRAP (the
+ * batch's int3 would reset an SIG_IGN set inside the batch; the one-call path
+ * reads the action again after it), a change to the mask, and anything that
+ * could unmap or protect the batch area under the code that runs there. */
+static bool batch_unsafe(const struct rdmig_tracee *t, const struct rdmig_tracee_call *c)
+{
+	uint64_t lo = t->scratch_addr, hi = lo + t->scratch_len + TRACEE_BATCH_AREA;
+	uint64_t a = (uint64_t)c->a[0], len = (uint64_t)c->a[1];
+
+	switch (c->nr) {
+	case SYS_rt_sigaction:
+		return c->a[0] == SIGTRAP;
+	case SYS_rt_sigprocmask:
+	case SYS_rt_sigreturn:
+		return true;
+	case SYS_mmap:
+		if (!(c->a[3] & (MAP_FIXED | MAP_FIXED_NOREPLACE)))
+			return false;
+		/* fall through */
+	case SYS_munmap:
+	case SYS_mprotect:
+	case SYS_mremap:
+	case SYS_madvise:
+		return !lo || (a < hi && (len > UINT64_MAX - a || a + len > lo));
+	default:
+		return false;
+	}
+}
+
+int rdmig_tracee_calls(struct rdmig_tracee *t, struct rdmig_tracee_call *c, unsigned n,
+                       unsigned *failed)
+{
+	unsigned done = 0;
+	*failed = n;
+	while (done < n) {
+		unsigned k = n - done < TRACEE_BATCH_MAX ? n - done : TRACEE_BATCH_MAX, ran = 0;
+		int err;
+
+		for (unsigned i = 0; i < k; i++)
+			if (batch_unsafe(t, &c[done + i])) {
+				k = i ? i : 1; /* the ones before it, or it alone */
+				break;
+			}
+		/* tracee_batch says -ENOSYS each time it cannot: cheap to ask */
+		err = k == 1 ? -ENOSYS : tracee_batch(t, c + done, k, &ran);
+
+		if (err == -ENOSYS) {
+			ran = 1;
+			err = rdmig_tracee_syscall(t, c[done].nr, c[done].a, &c[done].ret);
+		}
+		if (err) {
+			*failed = done;
+			pr_err("pid %d: injecting %s failed: %s", CUR(t)->tid, c[done].what,
+			       strerror(-err));
+			return err;
+		}
+		for (unsigned i = done; i < done + ran; i++)
+			if (c[i].ret < 0 && c[i].ret >= -4095) {
+				*failed = i;
+				pr_err("pid %d: injected %s failed: %s", CUR(t)->tid, c[i].what,
+				       strerror((int)-c[i].ret));
+				return (int)c[i].ret;
+			}
+		done += ran;
+	}
+	return 0;
+}
+
 pid_t rdmig_tracee_pid(const struct rdmig_tracee *t)
 {
 	return t->pid;
@@ -524,7 +704,8 @@ int rdmig_tracee_scratch_avoid(struct rdmig_tracee *t, uint64_t start, uint64_t 
 		return -ENOMEM;
 	t->avoid[t->navoid++] = (struct tracee_range){start, end};
 	/* a scratch area placed before this range was known moves out of its way */
-	if (t->scratch_addr && t->scratch_addr < end && start < t->scratch_addr + t->scratch_len)
+	if (t->scratch_addr && t->scratch_addr < end &&
+	    start < t->scratch_addr + t->scratch_len + TRACEE_BATCH_AREA)
 		return rdmig_tracee_scratch_unmap(t);
 	return 0;
 }
@@ -627,7 +808,7 @@ int rdmig_tracee_scratch_unmap(struct rdmig_tracee *t)
 	if (!t->scratch_addr)
 		return 0;
 	ret = rdmig_tracee_call(t, "munmap(scratch)", NULL, SYS_munmap, (long)t->scratch_addr,
-	                        (long)t->scratch_len, 0, 0, 0, 0);
+	                        (long)(t->scratch_len + TRACEE_BATCH_AREA), 0, 0, 0, 0);
 	if (ret)
 		return ret;
 	t->scratch_addr = 0;
@@ -639,6 +820,7 @@ int rdmig_tracee_scratch(struct rdmig_tracee *t, size_t len, uint64_t *addr)
 {
 	uint64_t hint = 0;
 	long flags = MAP_PRIVATE | MAP_ANONYMOUS, r;
+	bool exec;
 	int ret;
 
 	if (len == 0 || len > TRACEE_SCRATCH_MAX)
@@ -654,7 +836,7 @@ int rdmig_tracee_scratch(struct rdmig_tracee *t, size_t len, uint64_t *addr)
 	if (len < TRACEE_SCRATCH_MIN)
 		len = TRACEE_SCRATCH_MIN;
 	if (t->navoid) {
-		ret = tracee_pick_scratch_addr(t, len, &hint);
+		ret = tracee_pick_scratch_addr(t, len + TRACEE_BATCH_AREA, &hint);
 		if (ret) {
 			pr_err("pid %d: no room for %zu bytes of scratch outside the avoid ranges",
 			       t->pid, len);
@@ -662,10 +844,21 @@ int rdmig_tracee_scratch(struct rdmig_tracee *t, size_t len, uint64_t *addr)
 		}
 		flags |= MAP_FIXED_NOREPLACE;
 	}
-	ret = rdmig_tracee_call(t, "mmap(scratch)", &r, SYS_mmap, (long)hint, (long)len,
-	                        PROT_READ | PROT_WRITE, flags, -1, 0);
+	/* Executable for the batch code (rdmig_tracee_calls); where that is
+	 * refused (an LSM's execmem rule), plain, and calls go one by one. */
+	exec = true;
+	ret = rdmig_tracee_call(t, "mmap(scratch)", &r, SYS_mmap, (long)hint,
+	                        (long)(len + TRACEE_BATCH_AREA), PROT_READ | PROT_WRITE | PROT_EXEC,
+	                        flags, -1, 0);
+	if (ret == -EACCES || ret == -EPERM) {
+		exec = false;
+		ret = rdmig_tracee_call(t, "mmap(scratch)", &r, SYS_mmap, (long)hint,
+		                        (long)(len + TRACEE_BATCH_AREA), PROT_READ | PROT_WRITE,
+		                        flags, -1, 0);
+	}
 	if (ret)
 		return ret;
+	t->scratch_exec = exec;
 	if (hint && (uint64_t)r != hint) {
 		pr_err("pid %d: scratch mapped at %#lx, not at %#" PRIx64, t->pid, r, hint);
 		t->scratch_addr = (uint64_t)r;

@@ -359,6 +359,22 @@ static void tracee_keeps_sigtrap(void)
 			T_OK(rdmig_tracee_call(t, "getpid", &r, SYS_getpid, 0, 0, 0, 0, 0, 0));
 			T_CHECK(r == pid, "getpid %ld", r);
 			T_OK(rdmig_tracee_call(t, "getppid", &r, SYS_getppid, 0, 0, 0, 0, 0, 0));
+			{
+				/* a batch stops on an int3 (a forced SIGTRAP) where
+				 * SIGTRAP is handled, and goes one by one where ignored */
+				struct rdmig_tracee_call b[3] = {
+				    {.what = "getpid", .nr = SYS_getpid},
+				    {.what = "getppid", .nr = SYS_getppid},
+				    {.what = "getpid", .nr = SYS_getpid},
+				};
+				unsigned failed = 9;
+
+				T_OK(rdmig_tracee_calls(t, b, 3, &failed));
+				T_CHECK(failed == 3 && b[0].ret == pid && b[1].ret == getpid() &&
+				            b[2].ret == pid,
+				        "batch: failed %u, %ld %ld %ld", failed, b[0].ret, b[1].ret,
+				        b[2].ret);
+			}
 			T_OK(rdmig_tracee_held_signals(t, 0, &held, &n));
 			T_CHECK(n == (unsigned)how && (!n || (held[0].si_signo == SIGTRAP &&
 			                                      held[0].si_code == SI_USER &&
@@ -381,6 +397,144 @@ static void tracee_keeps_sigtrap(void)
 		close(rfd);
 		close(wfd);
 	}
+}
+
+static bool sig_ignored(pid_t pid, int sig)
+{
+	char path[64], line[256];
+	unsigned long long ign = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "SigIgn: %llx", &ign) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return ign >> (sig - 1) & 1;
+}
+
+/* Calls in one resume (rdmig_tracee_calls): results in order, the first
+ * failure stops the rest, more than one batch's worth, state changed as the
+ * calls say, and the process goes on after the release as before. */
+static void tracee_batch(void)
+{
+	struct rdmig_tracee *t = NULL;
+	int rfd = -1;
+	uint64_t before = 0, after = 0;
+	pid_t pid = spawn_counter(&rfd);
+
+	T_CHECK(pid > 0, "fork");
+	if (pid <= 0)
+		return;
+	T_CHECK(read_full(rfd, &before, sizeof(before), 5000) == 0, "first counter");
+	T_OK(rdmig_tracee_seize(pid, 0, &t));
+	if (!t)
+		goto out_kill;
+	{
+		struct rdmig_tracee_call b[4] = {
+		    {.what = "getpid", .nr = SYS_getpid},
+		    {.what = "umask", .nr = SYS_umask, .a = {0027}},
+		    {.what = "umask", .nr = SYS_umask, .a = {0077}},
+		    {.what = "mmap",
+		     .nr = SYS_mmap,
+		     .a = {0, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0}},
+		};
+		unsigned failed = 0;
+
+		T_OK(rdmig_tracee_calls(t, b, 4, &failed));
+		T_CHECK(failed == 4, "failed %u of 4", failed);
+		T_CHECK(b[0].ret == pid, "getpid %ld, child %d", b[0].ret, pid);
+		T_CHECK(b[2].ret == 0027, "the second umask saw the first's: %lo", b[2].ret);
+		T_CHECK(b[3].ret > 0 && !(b[3].ret & 4095), "mmap %#lx", b[3].ret);
+		if (b[3].ret > 0) {
+			char back = 1;
+
+			T_OK(rdmig_tracee_read(t, (uint64_t)b[3].ret, &back, 1));
+			T_CHECK(back == 0, "the batch's mapping reads zero");
+		}
+	}
+	{
+		/* the first failure ends the batch; what follows is not run */
+		struct rdmig_tracee_call b[3] = {
+		    {.what = "umask", .nr = SYS_umask, .a = {0022}},
+		    {.what = "close(-1)", .nr = SYS_close, .a = {-1}},
+		    {.what = "umask", .nr = SYS_umask, .a = {0}, .ret = 12345},
+		};
+		unsigned failed = 0;
+
+		T_CHECK(rdmig_tracee_calls(t, b, 3, &failed) == -EBADF,
+		        "close(-1) fails the batch");
+		T_CHECK(failed == 1 && b[0].ret == 0077 && b[1].ret == -EBADF && b[2].ret == 12345,
+		        "failed %u, rets %lo %ld %ld", failed, b[0].ret, b[1].ret, b[2].ret);
+	}
+	{
+		/* more than one area's worth: the calls go in several resumes */
+		struct rdmig_tracee_call b[150];
+		unsigned failed = 0, bad = 0;
+
+		for (unsigned i = 0; i < 150; i++)
+			b[i] = (struct rdmig_tracee_call){.what = "getppid", .nr = SYS_getppid};
+		T_OK(rdmig_tracee_calls(t, b, 150, &failed));
+		for (unsigned i = 0; i < 150; i++)
+			bad += b[i].ret != getpid();
+		T_CHECK(failed == 150 && !bad, "150 calls: failed %u, %u wrong", failed, bad);
+	}
+	{
+		/* SIG_IGN for SIGTRAP set inside a batch: the batch's int3 must not
+		 * reset it (that call goes alone, and the batches after it go one
+		 * by one) */
+		uint64_t ign[4] = {1 /* SIG_IGN */, 0, 0, 0}, at = 0;
+		struct rdmig_tracee_call b[3] = {
+		    {.what = "getpid", .nr = SYS_getpid},
+		    {.what = "rt_sigaction(SIGTRAP)", .nr = SYS_rt_sigaction},
+		    {.what = "getpid", .nr = SYS_getpid},
+		};
+		struct rdmig_tracee_call b2[2] = {
+		    {.what = "getpid", .nr = SYS_getpid},
+		    {.what = "getpid", .nr = SYS_getpid},
+		};
+		unsigned failed = 0;
+
+		T_OK(rdmig_tracee_scratch(t, sizeof(ign), &at));
+		T_OK(rdmig_tracee_write(t, at, ign, sizeof(ign)));
+		b[1].a[0] = SIGTRAP;
+		b[1].a[1] = (long)at;
+		b[1].a[3] = 8;
+		T_OK(rdmig_tracee_calls(t, b, 3, &failed));
+		T_OK(rdmig_tracee_calls(t, b2, 2, &failed));
+		T_CHECK(b[2].ret == pid && b2[1].ret == pid, "getpid %ld %ld", b[2].ret, b2[1].ret);
+		T_CHECK(sig_ignored(pid, SIGTRAP), "SIGTRAP still ignored after the batches");
+	}
+	/* the state the batches left: umask 022 (the last that ran) */
+	{
+		char path[64], line[256];
+		unsigned umask_seen = 0777;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+		f = fopen(path, "r");
+		while (f && fgets(line, sizeof(line), f))
+			if (sscanf(line, "Umask: %o", &umask_seen) == 1)
+				break;
+		if (f)
+			fclose(f);
+		T_CHECK(umask_seen == 0022, "umask %o after the batches", umask_seen);
+	}
+	T_OK(rdmig_tracee_release(t, true));
+	t = NULL;
+	drain(rfd, &before);
+	T_CHECK(read_full(rfd, &after, sizeof(after), 5000) == 0 && after > before,
+	        "counter continues after the batches: %lu then %lu", (unsigned long)before,
+	        (unsigned long)after);
+out_kill:
+	if (t)
+		rdmig_tracee_kill(t);
+	else
+		kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(rfd);
 }
 
 /* A child blocked in read() keeps waiting and gets the data written later. */
@@ -1317,6 +1471,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	T_RUN(tracee_inject_loop);
 	T_RUN(tracee_keeps_sigtrap);
+	T_RUN(tracee_batch);
 	T_RUN(tracee_colocate_puts_back);
 	T_RUN(tracee_blocked_read);
 	T_RUN(tracee_blocked_sleep);

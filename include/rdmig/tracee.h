@@ -74,6 +74,29 @@ RDMIG_TRACEE_WUR int rdmig_tracee_syscall(struct rdmig_tracee *t, long nr, const
 RDMIG_TRACEE_WUR int rdmig_tracee_call(struct rdmig_tracee *t, const char *what, long *ret, long nr,
                                        long a0, long a1, long a2, long a3, long a4, long a5);
 
+/* One call of a batch: what names it in the log; ret is set for each call
+ * that ran. */
+struct rdmig_tracee_call {
+	const char *what;
+	long nr;
+	long a[6];
+	long ret;
+};
+
+/* Calls c[0..n) in the current thread, in order, as rdmig_tracee_call would
+ * run each, but many in one resume: the thread runs a few instructions copied
+ * into the area after its scratch (made executable), and stops once, not once
+ * per call. Stops at the first call that fails: returns its -errno, or the
+ * error from driving the thread, logged as rdmig_tracee_call does, with
+ * *failed its index (calls after it are not run); 0 and *failed = n when all
+ * ran. Arguments that point into the tracee must stay valid for the whole
+ * batch (write them all to the scratch first); no call that makes or ends a
+ * thread or a process (clone, fork, execve, exit). Where the code cannot run
+ * (SIGTRAP ignored or blocked, no executable scratch) the calls go one by one:
+ * the same results, slower. */
+RDMIG_TRACEE_WUR int rdmig_tracee_calls(struct rdmig_tracee *t, struct rdmig_tracee_call *c,
+                                        unsigned n, unsigned *failed);
+
 /* The same call in two halves: _begin sets it going in the current thread and
  * returns while the thread runs it; _end waits for it and gives its result as
  * rdmig_tracee_call does. Between the two, only /proc reads and memory reads of
