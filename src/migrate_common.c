@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,4 +187,37 @@ void rdmig_spare_stop(struct rdmig_spare *sp)
 	pthread_cond_destroy(&sp->cv);
 	pthread_mutex_destroy(&sp->mu);
 	sp->started = false;
+}
+
+int rdmig_recv_soon(struct rdmig_conn *c, uint8_t *buf, size_t cap, int timeout_ms)
+{
+	static int spin = -1; /* RDMIG_SPIN, read once */
+	uint64_t start = rdmig_now_ns();
+	int len;
+
+	if (spin < 0) {
+		const char *env = getenv("RDMIG_SPIN");
+
+		spin = !(env && !strcmp(env, "off"));
+	}
+	for (;;) {
+		uint64_t spent;
+
+		len = rdmig_tp_recv(c, buf, cap, 0);
+		if (len != -EAGAIN || timeout_ms == 0)
+			return len;
+		spent = rdmig_now_ns() - start;
+		if (!spin || spent >= RDMIG_SPIN_NS)
+			break;
+		if (timeout_ms > 0 && spent >= (uint64_t)timeout_ms * 1000000)
+			return -ETIMEDOUT;
+		/* the peer may need this CPU to send it: let it in */
+		sched_yield();
+	}
+	if (timeout_ms > 0) {
+		uint64_t spent_ms = (rdmig_now_ns() - start) / 1000000;
+
+		timeout_ms = spent_ms >= (uint64_t)timeout_ms ? 1 : timeout_ms - (int)spent_ms;
+	}
+	return rdmig_tp_recv(c, buf, cap, timeout_ms);
 }

@@ -31,6 +31,14 @@ RDMIG_WUR int rdmig_expect_past(struct rdmig_conn *c, uint8_t *buf, uint16_t wan
  * receive's -errno). */
 RDMIG_WUR int rdmig_expect_got(const uint8_t *buf, int len, uint16_t want, struct rdmig_msg *m);
 
+/* rdmig_tp_recv for a message due within the downtime (READY, GO): asks
+ * without sleeping, yielding between asks, for up to RDMIG_SPIN_NS (the
+ * environment's RDMIG_SPIN=off: not at all), then sleeps as rdmig_tp_recv does
+ * for the rest of timeout_ms. On this PVM guest a thread that sleeps wakes
+ * 0.25-0.5 ms after its message when its vCPU went idle (design.md). */
+#define RDMIG_SPIN_NS (5ull * 1000 * 1000)
+RDMIG_WUR int rdmig_recv_soon(struct rdmig_conn *c, uint8_t *buf, size_t cap, int timeout_ms);
+
 /* Tell the peer why we give up (best effort). */
 void rdmig_send_error(struct rdmig_conn *c, int err, const char *text);
 

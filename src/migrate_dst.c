@@ -805,7 +805,7 @@ static void go_part(struct dst *d, const struct rdmig_msg *m, int *pret)
 static int expect_go(struct dst *d, int timeout_ms, struct rdmig_msg *m, int *pret)
 {
 	for (;;) {
-		int len = rdmig_tp_recv(d->ctl, d->msg, RDMIG_MSG_MAX, timeout_ms);
+		int len = rdmig_recv_soon(d->ctl, d->msg, RDMIG_MSG_MAX, timeout_ms);
 
 		if (len < 0 || rdmig_msg_decode(d->msg, (size_t)len, m) < 0 ||
 		    m->type != RDMIG_MSG_PART)

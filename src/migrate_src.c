@@ -742,7 +742,11 @@ static int expect_walking(struct src *s, uint16_t want, uint32_t upto, int timeo
 
 		rdmig_parts_stats(s->parts, &st);
 		more = st.walked < st.total && (want != RDMIG_MSG_READY || !s->walk_late);
-		len = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, more ? 0 : timeout_ms);
+		/* READY comes within the downtime: asked for without sleeping */
+		len = more ? rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, 0)
+		      : want == RDMIG_MSG_READY
+		          ? rdmig_recv_soon(s->conn, s->msg, RDMIG_MSG_MAX, timeout_ms)
+		          : rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, timeout_ms);
 		if (len != -EAGAIN || !more)
 			return rdmig_expect_got(s->msg, len, want, m);
 		n = walk_one(s);
