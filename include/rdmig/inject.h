@@ -12,6 +12,9 @@
  *       with -EIO, as a dying link would: OP is connect, accept, mr_reg, post_read,
  *       post_write, send or recv. A failed post_read/post_write fails the
  *       connection too (later operations get -ECONNRESET), as a real one does.
+ *       For recv, N counts the calls that wait (timeout not 0), and the looks
+ *       (timeout 0) that found a message or an error, not those that found
+ *       nothing, whose number depends on timing.
  *
  * Read once per process; with neither variable set every check is one load.
  */
