@@ -229,9 +229,10 @@ struct fabric_conn {
 	int op_timeout_ms;
 	uint64_t next_key; /* caller's thread only */
 	int efd;
-	int cq_fd; /* the CQ's wait fd (FI_WAIT_FD), or -1: the thread sleeps in fi_cq_sread */
-	int eq_fd; /* the EQ's wait fd, or -1: the EQ is only read every tick */
-	int epfd;  /* what event_fd returns: efd and cq_fd together, or -1 (then efd) */
+	int kick_fd; /* eventfd: rdmig_tp_serve_soon wakes the sleeping thread */
+	int cq_fd;   /* the CQ's wait fd (FI_WAIT_FD), or -1: the thread sleeps in fi_cq_sread */
+	int eq_fd;   /* the EQ's wait fd, or -1: the EQ is only read every tick */
+	int epfd;    /* what event_fd returns: efd and cq_fd together, or -1 (then efd) */
 	bool thread_spins; /* the provider needs software progress for the peer's ops */
 	pthread_t thread;
 	bool thread_started;
@@ -796,9 +797,10 @@ static bool fabric_peek(struct fabric_conn *c)
 static bool fabric_sleep(struct fabric_conn *c, bool *eq_ready)
 {
 	struct fid *fids[2] = {&c->cq->fid, &c->eq->fid};
-	struct pollfd p[2] = {{.fd = c->cq_fd, .events = POLLIN},
+	struct pollfd p[3] = {{.fd = c->cq_fd, .events = POLLIN},
+	                      {.fd = c->kick_fd, .events = POLLIN},
 	                      {.fd = c->eq_fd, .events = POLLIN}};
-	int nfds = c->eq_fd >= 0 ? 2 : 1;
+	int nfds = c->eq_fd >= 0 ? 3 : 2, nfids = c->eq_fd >= 0 ? 2 : 1;
 	int ret;
 
 	if (c->cq_fd < 0) {
@@ -816,7 +818,7 @@ static bool fabric_sleep(struct fabric_conn *c, bool *eq_ready)
 		return n > 0 || n == -FI_EAVAIL;
 	}
 	/* Arms the wait objects, or says something is already there. */
-	ret = fi_trywait(c->fabric, fids, nfds);
+	ret = fi_trywait(c->fabric, fids, nfids);
 	if (ret == -FI_EAGAIN)
 		return true;
 	if (ret) {
@@ -828,8 +830,25 @@ static bool fabric_sleep(struct fabric_conn *c, bool *eq_ready)
 	}
 	if (poll(p, (nfds_t)nfds, FABRIC_TICK_MS) <= 0)
 		return false;
-	*eq_ready = nfds > 1 && p[1].revents;
+	*eq_ready = nfds > 2 && p[2].revents;
+	if (p[1].revents) {
+		uint64_t v;
+
+		/* rdmig_tp_serve_soon: the loop looks at the deadline again */
+		if (read(c->kick_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			pr_debug("reading the kick eventfd: %s", strerror(errno));
+		return true;
+	}
 	return p[0].revents != 0;
+}
+
+static void fabric_serve_soon(struct rdmig_conn *bc)
+{
+	struct fabric_conn *c = fabric_conn_of(bc);
+	uint64_t one = 1;
+
+	if (write(c->kick_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		pr_debug("writing the kick eventfd: %s", strerror(errno));
 }
 
 /* The progress thread: park while the caller drives; otherwise reap, keep polling for
@@ -837,7 +856,7 @@ static bool fabric_sleep(struct fabric_conn *c, bool *eq_ready)
 static void *fabric_progress_main(void *arg)
 {
 	struct fabric_conn *c = arg;
-	uint64_t next_tick = 0, spin_until = 0, now, until;
+	uint64_t next_tick = 0, spin_until = 0, now, until, serve_until;
 	bool eq_ready = false, spins;
 
 	while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
@@ -859,11 +878,19 @@ static void *fabric_progress_main(void *arg)
 		spins = c->thread_spins && !atomic_load(&c->base.messages_only);
 		if (fabric_reap(c, false) && spins)
 			spin_until = now + FABRIC_THREAD_SPIN_NS;
+		/* rdmig_tp_serve_soon: the peer's operations are due, poll till then */
+		serve_until = atomic_load(&c->base.serve_until_ns);
+		if (c->thread_spins && now < serve_until && spin_until < serve_until)
+			spin_until = serve_until;
 		if (now < spin_until) {
-			if (fabric_peek(c))
+			if (fabric_peek(c) && spin_until < now + FABRIC_THREAD_SPIN_NS)
 				spin_until = now + FABRIC_THREAD_SPIN_NS;
-			if (!fabric_spin_yield())
+			if (!fabric_spin_yield()) {
+				/* the CPU is wanted elsewhere: sleep, and forget the hint */
 				spin_until = 0;
+				atomic_compare_exchange_strong(&c->base.serve_until_ns,
+				                               &serve_until, 0);
+			}
 			continue;
 		}
 		if (fabric_sleep(c, &eq_ready) && spins)
@@ -918,8 +945,11 @@ static struct fabric_conn *fabric_conn_alloc(int op_timeout_ms)
 	if (!c)
 		return NULL;
 	c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (c->efd < 0) {
+	c->kick_fd = c->efd < 0 ? -1 : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->kick_fd < 0) {
 		pr_err("eventfd: %s", strerror(errno));
+		if (c->efd >= 0)
+			close(c->efd);
 		free(c);
 		return NULL;
 	}
@@ -1010,6 +1040,7 @@ static void fabric_conn_destroy(struct fabric_conn *c)
 	if (c->epfd >= 0)
 		close(c->epfd);
 	close(c->efd);
+	close(c->kick_fd);
 	pthread_cond_destroy(&c->park_cond);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->reap_lock);
@@ -1853,4 +1884,5 @@ const struct rdmig_transport_ops rdmig_fabric_ops = {
     .send = fabric_send,
     .recv = fabric_recv,
     .event_fd = fabric_event_fd,
+    .serve_soon = fabric_serve_soon,
 };

@@ -26,7 +26,8 @@ struct rdmig_conn {
 	const struct rdmig_transport_ops *ops;
 	long live_mrs; /* registrations of this connection not yet deregistered */
 	int injected;  /* fault injection failed this connection: -ECONNRESET from now on */
-	atomic_bool messages_only; /* rdmig_tp_messages_only() */
+	atomic_bool messages_only;       /* rdmig_tp_messages_only() */
+	_Atomic uint64_t serve_until_ns; /* rdmig_tp_serve_soon(), CLOCK_MONOTONIC */
 };
 
 struct rdmig_mr {

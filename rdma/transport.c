@@ -16,6 +16,7 @@
 #include <poll.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -94,6 +95,7 @@ int rdmig_tp_accept(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn 
 	c->ops = l->ops;
 	c->live_mrs = 0;
 	c->injected = 0;
+	atomic_store(&c->serve_until_ns, 0);
 	atomic_fetch_add(&live_conns, 1);
 	ret = rdmig_handshake(c, &l->opts, RDMIG_ROLE_LISTENER);
 	if (ret < 0) {
@@ -136,6 +138,7 @@ int rdmig_tp_connect(const struct rdmig_tp_opts *o, const char *hostport, int ti
 	c->ops = ops;
 	c->live_mrs = 0;
 	c->injected = 0;
+	atomic_store(&c->serve_until_ns, 0);
 	atomic_fetch_add(&live_conns, 1);
 	ret = rdmig_handshake(c, o, RDMIG_ROLE_CONNECTOR);
 	if (ret < 0) {
@@ -328,6 +331,19 @@ int rdmig_tp_event_fd(struct rdmig_conn *c)
 void rdmig_tp_messages_only(struct rdmig_conn *c)
 {
 	atomic_store(&c->messages_only, true);
+}
+
+void rdmig_tp_serve_soon(struct rdmig_conn *c, int ms)
+{
+	struct timespec ts;
+
+	if (!c || ms <= 0)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	atomic_store(&c->serve_until_ns, (uint64_t)ts.tv_sec * 1000000000ull +
+	                                     (uint64_t)ts.tv_nsec + (uint64_t)ms * 1000000ull);
+	if (c->ops->size > offsetof(struct rdmig_transport_ops, serve_soon) && c->ops->serve_soon)
+		c->ops->serve_soon(c);
 }
 
 const char *rdmig_tp_name(const struct rdmig_conn *c)

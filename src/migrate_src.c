@@ -690,6 +690,9 @@ static int reconnect(struct src *s, int why)
  * past them waits, and would read READY late. What was walked beyond goes
  * between READY and GO. */
 #define PARTS_AHEAD 6u
+/* How long the data connection serves without sleeping after GO: the first
+ * faults come within a millisecond of it, the prefetcher's stream after. */
+#define SERVE_SOON_MS 10
 
 /* Walk and copy one part: 1, 0 when every part is walked, or -errno (a walk
  * or a copy that fails has nothing to retry). */
@@ -856,6 +859,8 @@ static int switch_over(struct src *s)
 	 * next to its copy. */
 	if (kill(s->o->pid, SIGSTOP) < 0)
 		return rollback(s, "cannot hold the original stopped", -errno);
+	/* the resumed process's first faults READ the mirror right after GO */
+	rdmig_tp_serve_soon(s->data, SERVE_SOON_MS);
 	{
 		uint64_t v = s->t_freeze;
 		int n = rdmig_msg_encode_u64(s->msg, RDMIG_MSG_MAX, RDMIG_MSG_GO, &v, 1);

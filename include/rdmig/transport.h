@@ -137,6 +137,10 @@ struct rdmig_transport_ops {
 	/* An fd that turns readable when poll or recv may have something. After it
 	 * fires, call poll/recv until they return nothing, then sleep on it again. */
 	int (*event_fd)(struct rdmig_conn *c);
+
+	/* Optional (NULL: nothing to do): rdmig_tp_serve_soon() was called; wake
+	 * whatever sleeps in the backend so it sees the new deadline. */
+	void (*serve_soon)(struct rdmig_conn *c);
 };
 
 /* The backends linked into this build. */
@@ -183,6 +187,13 @@ int rdmig_tp_event_fd(struct rdmig_conn *c);
  * READs without a wake-up each; after each message it only burned a CPU). Any
  * thread, any time. */
 void rdmig_tp_messages_only(struct rdmig_conn *c);
+/* The peer is about to read or write memory registered here (a resumed
+ * process's first faults): for the next ms milliseconds, serve it without
+ * sleeping between its operations. A hint: fabric's progress thread polls,
+ * yielding, until then (or until it finds its CPU wanted elsewhere), where it
+ * would sleep until the first operation woke it (0.25-0.5 ms on this guest when
+ * its vCPU had gone idle). Any thread, any time; verbs serves in hardware. */
+void rdmig_tp_serve_soon(struct rdmig_conn *c, int ms);
 const char *rdmig_tp_name(const struct rdmig_conn *c);
 
 /* Live objects made through these wrappers in this process (tests use these to
