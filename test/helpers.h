@@ -82,4 +82,26 @@ static inline double t_now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* A number from /proc/PID/status: the field named key ("SigIgn", "Umask"),
+ * read in base (16 for masks, 8 for a umask); def when it is not there. */
+static inline unsigned long long t_proc_status(int pid, const char *key, int base,
+                                               unsigned long long def)
+{
+	char path[64], line[256];
+	size_t klen = strlen(key);
+	unsigned long long v = def;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", pid);
+	f = fopen(path, "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, klen) && line[klen] == ':') {
+			v = strtoull(line + klen + 1, NULL, base);
+			break;
+		}
+	if (f)
+		fclose(f);
+	return v;
+}
+
 #endif

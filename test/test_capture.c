@@ -401,18 +401,7 @@ static void tracee_keeps_sigtrap(void)
 
 static bool sig_ignored(pid_t pid, int sig)
 {
-	char path[64], line[256];
-	unsigned long long ign = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "SigIgn: %llx", &ign) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return ign >> (sig - 1) & 1;
+	return t_proc_status((int)pid, "SigIgn", 16, 0) >> (sig - 1) & 1;
 }
 
 /* Calls in one resume (rdmig_tracee_calls): results in order, the first
@@ -508,20 +497,8 @@ static void tracee_batch(void)
 		T_CHECK(sig_ignored(pid, SIGTRAP), "SIGTRAP still ignored after the batches");
 	}
 	/* the state the batches left: umask 022 (the last that ran) */
-	{
-		char path[64], line[256];
-		unsigned umask_seen = 0777;
-		FILE *f;
-
-		snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-		f = fopen(path, "r");
-		while (f && fgets(line, sizeof(line), f))
-			if (sscanf(line, "Umask: %o", &umask_seen) == 1)
-				break;
-		if (f)
-			fclose(f);
-		T_CHECK(umask_seen == 0022, "umask %o after the batches", umask_seen);
-	}
+	T_CHECK(t_proc_status((int)pid, "Umask", 8, 0777) == 0022, "umask %llo after the batches",
+	        t_proc_status((int)pid, "Umask", 8, 0777));
 	T_OK(rdmig_tracee_release(t, true));
 	t = NULL;
 	drain(rfd, &before);

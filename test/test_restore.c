@@ -445,16 +445,8 @@ static void hand_built(void)
 		}
 	}
 	{
-		unsigned long long ign = 0;
-		char st_path[64];
+		unsigned long long ign = t_proc_status((int)pid, "SigIgn", 16, 0);
 
-		snprintf(st_path, sizeof(st_path), "/proc/%d/status", (int)pid);
-		f = fopen(st_path, "re");
-		while (f && fgets(line, sizeof(line), f))
-			if (sscanf(line, "SigIgn: %llx", &ign) == 1)
-				break;
-		if (f)
-			fclose(f);
 		T_CHECK((ign >> (SIGUSR1 - 1) & 1) && (ign >> (SIGTRAP - 1) & 1),
 		        "SigIgn %#llx: SIGUSR1 and SIGTRAP ignored as in the image", ign);
 	}
