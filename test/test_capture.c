@@ -148,19 +148,30 @@ static void drain(int fd, uint64_t *last)
 		*last = v;
 }
 
+/* A counter child, its first value read, seized: its pid (<= 0: no child; *t
+ * NULL: not seized, the caller kills it). */
+static pid_t seize_counter(int *rfd, uint64_t *first, struct rdmig_tracee **t)
+{
+	pid_t pid = spawn_counter(rfd);
+
+	T_CHECK(pid > 0, "fork");
+	if (pid <= 0)
+		return pid;
+	T_CHECK(read_full(*rfd, first, sizeof(*first), 5000) == 0, "first counter");
+	T_OK(rdmig_tracee_seize(pid, 0, t));
+	return pid;
+}
+
 static void tracee_inject_loop(void)
 {
 	struct rdmig_tracee *t = NULL;
 	int rfd = -1;
 	uint64_t before = 0, after = 0, v = 0;
-	pid_t pid = spawn_counter(&rfd);
+	pid_t pid = seize_counter(&rfd, &before, &t);
 	long r;
 
-	T_CHECK(pid > 0, "fork");
 	if (pid <= 0)
 		return;
-	T_CHECK(read_full(rfd, &before, sizeof(before), 5000) == 0, "first counter");
-	T_OK(rdmig_tracee_seize(pid, 0, &t));
 	if (!t)
 		goto out_kill;
 	T_CHECK(rdmig_tracee_pid(t) == pid, "pid");
@@ -412,13 +423,10 @@ static void tracee_batch(void)
 	struct rdmig_tracee *t = NULL;
 	int rfd = -1;
 	uint64_t before = 0, after = 0;
-	pid_t pid = spawn_counter(&rfd);
+	pid_t pid = seize_counter(&rfd, &before, &t);
 
-	T_CHECK(pid > 0, "fork");
 	if (pid <= 0)
 		return;
-	T_CHECK(read_full(rfd, &before, sizeof(before), 5000) == 0, "first counter");
-	T_OK(rdmig_tracee_seize(pid, 0, &t));
 	if (!t)
 		goto out_kill;
 	{
