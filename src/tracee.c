@@ -528,9 +528,8 @@ static int tracee_batch(struct rdmig_tracee *t, struct rdmig_tracee_call *c, uns
 		return -EINVAL;
 	if (t->trap_ignored || th->trap_blocked)
 		return -ENOSYS;
-	if (!t->scratch_addr && (err = rdmig_tracee_scratch(t, 1, &at)))
-		return err;
-	if (!t->scratch_exec)
+	/* no room for a scratch area (avoid ranges) costs speed, not the calls */
+	if ((!t->scratch_addr && rdmig_tracee_scratch(t, 1, &at)) || !t->scratch_exec)
 		return -ENOSYS;
 	base = t->scratch_addr + t->scratch_len;
 	memset(area, 0, TRACEE_BATCH_TABLE);
