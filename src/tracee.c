@@ -593,7 +593,7 @@ static bool batch_unsafe(const struct rdmig_tracee *t, const struct rdmig_tracee
 	case SYS_mmap:
 		if (!(c->a[3] & (MAP_FIXED | MAP_FIXED_NOREPLACE)))
 			return false;
-		/* fall through */
+		__attribute__((fallthrough)); /* a fixed mapping: its range decides */
 	case SYS_munmap:
 	case SYS_mprotect:
 	case SYS_mremap:
