@@ -111,7 +111,7 @@ int rst_task_misc(struct rst *r)
 	size_t cwd_len = img->cwd ? strlen(img->cwd) + 1 : 0;
 	char *buf;
 	uint64_t at;
-	unsigned n = 0, failed = 0;
+	unsigned failed = 0;
 	int err;
 
 	/* comm and the cwd side by side in the scratch: one batch reads both */
@@ -134,10 +134,10 @@ int rst_task_misc(struct rst *r)
 	    RST_CALL("personality", SYS_personality, img->personality),
 	    RST_CALL("umask", SYS_umask, img->umask & 0777),
 	    RST_CALL("prctl(PR_SET_NAME)", SYS_prctl, PR_SET_NAME, (long)at),
+	    RST_CALL("chdir", SYS_chdir, (long)(at + 16)), /* the last: not run without a cwd */
 	};
-	n = 5;
-	if (cwd_len)
-		c[n++] = RST_CALL("chdir", SYS_chdir, (long)(at + 16));
+	unsigned n = cwd_len ? 6 : 5;
+
 	err = rst_calls(r, c, n, &failed);
 	if (err && failed < n && c[failed].nr == SYS_chdir)
 		return rst_fail(r, err, "the working directory %s is not usable here: %s", img->cwd,
