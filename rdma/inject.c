@@ -21,7 +21,7 @@ const char *const rdmig_inject_points[] = {
     /* source: states, then steps */
     "src.checked", "src.connected", "src.tracking", "src.frozen", "src.sent", "src.committed",
     "src.serving", "src.capture", "src.final_copy", "src.track_files", "src.part",
-    "src.early_calls",
+    "src.early_calls", "src.want_pages",
     /* destination */
     "dst.listening", "dst.receiving", "dst.prebuild", "dst.restoring", "dst.pager", "dst.ready",
     "dst.resume", "dst.running", NULL};

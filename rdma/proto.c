@@ -191,6 +191,37 @@ int rdmig_msg_encode_part(void *buf, size_t cap, uint64_t addr, uint32_t pages, 
 	return (int)(RDMIG_HDR_LEN + 16 + nb);
 }
 
+_Static_assert(RDMIG_PAGES_MAX <= 32 &&
+                   RDMIG_HDR_LEN + 16 + RDMIG_PAGES_MAX * 4096 <= RDMIG_MSG_MAX,
+               "the largest PAGES fits one message, its mask a u32");
+
+static int pages_ok(uint64_t addr, uint32_t pages, uint32_t mask)
+{
+	return !(addr & 4095) && pages >= 1 && pages <= RDMIG_PAGES_MAX &&
+	       !(mask >> (pages - 1) >> 1) && addr < RDMIG_PART_ADDR_END &&
+	       pages <= (RDMIG_PART_ADDR_END - addr) / 4096;
+}
+
+int rdmig_msg_encode_pages(void *buf, size_t cap, uint64_t addr, uint32_t pages, uint32_t mask,
+                           const void *data)
+{
+	size_t nd;
+	uint8_t *p;
+
+	if (!pages_ok(addr, pages, mask))
+		return -EINVAL;
+	nd = (size_t)__builtin_popcount(mask) * 4096;
+	p = put_hdr(buf, cap, RDMIG_MSG_PAGES, 16 + nd);
+	if (!p)
+		return -ENOSPC;
+	put_le64(p, addr);
+	put_le32(p + 8, pages);
+	put_le32(p + 12, mask);
+	if (nd)
+		memcpy(p + 16, data, nd);
+	return (int)(RDMIG_HDR_LEN + 16 + nd);
+}
+
 int rdmig_msg_encode_image(void *buf, size_t cap, uint64_t total, uint64_t offset, const void *data,
                            uint32_t len)
 {
@@ -300,6 +331,24 @@ static int decode_payload(uint16_t type, const uint8_t *p, uint32_t plen, struct
 		m->u.part.pages = pages;
 		m->u.part.flags = flags;
 		m->u.part.bits = p + 16;
+		return 0;
+	}
+	case RDMIG_MSG_PAGES: {
+		uint64_t addr;
+		uint32_t pages, mask;
+
+		if (plen < 16)
+			return -EBADMSG;
+		addr = get_le64(p);
+		pages = get_le32(p + 8);
+		mask = get_le32(p + 12);
+		if (!pages_ok(addr, pages, mask) ||
+		    plen != 16 + 4096 * (uint64_t)__builtin_popcount(mask))
+			return -EBADMSG;
+		m->u.pages.addr = addr;
+		m->u.pages.pages = pages;
+		m->u.pages.mask = mask;
+		m->u.pages.data = p + 16;
 		return 0;
 	}
 	case RDMIG_MSG_GO:
@@ -417,7 +466,7 @@ const char *rdmig_msg_type_name(uint16_t type)
 {
 	static const char *const names[] = {
 	    "?",  "HELLO",   "AUTH", "AUTH_OK", "ERROR",      "REGIONS", "BYE",  "IMAGE", "READY",
-	    "GO", "RUNNING", "DONE", "RUNS",    "ROUND_DONE", "LAYOUT",  "PART", "WANT"};
+	    "GO", "RUNNING", "DONE", "RUNS",    "ROUND_DONE", "LAYOUT",  "PART", "WANT",  "PAGES"};
 	_Static_assert(sizeof(names) / sizeof(names[0]) == RDMIG_MSG_TYPE_MAX + 1,
 	               "a name for every type");
 

@@ -777,6 +777,23 @@ static int take_part(struct dst *d, const struct rdmig_msg *m)
 	return 0;
 }
 
+/* PAGES, the source's answer to our WANTs: checked as a PART is (pages of one
+ * held vma), then handed to the loop, which installs those still held. */
+static int take_pages(struct dst *d, const struct rdmig_msg *m)
+{
+	uint64_t end = m->u.pages.addr + (uint64_t)m->u.pages.pages * PG;
+	const struct rdmig_img_vma *v = rdmig_image_vma_at(&d->img, m->u.pages.addr);
+
+	if (!v || v->kind != RDMIG_VMA_ANON || !(v->flags & RDMIG_VMA_F_HELD) || end > v->end) {
+		pr_err("the source sent pages %#" PRIx64 "-%#" PRIx64
+		       ", which are not part of a held mapping: closing the connection",
+		       m->u.pages.addr, end);
+		return -EBADMSG;
+	}
+	return rdmig_faultloop_held_pages(d->loop, m->u.pages.addr, m->u.pages.pages,
+	                                  m->u.pages.mask, m->u.pages.data);
+}
+
 /* A PART before GO. One that cannot be taken (no pager, or one outside a held
  * mapping) fails the pager (*pret), which is told to the source after its GO,
  * as the ERROR that lets it resume its original. */
@@ -814,8 +831,9 @@ static int expect_go(struct dst *d, int timeout_ms, struct rdmig_msg *m, int *pr
 	}
 }
 
-/* Everything on the control connection now: PARTs. A link error is returned as
- * it is (the caller reconnects); anything else that came is -EPROTO. */
+/* Everything on the control connection now: PARTs, and PAGES for our WANTs. A
+ * link error is returned as it is (the caller reconnects); anything else that
+ * came is -EPROTO. */
 static int recv_parts(struct dst *d, bool *bad)
 {
 	struct rdmig_msg m;
@@ -839,12 +857,12 @@ static int recv_parts(struct dst *d, bool *bad)
 			pr_err("the source gave up: %s", m.u.error.text);
 			return -m.u.error.code;
 		}
-		if (m.type != RDMIG_MSG_PART) {
-			pr_err("expected PART, got %s: closing the connection",
+		if (m.type != RDMIG_MSG_PART && m.type != RDMIG_MSG_PAGES) {
+			pr_err("expected PART or PAGES, got %s: closing the connection",
 			       rdmig_msg_type_name(m.type));
 			return -EPROTO;
 		}
-		n = take_part(d, &m);
+		n = m.type == RDMIG_MSG_PART ? take_part(d, &m) : take_pages(d, &m);
 		if (n < 0)
 			return n;
 		*bad = false;
@@ -984,12 +1002,12 @@ static void summary(struct dst *d, const struct rdmig_faultloop_stats *s, uint64
 		    ",\"bytes_read\":%" PRIu64 ",\"downtime_phases_ns\":{\"restore\":%" PRIu64
 		    ",\"ready\":%" PRIu64 ",\"wait_go\":%" PRIu64 ",\"resume\":%" PRIu64
 		    "},\"start_paging_ns\":%" PRIu64 ",\"held_faults\":%" PRIu64
-		    ",\"released_ns\":%" PRId64,
+		    ",\"held_pages_answered\":%" PRIu64 ",\"released_ns\":%" PRId64,
 		    (int)d->r.pid, (int)d->img.pid, d->t_resume - d->t_go, d->t_local - d->t_resume,
 		    s->faults, demand, s->faults_zero, s->faults_coalesced, pre, bytes,
 		    d->t_built - d->t_received, d->t_readied - d->t_built, d->t_gone - d->t_readied,
 		    d->t_resume - d->t_gone, d->t_paged - d->t_readied, s->faults_held,
-		    d->t_released ? (int64_t)(d->t_released - d->t_resume) : 0);
+		    s->held_pages_in, d->t_released ? (int64_t)(d->t_released - d->t_resume) : 0);
 		/* the timeline: [ms after resume, faults, fetched, prefetched, local, total] */
 		fprintf(f, ",\"timeline\":[");
 		for (size_t i = 0; i < d->ntl; i++)

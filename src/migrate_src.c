@@ -89,6 +89,7 @@ struct src {
 	struct rdmig_capture_early *early;
 	uint32_t parts_ahead; /* sent before GO */
 	bool walk_late;       /* RDMIG_HOLD=late: no walk before GO */
+	bool want_warned;     /* a WANT could not be answered (said once) */
 	bool finalized;       /* rdmig_precopy_final ran in the capture's idle time */
 	int idle_err;         /* what failed there */
 	uint64_t t_released;  /* realtime ns: the last part sent */
@@ -766,6 +767,28 @@ static int expect_walking(struct src *s, uint16_t want, uint32_t upto, int timeo
 	}
 }
 
+/* A fault waits on the held page at addr: its window, read from the frozen
+ * process, goes at once (parts.c says why), and its part is walked next. An
+ * answer that cannot be made is only a slower fault: the walk releases the
+ * page. 0, or the send's -errno. */
+static int answer_want(struct src *s, uint64_t addr)
+{
+	int n = rdmig_inject("src.want_pages");
+
+	rdmig_parts_want(s->parts, addr);
+	if (n == 0)
+		n = rdmig_parts_pages(s->parts, addr, s->msg, RDMIG_MSG_MAX);
+	if (n < 0) {
+		if (!s->want_warned)
+			pr_warn("pid %d: a fault on the destination waits for its part's walk: "
+			        "reading the page it wants failed (%s)",
+			        (int)s->o->pid, strerror(-n));
+		s->want_warned = true;
+		return 0;
+	}
+	return n ? rdmig_tp_send(s->conn, s->msg, (size_t)n) : 0;
+}
+
 static int release_parts(struct src *s, struct rdmig_msg *m)
 {
 	m->type = 0;
@@ -794,7 +817,9 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 				       rdmig_msg_type_name(m->type));
 				return -EPROTO;
 			}
-			rdmig_parts_want(s->parts, m->u.u64[0]);
+			ret = answer_want(s, m->u.u64[0]);
+			if (ret < 0)
+				break;
 		}
 		m->type = 0;
 		if (ret == 0) {
@@ -815,11 +840,12 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 		fprintf(stderr,
 		        "rdma_migrate src: pid %d: %u parts of its memory walked outside the "
 		        "freeze, %u of them sent before the switch (first: %u its registers "
-		        "pointed at, %u its faults asked for), %" PRIu64
+		        "pointed at, %u its faults asked for; %u faults answered from the "
+		        "process), %" PRIu64
 		        " pages with data, walk and copy %.2f ms, the last sent %.2f ms after "
 		        "the resume (negative: before it)\n",
-		        (int)s->o->pid, st.walked, s->parts_ahead, st.hinted, st.wanted, st.pages,
-		        (double)st.walk_ns / 1e6,
+		        (int)s->o->pid, st.walked, s->parts_ahead, st.hinted, st.wanted,
+		        st.answered, st.pages, (double)st.walk_ns / 1e6,
 		        ((double)s->t_released - (double)s->t_resume) / 1e6);
 	}
 	return 0;

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Pages per part: 64 MiB, about 0.1-0.4 ms of walk and one 2 KiB bitmap. */
 #define RDMIG_PART_PAGES 16384u
@@ -38,6 +39,14 @@ void rdmig_parts_captured(struct rdmig_parts *ps);
  * address outside every held part, or in one walked already, changes nothing. */
 void rdmig_parts_want(struct rdmig_parts *ps, uint64_t addr);
 
+/* The PAGES answer to a WANT for source address addr, encoded into msg (cap
+ * bytes): the RDMIG_PAGES_MAX-page window holding addr (within its mapping), read
+ * from the frozen process itself, not from the mirror (whose copy may be older),
+ * pages not present there sent as zero. Its length; 0 when addr is in no held
+ * part or in one sent already (its PART answered); -errno when the process could
+ * not be read. */
+int rdmig_parts_pages(struct rdmig_parts *ps, uint64_t addr, uint8_t *msg, size_t cap);
+
 /* Walk and copy the next part (wanted ones first, then in address order).
  * Returns 1 when one was walked, 0 when every part is, or -errno. A walked part
  * waits for rdmig_parts_take: the walk runs ahead of what may be sent (before
@@ -57,7 +66,7 @@ int rdmig_parts_again(struct rdmig_parts *ps, uint32_t i, uint8_t *msg, size_t c
  * (WANT) or a register pointed there, pages with data found, and the walk's
  * time. */
 struct rdmig_parts_stats {
-	uint32_t walked, taken, total, wanted, hinted;
+	uint32_t walked, taken, total, wanted, hinted, answered;
 	uint64_t pages, walk_ns;
 };
 void rdmig_parts_stats(const struct rdmig_parts *ps, struct rdmig_parts_stats *out);

@@ -333,6 +333,104 @@ static void part_want(void)
 	        "WANT with two fields");
 }
 
+/* A PAGES message by hand: header, then addr, pages, mask and nd data bytes
+ * (zeros). */
+static size_t hand_pages(uint8_t *buf, uint64_t addr, uint32_t pages, uint32_t mask, size_t nd)
+{
+	uint8_t *p = buf + RDMIG_HDR_LEN;
+
+	put_le32(buf, RDMIG_PROTO_MAGIC);
+	put_le16(buf + 4, RDMIG_PROTO_VERSION);
+	put_le16(buf + 6, RDMIG_MSG_PAGES);
+	put_le32(buf + 8, (uint32_t)(16 + nd));
+	put_le32(buf + 12, 0);
+	put_le64(p, addr);
+	put_le32(p + 8, pages);
+	put_le32(p + 12, mask);
+	memset(p + 16, 0, nd);
+	return RDMIG_HDR_LEN + 16 + nd;
+}
+
+static void pages_msg(void)
+{
+	static uint8_t buf[RDMIG_MSG_MAX + 64], data[RDMIG_PAGES_MAX * 4096];
+	const uint64_t end = RDMIG_PART_ADDR_END;
+	struct rdmig_msg m;
+	size_t len;
+	int n;
+
+	T_CHECK(!strcmp(rdmig_msg_type_name(RDMIG_MSG_PAGES), "PAGES"), "type name");
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i / 4096 + 1);
+	/* 8 pages, pages 1 and 6 hold data: two pages of it, in order */
+	n = rdmig_msg_encode_pages(buf, sizeof(buf), 0x7f0000008000, 8, 0x42, data);
+	T_CHECK(n == RDMIG_HDR_LEN + 16 + 2 * 4096, "length %d", n);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_PAGES && m.u.pages.addr == 0x7f0000008000 &&
+	            m.u.pages.pages == 8 && m.u.pages.mask == 0x42,
+	        "PAGES header");
+	T_CHECK(m.u.pages.data == buf + RDMIG_HDR_LEN + 16 && m.u.pages.data[0] == 1 &&
+	            m.u.pages.data[4096] == 2,
+	        "data in the buffer, the caller's pages in order");
+	/* every page zero: no data at all */
+	n = rdmig_msg_encode_pages(buf, sizeof(buf), 0x1000, 3, 0, NULL);
+	T_CHECK(n == RDMIG_HDR_LEN + 16, "length %d", n);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.u.pages.pages == 3 && m.u.pages.mask == 0, "zero pages");
+	/* the largest, ending at the end of user space */
+	n = rdmig_msg_encode_pages(buf, sizeof(buf), end - RDMIG_PAGES_MAX * 4096ull,
+	                           RDMIG_PAGES_MAX, (1u << RDMIG_PAGES_MAX) - 1, data);
+	T_CHECK(n == (int)(RDMIG_HDR_LEN + 16 + RDMIG_PAGES_MAX * 4096), "length %d", n);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(rdmig_msg_encode_pages(buf, RDMIG_HDR_LEN + 16 + 4095, 0x1000, 1, 1, data) ==
+	            -ENOSPC,
+	        "short buffer");
+
+	/* what the encoder refuses, the decoder refuses too */
+	T_CHECK(rdmig_msg_encode_pages(buf, sizeof(buf), 0x1800, 1, 1, data) == -EINVAL,
+	        "encoder: unaligned");
+	T_CHECK(rdmig_msg_encode_pages(buf, sizeof(buf), 0x1000, 0, 0, data) == -EINVAL,
+	        "encoder: no pages");
+	T_CHECK(rdmig_msg_encode_pages(buf, sizeof(buf), 0x1000, RDMIG_PAGES_MAX + 1, 0, data) ==
+	            -EINVAL,
+	        "encoder: too many pages");
+	T_CHECK(rdmig_msg_encode_pages(buf, sizeof(buf), 0x1000, 2, 4, data) == -EINVAL,
+	        "encoder: a mask bit past the pages");
+	T_CHECK(rdmig_msg_encode_pages(buf, sizeof(buf), end - 4096, 2, 0, data) == -EINVAL,
+	        "encoder: past the end");
+	T_CHECK(rdmig_msg_encode_pages(buf, sizeof(buf), UINT64_MAX - 4095, 2, 0, data) == -EINVAL,
+	        "encoder: wrapping");
+
+	len = hand_pages(buf, 0x1000, 2, 3, 2 * 4096);
+	T_OK(rdmig_msg_decode(buf, len, &m));
+	len = hand_pages(buf, 0x1000, 2, 3, 4096);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "a page of data short");
+	len = hand_pages(buf, 0x1000, 2, 1, 2 * 4096);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "a page of data too many");
+	len = hand_pages(buf, 0x1000, 2, 1, 4095);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "a byte short");
+	len = hand_pages(buf, 0x1000, 2, 4, 4096);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "a mask bit past the pages");
+	len = hand_pages(buf, 0x1000, 2, 0x80000000u, 4096);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "the mask's top bit");
+	len = hand_pages(buf, 0x1000, 0, 0, 0);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "no pages");
+	len = hand_pages(buf, 0x1000, RDMIG_PAGES_MAX + 1, 0, 0);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "too many pages");
+	len = hand_pages(buf, 0x1000, UINT32_MAX, 0, 0);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "pages far beyond the limit");
+	len = hand_pages(buf, 0x1080, 1, 0, 0);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "unaligned");
+	len = hand_pages(buf, end - 4096, 2, 0, 0);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "past the end");
+	len = hand_pages(buf, UINT64_MAX - 4095, 2, 0, 0);
+	T_CHECK(rdmig_msg_decode(buf, len, &m) == -EBADMSG, "wrapping");
+	len = hand_pages(buf, 0x1000, 1, 0, 0);
+	put_le32(buf + 8, 8);
+	T_CHECK(rdmig_msg_decode(buf, RDMIG_HDR_LEN + 8, &m) == -EBADMSG,
+	        "shorter than its header");
+}
+
 static void hostport(void)
 {
 	char h[64], p[8];
@@ -400,6 +498,7 @@ int main(int argc, char **argv)
 	T_RUN(rejects_malformed);
 	T_RUN(migration_messages);
 	T_RUN(part_want);
+	T_RUN(pages_msg);
 	T_RUN(hostport);
 	T_RUN(seeds_current);
 	return t_finish();

@@ -820,6 +820,76 @@ static void held_until_released(void)
 	env_fini(&e);
 }
 
+/* The source's answer to a held fault (rdmig_faultloop_held_pages): the pages
+ * it names that are still HELD go in with its data, or as zero pages; nothing
+ * is fetched for them, pages no longer HELD keep what they have, and the
+ * part's release afterwards leaves them alone. The answer's data differs from
+ * the memory source's on purpose, so it shows where a page came from. */
+static void held_pages_answered(void)
+{
+	const size_t len = 8 * MiB, pages = len / PG;
+	struct env_opts eo = {.len = len, .no_start = true, .on_held = count_held};
+	static uint8_t answer[8 * PG], other[PG];
+	uint8_t ones[8 * MiB / PG / 8];
+	struct one_touch t1 = {0};
+	struct env e;
+	uint64_t base;
+	bool ok = true;
+
+	T_OK(env_init(&e, &eo));
+	if (!e.loop)
+		return;
+	base = (uint64_t)(uintptr_t)e.region;
+	memset(ones, 0xff, sizeof(ones));
+	for (size_t i = 0; i < sizeof(answer); i++)
+		answer[i] = (uint8_t)(0xa0 + i / PG);
+	memset(other, 0x5a, sizeof(other));
+	T_OK(rdmig_faultloop_set_state(e.loop, base, len, RDMIG_PAGE_HELD));
+	T_OK(rdmig_faultloop_start(e.loop));
+	T_CHECK(rdmig_faultloop_held_pages(e.loop, base + 1, 1, 0, NULL) == -EINVAL, "unaligned");
+	T_CHECK(rdmig_faultloop_held_pages(e.loop, base, 0, 0, NULL) == -EINVAL, "no pages");
+	T_CHECK(rdmig_faultloop_held_pages(e.loop, base, 33, 0, NULL) == -EINVAL, "33 pages");
+	T_CHECK(rdmig_faultloop_held_pages(e.loop, base, 2, 4, answer) == -EINVAL,
+	        "a mask bit past the pages");
+	T_CHECK(rdmig_faultloop_held_pages(e.loop, base, 2, 1, NULL) == -EINVAL, "data missing");
+
+	t1.p = (const volatile void *)(e.region + 4 * PG);
+	pthread_create(&t1.th, NULL, one_touch_main, &t1);
+	T_CHECK(WAIT_STATS(&e, 5, s.faults_held >= 1), "the fault reached the loop");
+	/* pages 0-7, data for 2, 4 and 5 (three pages of it, in that order) */
+	T_OK(rdmig_faultloop_held_pages(e.loop, base, 8, 0x34, answer));
+	pthread_join(t1.th, NULL);
+	T_CHECK(t1.value == word_at(answer + PG), "the waiting fault got the answer's page");
+	T_CHECK(WAIT_STATS(&e, 2, s.held_pages_in == 8), "8 pages in: %llu",
+	        (unsigned long long)stats(&e).held_pages_in);
+	T_CHECK(rdmig_memsource_fetches(e.src) == 0, "nothing fetched");
+	if (stats(&e).held_pages_in != 8) {
+		/* a page still HELD would block this thread's read */
+		env_fini(&e);
+		return;
+	}
+	T_CHECK(!memcmp(e.region + 2 * PG, answer, PG) &&
+	            !memcmp(e.region + 5 * PG, answer + 2 * PG, PG),
+	        "its neighbours with data are in");
+	T_CHECK(page_is_zero(e.region + 0 * PG) && page_is_zero(e.region + 7 * PG),
+	        "those without read zero");
+	/* again, other data: nothing is HELD there any more */
+	T_OK(rdmig_faultloop_held_pages(e.loop, base + 4 * PG, 1, 1, other));
+	usleep(50000);
+	T_CHECK(word_at(e.region + 4 * PG) == word_at(answer + PG) && stats(&e).held_pages_in == 8,
+	        "an answer for a page no longer held changes nothing");
+	/* the release: the other pages from the source, these as they are */
+	T_OK(rdmig_faultloop_release(e.loop, base, pages, ones));
+	for (size_t p = 8; p < pages; p++)
+		if (memcmp(e.region + p * PG, e.image + p * PG, PG))
+			ok = false;
+	T_CHECK(ok, "released pages are the source's");
+	T_CHECK(!memcmp(e.region + 4 * PG, answer + PG, PG) && page_is_zero(e.region + 7 * PG),
+	        "the release left the answered pages alone");
+	T_CHECK(evlog_wait(&e.ev, RDMIG_PAGER_ALL_LOCAL, 5), "all-local once nothing is held");
+	env_fini(&e);
+}
+
 static void *touch_random_pages(void *arg)
 {
 	struct toucher *t = arg;
@@ -1667,6 +1737,7 @@ int main(int argc, char **argv)
 	T_RUN(arena_and_zero);
 	T_RUN(arena_ready_at_runtime);
 	T_RUN(held_until_released);
+	T_RUN(held_pages_answered);
 	T_RUN(hints_fetched_first);
 	T_RUN(prefetch_quiet_start);
 	T_RUN(prefetch_all_local);

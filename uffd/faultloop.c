@@ -97,16 +97,21 @@ struct ready_req {
 	uint64_t addr, len;
 };
 
+/* rdmig_faultloop_release() (bits), or rdmig_faultloop_held_pages() (data,
+ * mask; data NULL when every page reads zero) */
 struct release_req {
 	uint64_t src, pages;
 	uint8_t *bits;
+	uint8_t *data;
+	uint32_t mask;
+	bool contents;
 };
 
 struct counters {
 	_Atomic uint64_t faults, faults_fetched, faults_coalesced, faults_arena, faults_zero,
-	    faults_raced, faults_held, pages_held, prefetched, installed, dropped, fetch_errors,
-	    retries, ev_fork, ev_remap, ev_remove, ev_unmap, inflight, children, pages_remote,
-	    pages_arena, pages_inflight, pages_installed, pages_total;
+	    faults_raced, faults_held, held_pages_in, pages_held, prefetched, installed, dropped,
+	    fetch_errors, retries, ev_fork, ev_remap, ev_remove, ev_unmap, inflight, children,
+	    pages_remote, pages_arena, pages_inflight, pages_installed, pages_total;
 	_Atomic int source_status;
 	_Atomic bool source_stalled, running;
 };
@@ -1052,6 +1057,68 @@ static bool waited_on(const struct rdmig_faultloop *l, uint64_t src, uint64_t en
 	return false;
 }
 
+/* Page k's data in a held_pages request, NULL when it reads zero. */
+static const void *page_data(const struct rdmig_faultloop *l, const struct release_req *r,
+                             uint64_t k)
+{
+	uint32_t before = r->mask & ((1u << k) - 1u);
+
+	return r->mask >> k & 1 ? r->data + (size_t)__builtin_popcount(before) * l->page_size
+	                        : NULL;
+}
+
+/* One page of a held_pages request into client ci at addr, if that page is
+ * still HELD and comes from source address src (data NULL: a zero page). True
+ * when it went in. An install that must wait (-EAGAIN) leaves it HELD: the
+ * part's release serves it. */
+static bool held_install(struct rdmig_faultloop *l, int ci, uint64_t addr, uint64_t src,
+                         const void *data)
+{
+	struct client *c = l->clients[ci];
+	struct rdmig_page_ref ref;
+	enum rdmig_uffd_action a;
+	bool retry;
+
+	if (!c || c->uffd < 0 || !rdmig_pagestate_lookup(c->ps, addr, &ref) || ref.src != src ||
+	    *ref.st != RDMIG_PAGE_HELD)
+		return false;
+	a = install(l, ci, data ? INSTALL_COPY : INSTALL_ZERO, addr, data);
+	if (!after_install(l, ci, addr, &ref, a, &retry) || a != RDMIG_UFFD_DONE)
+		return false;
+	INC(held_pages_in);
+	return true;
+}
+
+/* The source's answer to held faults: the faults waiting on these pages first
+ * (any client: a child, a page mremap moved), then the primary target's pages
+ * where they were. The install wakes the waiting threads. */
+static void apply_held_pages(struct rdmig_faultloop *l, const struct release_req *r)
+{
+	uint64_t end = r->src + r->pages * l->page_size;
+
+	for (uint32_t i = 0; i < l->nslots && l->n_held; i++) {
+		struct slot *s = &l->slots[i];
+		uint64_t k;
+
+		if (s->state != SLOT_HELD || s->src < r->src || s->src >= end)
+			continue;
+		k = (s->src - r->src) / l->page_size;
+		if (!held_install(l, s->client, s->addr, s->src, page_data(l, r, k)))
+			continue;
+		l->n_held--;
+		slot_free(l, i);
+	}
+	for (size_t ci = 0; ci < l->nclients; ci++) {
+		if (!l->clients[ci] || !l->clients[ci]->primary)
+			continue;
+		for (uint64_t k = 0; k < r->pages; k++) {
+			uint64_t a = r->src + k * l->page_size;
+
+			(void)held_install(l, (int)ci, a, a, page_data(l, r, k));
+		}
+	}
+}
+
 /* Parts the source has walked: HELD -> REMOTE or ZERO in every client, then the
  * faults that waited on them are handled again (by source address: a page moved
  * by mremap keeps its source address, and a child's pages have the parent's). */
@@ -1066,10 +1133,15 @@ static void apply_release(struct rdmig_faultloop *l)
 	l->rel = NULL;
 	l->nrel = l->rel_cap = 0;
 	pthread_mutex_unlock(&l->ready_mu);
+	/* The source's answers to held faults before any release */
+	for (size_t k = 0; k < n; k++)
+		if (req[k].contents)
+			apply_held_pages(l, &req[k]);
 	/* Parts a fault waits on first: the source walks a wanted part next, but
 	 * the parts it sent before that one are often still queued here. */
 	for (size_t k = 0, front = 0; k < n && l->n_held; k++) {
-		if (!waited_on(l, req[k].src, req[k].src + req[k].pages * l->page_size))
+		if (req[k].contents ||
+		    !waited_on(l, req[k].src, req[k].src + req[k].pages * l->page_size))
 			continue;
 		struct release_req tmp = req[front];
 
@@ -1079,6 +1151,10 @@ static void apply_release(struct rdmig_faultloop *l)
 	for (size_t k = 0; k < n; k++) {
 		uint64_t end = req[k].src + req[k].pages * l->page_size;
 
+		if (req[k].contents) {
+			free(req[k].data);
+			continue;
+		}
 		for (size_t ci = 0; ci < l->nclients; ci++)
 			if (l->clients[ci] &&
 			    rdmig_pagestate_release(l->clients[ci]->ps, req[k].src, req[k].pages,
@@ -1645,7 +1721,46 @@ int rdmig_faultloop_release(struct rdmig_faultloop *l, uint64_t src, uint64_t pa
 		l->rel = nr;
 		l->rel_cap = cap;
 	}
-	l->rel[l->nrel++] = (struct release_req){src, pages, copy};
+	l->rel[l->nrel++] = (struct release_req){.src = src, .pages = pages, .bits = copy};
+	copy = NULL;
+out_unlock:
+	pthread_mutex_unlock(&l->ready_mu);
+	free(copy);
+	if (!ret) {
+		atomic_store(&l->release_req, true);
+		kick(l);
+	}
+	return ret;
+}
+
+int rdmig_faultloop_held_pages(struct rdmig_faultloop *l, uint64_t src, uint32_t pages,
+                               uint32_t mask, const void *data)
+{
+	size_t len = (size_t)__builtin_popcount(mask) * l->page_size;
+	uint8_t *copy = NULL;
+	int ret = 0;
+
+	if ((src & (l->page_size - 1)) || !pages || pages > 32 || (pages < 32 && mask >> pages) ||
+	    pages > (UINT64_MAX - src) / l->page_size || (len && !data))
+		return -EINVAL;
+	if (len && !(copy = malloc(len)))
+		return -ENOMEM;
+	if (len)
+		memcpy(copy, data, len);
+	pthread_mutex_lock(&l->ready_mu);
+	if (l->nrel == l->rel_cap) {
+		size_t cap = l->rel_cap ? l->rel_cap * 2 : 16;
+		struct release_req *nr = realloc(l->rel, cap * sizeof(*nr));
+
+		if (!nr) {
+			ret = -ENOMEM;
+			goto out_unlock;
+		}
+		l->rel = nr;
+		l->rel_cap = cap;
+	}
+	l->rel[l->nrel++] = (struct release_req){
+	    .src = src, .pages = pages, .data = copy, .mask = mask, .contents = true};
 	copy = NULL;
 out_unlock:
 	pthread_mutex_unlock(&l->ready_mu);
@@ -1687,8 +1802,10 @@ void rdmig_faultloop_destroy(struct rdmig_faultloop *l)
 	free(l->pfd_client);
 	free(l->bounce);
 	free(l->ready);
-	for (size_t i = 0; i < l->nrel; i++)
+	for (size_t i = 0; i < l->nrel; i++) {
 		free(l->rel[i].bits);
+		free(l->rel[i].data);
+	}
 	free(l->rel);
 	pthread_mutex_destroy(&l->ready_mu);
 	if (l->ctl_fd >= 0)
@@ -1708,6 +1825,7 @@ void rdmig_faultloop_stats(struct rdmig_faultloop *l, struct rdmig_faultloop_sta
 	    .faults_zero = LOAD(faults_zero),
 	    .faults_raced = LOAD(faults_raced),
 	    .faults_held = LOAD(faults_held),
+	    .held_pages_in = LOAD(held_pages_in),
 	    .prefetched = LOAD(prefetched),
 	    .installed = LOAD(installed),
 	    .dropped = LOAD(dropped),

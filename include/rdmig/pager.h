@@ -279,6 +279,7 @@ struct rdmig_faultloop_stats {
 	uint64_t faults_zero;      /* ... served with a zero page (ZERO, DISCARDED, untracked) */
 	uint64_t faults_raced;     /* ... on a page already installed (woken) */
 	uint64_t faults_held;      /* ... that waited for their page's release (HELD) */
+	uint64_t held_pages_in;    /* HELD pages installed from rdmig_faultloop_held_pages() */
 	uint64_t prefetched;       /* pages brought in by the prefetcher (fetch or arena) */
 	uint64_t installed;        /* pages copied in from the source */
 	uint64_t dropped;          /* fetched data thrown away (page discarded / unmapped) */
@@ -332,6 +333,16 @@ RDMIG_PAGER_WUR int rdmig_faultloop_hint(struct rdmig_faultloop *l, uint64_t add
  * served. bits is copied. Idempotent. 0, -EINVAL or -ENOMEM. */
 RDMIG_PAGER_WUR int rdmig_faultloop_release(struct rdmig_faultloop *l, uint64_t src, uint64_t pages,
                                             const uint8_t *bits);
+/* Any thread, while running: source pages [src, src + pages*page_size) as the
+ * frozen process holds them (1..32 pages): page k holds the next page_size bytes
+ * of data where bit k of mask is set, and reads zero where not. Those still HELD
+ * are installed where a fault waits on one (in any client) and in the primary
+ * target at their source address (where no mremap moved them); the others stay
+ * HELD until their release, which leaves the installed ones as they are. The
+ * source's answer to a held fault, ahead of its part's walk. data is copied.
+ * 0, -EINVAL or -ENOMEM. */
+RDMIG_PAGER_WUR int rdmig_faultloop_held_pages(struct rdmig_faultloop *l, uint64_t src,
+                                               uint32_t pages, uint32_t mask, const void *data);
 /* Any thread, while running: the primary target's pages in [addr, addr+len) that
  * are still REMOTE now have clean copies in an arena added before start (a push
  * that landed during post-copy). The next turn marks them ARENA, so a fault

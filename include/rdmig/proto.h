@@ -47,7 +47,15 @@
  *                  RDMIG_PART_LAST on the last part: every held page is released
  *   dst: WANT      {addr le64}  a fault waits on the held page holding source
  *                  address addr (any address in the page): the source walks
- *                  that page's part next
+ *                  that page's part next, and answers at once with
+ *   src: PAGES     {addr le64, pages le32, mask le32, data[4096 x popcount(mask)]}
+ *                  pages [addr, addr + pages*4096) (1..RDMIG_PAGES_MAX) as the
+ *                  frozen process holds them: bit i of mask set = page i holds
+ *                  data, its 4096 bytes next in data; clear = it reads zero.
+ *                  The destination installs those of them still held, and its
+ *                  part's PART later changes only the pages still held. An
+ *                  answer the source could not make is not sent: the part's
+ *                  walk releases the page anyway
  * After a reconnection the source sends every PART again: releasing a part
  * twice changes nothing, so the destination needs no memory of which it saw.
  *   dst: DONE      {faults, fetched, prefetched, bytes: le64 each}  every page is
@@ -74,7 +82,7 @@
 #include "rdmig/transport.h"
 
 #define RDMIG_PROTO_MAGIC 0x474d4452u /* "RDMG" on the wire */
-#define RDMIG_PROTO_VERSION 3u        /* 2: LAYOUT; 3: PART, WANT */
+#define RDMIG_PROTO_VERSION 4u        /* 2: LAYOUT; 3: PART, WANT; 4: PAGES */
 #define RDMIG_HDR_LEN 16u
 #define RDMIG_NONCE_LEN 32u
 #define RDMIG_MAC_LEN 32u
@@ -95,6 +103,8 @@
 #define RDMIG_PART_LAST 1u /* the last part: every held page is now released */
 #define RDMIG_PART_ADDR_END 0x800000000000ull
 #define RDMIG_PART_PAGES_MAX (((RDMIG_MSG_MAX - RDMIG_HDR_LEN - 16u) * 8u) & ~63u)
+/* Pages one PAGES answer carries at most (32 KiB: a fault's neighbours). */
+#define RDMIG_PAGES_MAX 8u
 /* Fixed u64 fields of GO, RUNNING, DONE, ROUND_DONE, WANT. */
 #define RDMIG_MSG_U64_MAX 4u
 
@@ -118,7 +128,8 @@ enum rdmig_msg_type {
 	RDMIG_MSG_LAYOUT = 14,     /* src: a chunk of the running process's layout */
 	RDMIG_MSG_PART = 15,       /* src: a part of the held anonymous pages is released */
 	RDMIG_MSG_WANT = 16,       /* dst: a fault waits on a held page: walk its part next */
-	RDMIG_MSG_TYPE_MAX = 16,
+	RDMIG_MSG_PAGES = 17,      /* src: held pages a fault waits on, with their data */
+	RDMIG_MSG_TYPE_MAX = 17,
 };
 
 enum rdmig_role {
@@ -166,6 +177,12 @@ struct rdmig_msg {
 			uint32_t flags;      /* RDMIG_PART_LAST */
 			const uint8_t *bits; /* (pages+7)/8 bytes, in the received buffer */
 		} part;
+		struct {
+			uint64_t addr;       /* page aligned, ends <= RDMIG_PART_ADDR_END */
+			uint32_t pages;      /* 1..RDMIG_PAGES_MAX */
+			uint32_t mask;       /* bits below pages only */
+			const uint8_t *data; /* 4096 bytes per bit set, in the received buffer */
+		} pages;
 		/* GO {freeze_ns}, RUNNING {pid, resume_ns}, DONE {faults, fetched,
 		 * prefetched, bytes}, ROUND_DONE {round}, WANT {addr}: their fixed
 		 * number of u64 fields. */
@@ -201,6 +218,11 @@ int rdmig_msg_run(const struct rdmig_msg *m, uint32_t i, struct rdmig_run *out);
  * whatever they hold, so a caller may pass a slice of a larger bitmap. */
 int rdmig_msg_encode_part(void *buf, size_t cap, uint64_t addr, uint32_t pages, uint32_t flags,
                           const uint8_t *bits);
+/* PAGES: addr page aligned, 1..RDMIG_PAGES_MAX pages ending at or below
+ * RDMIG_PART_ADDR_END, mask without bits at or past pages, else -EINVAL. data
+ * holds 4096 bytes for each bit set in mask, in order. */
+int rdmig_msg_encode_pages(void *buf, size_t cap, uint64_t addr, uint32_t pages, uint32_t mask,
+                           const void *data);
 int rdmig_msg_encode_regions(void *buf, size_t cap, const struct rdmig_region *r, uint32_t n);
 
 /* Check and decode one received message. 0, -EBADMSG or -EPROTONOSUPPORT. */

@@ -17,12 +17,14 @@ python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/ref" </dev/null
 
 # one NAME SRC_ENV DST_ENV EXPECT: EXPECT is "rollback", "after", "recovered" or
 # "complete" (a failure that costs only time: the prebuild of the husk, the watch
-# on the process's calls, the tracking of file mappings), where a side must say
+# on the process's calls, the tracking of file mappings, the answer to a held
+# fault, which then waits for its part's walk), where a side must say
 # what it could not do
 declare -A SAYS=(
   [dst.prebuild]="could not build the process's memory map ahead"
   [src.track_files]="private file mappings are not tracked"
   [src.early_calls]="its calls cannot be watched"
+  [src.want_pages]="a fault on the destination waits for its part's walk"
 )
 one() {
   local name=$1 senv=$2 denv=$3 expect=$4
@@ -123,13 +125,15 @@ declare -A CASES=(
   [src.serving]="RDMIG_INJECT=src.serving||after"
   [src.part]="RDMIG_HOLD=on RDMIG_INJECT=src.part||rollback"
   [src.part_late]="RDMIG_HOLD=late RDMIG_INJECT=src.part||after"
+  [src.want_pages]="RDMIG_HOLD=late RDMIG_INJECT=src.want_pages||complete"
   [dst.running]="|RDMIG_INJECT=dst.running|after"
   [tp.dst.post_read]="|RDMIG_INJECT_TP=post_read:40|recovered"
   [tp.src.recv]="RDMIG_INJECT_TP=recv:3||recovered"
 )
 ORDER=(src.connected src.tracking src.track_files src.early_calls src.frozen src.capture src.final_copy src.sent dst.receiving
        dst.prebuild dst.restoring dst.pager dst.ready dst.resume tp.src.mr_reg tp.src.send tp.dst.recv
-       src.part src.committed src.serving src.part_late dst.running tp.dst.post_read tp.src.recv)
+       src.part src.committed src.serving src.part_late src.want_pages dst.running tp.dst.post_read
+       tp.src.recv)
 sel=("$@")
 [ ${#sel[@]} -gt 0 ] || sel=("${ORDER[@]}")
 for c in "${sel[@]}"; do
