@@ -220,6 +220,14 @@ bool rdmig_capture_early_used(const struct rdmig_capture_early *e)
 	return e && e->used;
 }
 
+bool rdmig_capture_early_brk(const struct rdmig_capture_early *e, uint64_t *brk)
+{
+	if (!e || !e->c.nthreads)
+		return false;
+	*brk = e->c.brk;
+	return true;
+}
+
 const struct capture_calls *capture_early_valid(struct rdmig_capture_early *e,
                                                 const struct rdmig_tracee *t)
 {

@@ -480,6 +480,9 @@ static int send_layout(struct src *s)
 		        why[0] ? why : strerror(-ret));
 		return 0;
 	}
+	/* The brk asked at the tracking start: the prebuild then sets the mm the
+	 * freeze's image most often has, and the restore skips that step. */
+	(void)rdmig_capture_early_brk(s->early, &lay.mm.brk);
 	ret = rdmig_image_encode(&lay, &buf, &len);
 	if (ret < 0) {
 		rdmig_image_free(&lay);

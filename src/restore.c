@@ -71,6 +71,9 @@ struct rdmig_husk {
 	pid_t pid;
 	struct rdmig_tracee *t;  /* seized and emptied by rdmig_husk_prepare, or NULL */
 	struct rdmig_image *pre; /* the layout rdmig_husk_prebuild built, or NULL */
+	/* the userfaultfd the prebuild made in the husk (its number there) and our
+	 * copy of it; -1 when none */
+	int uffd_in_proc, uffd;
 };
 
 static void free_pre(struct rdmig_image *pre)
@@ -162,6 +165,7 @@ int rdmig_husk_spawn(struct rdmig_husk **out)
 
 	if (!h)
 		return -ENOMEM;
+	h->uffd = h->uffd_in_proc = -1;
 	h->pid = fork();
 	if (h->pid < 0) {
 		int err = -errno;
@@ -263,6 +267,16 @@ int rdmig_husk_prebuild(struct rdmig_husk *h, struct rdmig_image *layout, char *
 	if (!(err = rst_move_specials(&r)) && !(err = rst_avoid_layout(&r)) &&
 	    !(err = rst_set_mm(&r)) && !(err = rst_map_vmas(&r)) && !(err = rst_nohugepage(&r)))
 		err = rst_prewrite_pages(&r);
+	/* Its userfaultfd too (two stops and two calls of ours, 0.27 ms of the
+	 * restore here): it belongs to the husk's mm, which the build keeps. Only
+	 * a speed-up: without it the build makes one. */
+	if (!err && (cerr = rst_uffd_make(&r)) < 0) {
+		pr_info("pid %d: no userfaultfd made ahead (%s): the restore makes it", (int)r.pid,
+		        strerror(-cerr));
+		r.why[0] = '\0'; /* not the prebuild's failure */
+	}
+	h->uffd = r.uffd;
+	h->uffd_in_proc = r.uffd >= 0 ? r.uffd_in_proc : -1;
 	(void)rdmig_tracee_uncolocate(r.t);
 	if (!err) {
 		rdmig_laps_mark(&laps, "prebuilt");
@@ -275,6 +289,9 @@ int rdmig_husk_prebuild(struct rdmig_husk *h, struct rdmig_image *layout, char *
 	free_pre(h->pre);
 	h->pre = NULL;
 	r.img = NULL;
+	if (h->uffd >= 0)
+		close(h->uffd); /* the husk's own copy goes with the cleaning */
+	h->uffd = h->uffd_in_proc = -1;
 	/* back to an empty husk, or none */
 	cerr = rst_clean_husk(&r);
 	if (cerr) {
@@ -292,6 +309,8 @@ void rdmig_husk_destroy(struct rdmig_husk *h)
 	if (!h)
 		return;
 	free_pre(h->pre);
+	if (h->uffd >= 0)
+		close(h->uffd);
 	if (h->t) {
 		rdmig_tracee_kill(h->t);
 	} else if (h->pid > 0) {
@@ -424,6 +443,7 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	    .uffd = -1,
 	};
 	struct rdmig_image *pre;
+	int pre_uffd, pre_uffd_in_proc;
 	bool prepared;
 	int err;
 
@@ -439,6 +459,8 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	r.pid = h->pid;
 	r.t = h->t;
 	pre = h->pre;
+	pre_uffd = h->uffd;
+	pre_uffd_in_proc = h->uffd_in_proc;
 	prepared = h->t != NULL;
 	h->pid = -1; /* consumed: from here on the husk is r's (or out's) */
 	free(h);
@@ -461,6 +483,9 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	err = 0;
 	if (pre && rst_can_relayout(pre, img)) {
 		r.pre = pre;
+		r.uffd = pre_uffd;
+		r.uffd_in_proc = pre_uffd_in_proc;
+		pre_uffd = -1;
 	} else if (pre) {
 		/* the exe or a special mapping moved: start again from an empty husk */
 		pr_info("pid %d: the process's exe or special mappings changed since the "
@@ -468,6 +493,8 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 		        (int)r.pid);
 		err = rst_clean_husk(&r);
 	}
+	if (pre_uffd >= 0)
+		close(pre_uffd); /* the husk's copy went with the cleaning */
 	if (!err)
 		err = build_steps(&r, prepared ? 1 : 0);
 	free(r.kept);

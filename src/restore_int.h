@@ -81,6 +81,9 @@ int rst_rlimits(struct rst *r);
 int rst_fds(struct rst *r);
 int rst_task_misc(struct rst *r);
 int rst_sigactions(struct rst *r);
+/* The userfaultfd, made in the process (r->uffd_in_proc) and ours (r->uffd) */
+int rst_uffd_make(struct rst *r);
+/* The build's step: rst_uffd_make's, unless the prebuild made one that holds */
 int rst_uffd(struct rst *r);
 int rst_pending_signals(struct rst *r);
 int rst_creds(struct rst *r);

@@ -333,6 +333,20 @@ int rst_avoid_layout(struct rst *r)
 	return 0;
 }
 
+/* The prebuild set pre's mm fields and auxv into the husk already (and
+ * nothing since changes them: the relayout maps and unmaps, which leaves
+ * them alone). The fields are fixed for a process's life but for brk, and
+ * auxv is, so the freeze's image mostly has the same: then the step is
+ * skipped, a prctl and its stop out of the downtime (0.26 ms here). */
+static bool mm_prebuilt(const struct rst *r)
+{
+	const struct rdmig_image *img = r->img, *pre = r->pre;
+
+	return pre && !memcmp(&pre->mm, &img->mm, sizeof(img->mm)) &&
+	       pre->auxv_len == img->auxv_len &&
+	       (!img->auxv_len || !memcmp(pre->auxv, img->auxv, img->auxv_len));
+}
+
 int rst_set_mm(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
@@ -358,6 +372,8 @@ int rst_set_mm(struct rst *r)
 	if (img->auxv_len > RDMIG_IMG_MAX_AUXV)
 		return rst_fail(r, -EINVAL, "the image's auxv is too long (%u bytes)",
 		                img->auxv_len);
+	if (mm_prebuilt(r))
+		return 0;
 	/* a prebuilt husk has its exe (the same path) and maps it already: the
 	 * kernel would refuse the change anyway */
 	if (img->exe && !r->pre && (err = rst_open(r, img->exe, O_RDONLY | O_CLOEXEC, 0, &exefd)))

@@ -357,7 +357,7 @@ static bool image_has_fd(const struct rdmig_image *img, int fd)
  * here: the pager does it with the features it wants. No UFFD_USER_MODE_ONLY:
  * faults taken by the kernel (a read() into a lazy buffer, rseq's cpu_id
  * update) must reach the handler too. */
-int rst_uffd(struct rst *r)
+int rst_uffd_make(struct rst *r)
 {
 	struct rlimit nofile;
 	long u0, num;
@@ -405,6 +405,22 @@ int rst_uffd(struct rst *r)
 		return rst_fail(r, err, "pidfd_getfd of the process's userfaultfd failed: %s",
 		                strerror(-err));
 	return 0;
+}
+
+/* Made by the prebuild (rst_uffd_make there) unless the image has a descriptor
+ * at its number: then the fds step has put that descriptor there, which closed
+ * the process's copy, and ours goes too. The number may then lie above the
+ * image's RLIMIT_NOFILE (it was chosen under the husk's): a descriptor there
+ * stays valid, and stays out of the process's way. */
+int rst_uffd(struct rst *r)
+{
+	if (r->uffd >= 0 && !image_has_fd(r->img, r->uffd_in_proc))
+		return 0;
+	if (r->uffd >= 0) {
+		close(r->uffd);
+		r->uffd = r->uffd_in_proc = -1;
+	}
+	return rst_uffd_make(r);
 }
 
 static int queue_signals(struct rst *r, const uint8_t *info, uint32_t n, bool thread)

@@ -58,7 +58,7 @@
 
 T_DEFINE_STATE;
 
-enum { NHUSK = 7 };
+enum { NHUSK = 8 };
 static struct rdmig_husk *husks[NHUSK];
 static int husk_next;
 static char tmpdir[64] = "/tmp/rdmig-restore-XXXXXX";
@@ -519,6 +519,21 @@ static uint64_t wl_initial_sum(void)
 	return s;
 }
 
+/* The number the prebuild gives the husk's userfaultfd (restore_task.c: the
+ * highest below RLIMIT_NOFILE, 65535 at most; the husk's limit is ours). */
+static int high_fd(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return -1;
+	return rl.rlim_cur > 65536 ? 65535 : (int)rl.rlim_cur - 1;
+}
+
+/* Set for a workload that also keeps its output at high_fd(): the prebuilt
+ * userfaultfd's number, which the restore must then give up. */
+static bool wl_high_fd;
+
 static void workload(const char *path, bool nobody)
 {
 	size_t n = WL_BYTES / 8;
@@ -533,7 +548,7 @@ static void workload(const char *path, bool nobody)
 	for (size_t i = 0; i < n; i++)
 		m[i] = i * 0x9e3779b97f4a7c15ull;
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0)
+	if (fd < 0 || (wl_high_fd && dup2(fd, high_fd()) < 0))
 		_exit(101);
 	if (nobody) {
 		gid_t g = 65534;
@@ -1100,8 +1115,9 @@ static void same_exe(pid_t a, pid_t b)
 
 static void roundtrip(bool nobody, bool threads, enum pre_mode pre)
 {
-	/* the prebuilt ones: husks 5 and 6, emptied by main() */
-	struct rdmig_husk *husk = pre == PRE_NONE ? take_husk() : husks[4 + pre];
+	/* the prebuilt ones: husks 5, 6 and 7, emptied by main() */
+	int hi = 4 + pre + (wl_high_fd ? 2 : 0);
+	struct rdmig_husk *husk = pre == PRE_NONE ? take_husk() : husks[hi];
 	struct rdmig_image img = {0};
 	struct rdmig_restored r = {.pid = -1, .uffd = -1};
 	struct rdmig_tracee *t = NULL;
@@ -1114,14 +1130,15 @@ static void roundtrip(bool nobody, bool threads, enum pre_mode pre)
 	int ret, st;
 
 	if (pre != PRE_NONE)
-		husks[4 + pre] = NULL; /* ours now */
-	snprintf(out, sizeof(out), "%s/roundtrip-%s%s.out", tmpdir,
+		husks[hi] = NULL; /* ours now */
+	snprintf(out, sizeof(out), "%s/roundtrip-%s%s%s.out", tmpdir,
 	         threads  ? "threads"
 	         : nobody ? "nobody"
 	                  : "root",
 	         pre == PRE_FOLLOW  ? "-follow"
 	         : pre == PRE_RESET ? "-reset"
-	                            : "");
+	                            : "",
+	         wl_high_fd ? "-highfd" : "");
 	fflush(NULL);
 	orig = fork();
 	if (orig == 0 && threads)
@@ -1272,6 +1289,18 @@ static void roundtrip(bool nobody, bool threads, enum pre_mode pre)
 	}
 	T_CHECK(uffd_in_proc(r.pid, r.uffd_in_proc), "fd %d of the process is not its userfaultfd",
 	        r.uffd_in_proc);
+	if (wl_high_fd) {
+		/* the image's descriptor there, not the userfaultfd made ahead */
+		char path[64], link[PATH_MAX];
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)r.pid, high_fd());
+		n = readlink(path, link, sizeof(link) - 1);
+		link[n > 0 ? n : 0] = '\0';
+		T_CHECK(r.uffd_in_proc != high_fd() && !strcmp(link, out),
+		        "fd %d is %s (want %s), the userfaultfd at %d", high_fd(), link, out,
+		        r.uffd_in_proc);
+	}
 	rdmig_tracee_kill(t); /* the original: frozen, now gone */
 	t = NULL;
 	T_OK(rdmig_restore_resume(&r));
@@ -1319,6 +1348,15 @@ static void prebuilt_follows(void)
 	roundtrip(false, false, PRE_FOLLOW);
 }
 
+/* As prebuilt_follows, with the process holding a descriptor at the number the
+ * prebuild gave its userfaultfd (husk 7). */
+static void prebuilt_uffd_number_taken(void)
+{
+	wl_high_fd = true;
+	roundtrip(false, false, PRE_FOLLOW);
+	wl_high_fd = false;
+}
+
 static void prebuilt_reset(void)
 {
 	roundtrip(false, false, PRE_RESET);
@@ -1358,8 +1396,9 @@ int main(int argc, char **argv)
 	T_RUN(roundtrip_root);
 	T_RUN(roundtrip_nobody);
 	T_RUN(roundtrip_threads);
-	T_RUN(prebuilt_follows); /* husks 5 and 6: emptied, then prebuilt */
+	T_RUN(prebuilt_follows); /* husks 5, 6 and 7: emptied, then prebuilt */
 	T_RUN(prebuilt_reset);
+	T_RUN(prebuilt_uffd_number_taken);
 	for (int i = husk_next; i < NHUSK; i++)
 		rdmig_husk_destroy(husks[i]);
 	if (!getenv("RDMIG_KEEP_TMP")) {

@@ -109,6 +109,8 @@ RDMIG_CAPTURE_WUR int rdmig_capture_early_ask(struct rdmig_capture_early *e,
 void rdmig_capture_early_free(struct rdmig_capture_early *e); /* accepts NULL */
 /* Whether the last rdmig_capture given e took its answers from it. */
 bool rdmig_capture_early_used(const struct rdmig_capture_early *e);
+/* The brk _ask read: true and *brk set, false before it (or without e). */
+bool rdmig_capture_early_brk(const struct rdmig_capture_early *e, uint64_t *brk);
 
 RDMIG_CAPTURE_WUR int rdmig_capture(struct rdmig_tracee *t, struct rdmig_image *img,
                                     const struct rdmig_capture_known *known, char *why,
