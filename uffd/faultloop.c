@@ -1696,19 +1696,12 @@ out_unlock:
 	return ret;
 }
 
-int rdmig_faultloop_release(struct rdmig_faultloop *l, uint64_t src, uint64_t pages,
-                            const uint8_t *bits)
+/* Queue r for the loop (its buffers are the loop's from here on, freed here
+ * on failure) and wake it. 0 or -ENOMEM. */
+static int rel_push(struct rdmig_faultloop *l, struct release_req r)
 {
-	uint64_t mask = l->page_size - 1;
-	uint8_t *copy;
 	int ret = 0;
 
-	if ((src & mask) || !pages || pages > (UINT64_MAX - src) / l->page_size || !bits)
-		return -EINVAL;
-	copy = malloc((size_t)((pages + 7) / 8));
-	if (!copy)
-		return -ENOMEM;
-	memcpy(copy, bits, (size_t)((pages + 7) / 8));
 	pthread_mutex_lock(&l->ready_mu);
 	if (l->nrel == l->rel_cap) {
 		size_t cap = l->rel_cap ? l->rel_cap * 2 : 16;
@@ -1721,16 +1714,32 @@ int rdmig_faultloop_release(struct rdmig_faultloop *l, uint64_t src, uint64_t pa
 		l->rel = nr;
 		l->rel_cap = cap;
 	}
-	l->rel[l->nrel++] = (struct release_req){.src = src, .pages = pages, .bits = copy};
-	copy = NULL;
+	l->rel[l->nrel++] = r;
 out_unlock:
 	pthread_mutex_unlock(&l->ready_mu);
-	free(copy);
-	if (!ret) {
-		atomic_store(&l->release_req, true);
-		kick(l);
+	if (ret) {
+		free(r.bits);
+		free(r.data);
+		return ret;
 	}
-	return ret;
+	atomic_store(&l->release_req, true);
+	kick(l);
+	return 0;
+}
+
+int rdmig_faultloop_release(struct rdmig_faultloop *l, uint64_t src, uint64_t pages,
+                            const uint8_t *bits)
+{
+	uint64_t mask = l->page_size - 1;
+	uint8_t *copy;
+
+	if ((src & mask) || !pages || pages > (UINT64_MAX - src) / l->page_size || !bits)
+		return -EINVAL;
+	copy = malloc((size_t)((pages + 7) / 8));
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, bits, (size_t)((pages + 7) / 8));
+	return rel_push(l, (struct release_req){.src = src, .pages = pages, .bits = copy});
 }
 
 int rdmig_faultloop_held_pages(struct rdmig_faultloop *l, uint64_t src, uint32_t pages,
@@ -1738,7 +1747,6 @@ int rdmig_faultloop_held_pages(struct rdmig_faultloop *l, uint64_t src, uint32_t
 {
 	size_t len = (size_t)__builtin_popcount(mask) * l->page_size;
 	uint8_t *copy = NULL;
-	int ret = 0;
 
 	if ((src & (l->page_size - 1)) || !pages || pages > 32 || (pages < 32 && mask >> pages) ||
 	    pages > (UINT64_MAX - src) / l->page_size || (len && !data))
@@ -1747,29 +1755,9 @@ int rdmig_faultloop_held_pages(struct rdmig_faultloop *l, uint64_t src, uint32_t
 		return -ENOMEM;
 	if (len)
 		memcpy(copy, data, len);
-	pthread_mutex_lock(&l->ready_mu);
-	if (l->nrel == l->rel_cap) {
-		size_t cap = l->rel_cap ? l->rel_cap * 2 : 16;
-		struct release_req *nr = realloc(l->rel, cap * sizeof(*nr));
-
-		if (!nr) {
-			ret = -ENOMEM;
-			goto out_unlock;
-		}
-		l->rel = nr;
-		l->rel_cap = cap;
-	}
-	l->rel[l->nrel++] = (struct release_req){
-	    .src = src, .pages = pages, .data = copy, .mask = mask, .contents = true};
-	copy = NULL;
-out_unlock:
-	pthread_mutex_unlock(&l->ready_mu);
-	free(copy);
-	if (!ret) {
-		atomic_store(&l->release_req, true);
-		kick(l);
-	}
-	return ret;
+	return rel_push(
+	    l, (struct release_req){
+	           .src = src, .pages = pages, .data = copy, .mask = mask, .contents = true});
 }
 
 void rdmig_faultloop_wake(struct rdmig_faultloop *l)
