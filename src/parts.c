@@ -196,7 +196,7 @@ int rdmig_parts_pages(struct rdmig_parts *ps, uint64_t addr, uint8_t *msg, size_
 	if (!ps || (i = part_at(ps, addr)) == UINT32_MAX || ps->p[i].taken)
 		return 0;
 	v = &ps->img->vmas[ps->p[i].vma];
-	start = (addr & ~(uint64_t)(PG - 1)) & ~((uint64_t)RDMIG_PAGES_MAX * PG - 1);
+	start = addr & ~((uint64_t)RDMIG_PAGES_MAX * PG - 1);
 	end = start + (uint64_t)RDMIG_PAGES_MAX * PG;
 	lo = start < v->start ? v->start : start;
 	hi = end > v->end ? v->end : end;

@@ -97,14 +97,13 @@ struct ready_req {
 	uint64_t addr, len;
 };
 
-/* rdmig_faultloop_release() (bits), or rdmig_faultloop_held_pages() (data,
- * mask; data NULL when every page reads zero) */
+/* rdmig_faultloop_release() (bits), or, bits NULL, rdmig_faultloop_held_pages()
+ * (data, mask; data NULL when every page reads zero) */
 struct release_req {
 	uint64_t src, pages;
 	uint8_t *bits;
 	uint8_t *data;
 	uint32_t mask;
-	bool contents;
 };
 
 struct counters {
@@ -1090,8 +1089,8 @@ static bool held_install(struct rdmig_faultloop *l, int ci, uint64_t addr, uint6
 }
 
 /* The source's answer to held faults: the faults waiting on these pages first
- * (any client: a child, a page mremap moved), then the primary target's pages
- * where they were. The install wakes the waiting threads. */
+ * (any client: a child, a page mremap moved), then the primary target's (client
+ * 0's) pages where they were. The install wakes the waiting threads. */
 static void apply_held_pages(struct rdmig_faultloop *l, const struct release_req *r)
 {
 	uint64_t end = r->src + r->pages * l->page_size;
@@ -1108,14 +1107,10 @@ static void apply_held_pages(struct rdmig_faultloop *l, const struct release_req
 		l->n_held--;
 		slot_free(l, i);
 	}
-	for (size_t ci = 0; ci < l->nclients; ci++) {
-		if (!l->clients[ci] || !l->clients[ci]->primary)
-			continue;
-		for (uint64_t k = 0; k < r->pages; k++) {
-			uint64_t a = r->src + k * l->page_size;
+	for (uint64_t k = 0; k < r->pages; k++) {
+		uint64_t a = r->src + k * l->page_size;
 
-			(void)held_install(l, (int)ci, a, a, page_data(l, r, k));
-		}
+		(void)held_install(l, 0, a, a, page_data(l, r, k));
 	}
 }
 
@@ -1135,12 +1130,12 @@ static void apply_release(struct rdmig_faultloop *l)
 	pthread_mutex_unlock(&l->ready_mu);
 	/* The source's answers to held faults before any release */
 	for (size_t k = 0; k < n; k++)
-		if (req[k].contents)
+		if (!req[k].bits)
 			apply_held_pages(l, &req[k]);
 	/* Parts a fault waits on first: the source walks a wanted part next, but
 	 * the parts it sent before that one are often still queued here. */
 	for (size_t k = 0, front = 0; k < n && l->n_held; k++) {
-		if (req[k].contents ||
+		if (!req[k].bits ||
 		    !waited_on(l, req[k].src, req[k].src + req[k].pages * l->page_size))
 			continue;
 		struct release_req tmp = req[front];
@@ -1151,7 +1146,7 @@ static void apply_release(struct rdmig_faultloop *l)
 	for (size_t k = 0; k < n; k++) {
 		uint64_t end = req[k].src + req[k].pages * l->page_size;
 
-		if (req[k].contents) {
+		if (!req[k].bits) {
 			free(req[k].data);
 			continue;
 		}
@@ -1756,8 +1751,7 @@ int rdmig_faultloop_held_pages(struct rdmig_faultloop *l, uint64_t src, uint32_t
 	if (len)
 		memcpy(copy, data, len);
 	return rel_push(
-	    l, (struct release_req){
-	           .src = src, .pages = pages, .data = copy, .mask = mask, .contents = true});
+	    l, (struct release_req){.src = src, .pages = pages, .data = copy, .mask = mask});
 }
 
 void rdmig_faultloop_wake(struct rdmig_faultloop *l)
