@@ -88,7 +88,7 @@ struct src {
 	/* the injected calls' answers asked at the tracking start (capture.h) */
 	struct rdmig_capture_early *early;
 	uint32_t parts_ahead; /* sent before GO */
-	bool walk_late;       /* RDMIG_HOLD=late: no walk before GO */
+	bool walk_late;       /* RDMIG_HOLD=late: no walk before the first WANT */
 	bool want_warned;     /* a WANT could not be answered (said once) */
 	bool finalized;       /* rdmig_precopy_final ran in the capture's idle time */
 	int idle_err;         /* what failed there */
@@ -748,7 +748,7 @@ static int expect_walking(struct src *s, uint16_t want, uint32_t upto, int timeo
 		int n, len;
 
 		rdmig_parts_stats(s->parts, &st);
-		more = st.walked < st.total && (want != RDMIG_MSG_READY || !s->walk_late);
+		more = st.walked < st.total && !s->walk_late;
 		/* READY comes within the downtime: asked for without sleeping */
 		len = more ? rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, 0)
 		      : want == RDMIG_MSG_READY
@@ -792,16 +792,27 @@ static int answer_want(struct src *s, uint64_t addr)
 	return n ? rdmig_tp_send(s->conn, s->msg, (size_t)n) : 0;
 }
 
+/* RDMIG_HOLD=late waits this long after the resume for the first WANT before
+ * it walks: the tests need a fault that finds its page held, and a process
+ * that sleeps through the resume would otherwise find every part walked. */
+#define LATE_WAIT_MS 3000
+
 static int release_parts(struct src *s, struct rdmig_msg *m)
 {
+	uint64_t late_until = s->walk_late ? rdmig_now_ns() + LATE_WAIT_MS * 1000000ull : 0;
+
 	m->type = 0;
 	for (;;) {
 		int n = 0, ret;
 
 		/* what the destination said, without waiting: WANTs first */
 		for (;;) {
-			ret = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, 0);
+			uint64_t now = late_until ? rdmig_now_ns() : 0;
+			int wait_ms = now < late_until ? (int)((late_until - now) / 1000000) + 1 : 0;
+
+			ret = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, wait_ms);
 			if (ret == -EAGAIN) {
+				late_until = 0;
 				ret = 0;
 				break;
 			}
@@ -820,6 +831,7 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 				       rdmig_msg_type_name(m->type));
 				return -EPROTO;
 			}
+			late_until = 0; /* asked: the walk begins with its part */
 			ret = answer_want(s, m->u.u64[0]);
 			if (ret < 0)
 				break;
@@ -973,8 +985,9 @@ static int switch_over(struct src *s)
  * against 6.24 ms, random 7.16 against 7.68, zipf 8.37 against 7.52, the
  * first touch 2.0 against 1.2 ms); at 4 GiB the walk in the freeze is ~6 ms
  * of it. Hence from HOLD_MIN_PAGES with data (the first round's count);
- * RDMIG_HOLD=on|off|late decides instead ("late": no walk before GO, the
- * tests' way to a walk that fails after the switch). Not after pulled
+ * RDMIG_HOLD=on|off|late decides instead ("late": no walk before the
+ * first fault's WANT after the resume, the tests' way to a walk that fails
+ * after the switch and to a fault that finds its page held). Not after pulled
  * rounds: the destination's arena copies of what the freeze copies again must
  * be named before the image (RUNS_FINAL), which needs the walk. */
 #define HOLD_MIN_PAGES (2ull << 30 >> 12) /* 2 GiB */

@@ -68,8 +68,9 @@ python_heap() { in_mode python_heap postcopy 5 python3 "$HERE/heap.py" "${HEAP_A
 # The walk outside the freeze (RDMIG_HOLD): the heap's vmas go out held and the
 # source walks and copies them part by part. With "on" it begins in the
 # capture's idle time and goes on while the destination restores (parts sent
-# before GO); with "late" it begins only at GO, so the heap's pages wait on the
-# destination until their part comes, after the resume.
+# before GO); with "late" it begins only with the first fault's WANT after the
+# resume, so the heap's pages wait on the destination until the source answers
+# the WANT with the frozen process's pages, or their part comes.
 walked() { # NAME
   if ! grep -q "parts of its memory walked outside the freeze" "$T/$1.src.log"; then
     fail "$1" "the source did not walk the held memory outside the freeze"; show_logs "$1"; return 1
@@ -81,11 +82,17 @@ walked_after() { # NAME
     fail "$1" "the source did not walk the held memory after the switch"; show_logs "$1"; return 1
   fi
 }
+answered_after() { # NAME: a fault found its page held, and the source answered it
+  walked_after "$1" || return 1
+  if ! grep -q "[1-9][0-9]* faults answered from the process" "$T/$1.src.log"; then
+    fail "$1" "no fault on a held page was answered with the process's pages"; show_logs "$1"; return 1
+  fi
+}
 held_postcopy() {
   RDMIG_HOLD=on EXTRA_CHECK=walked in_mode held_postcopy postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
 }
 held_late_postcopy() {
-  RDMIG_HOLD=late EXTRA_CHECK=walked_after in_mode held_late_postcopy postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
+  RDMIG_HOLD=late EXTRA_CHECK=answered_after in_mode held_late_postcopy postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
 }
 
 python_heap_untracked() {
