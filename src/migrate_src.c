@@ -808,7 +808,8 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 		/* what the destination said, without waiting: WANTs first */
 		for (;;) {
 			uint64_t now = late_until ? rdmig_now_ns() : 0;
-			int wait_ms = now < late_until ? (int)((late_until - now) / 1000000) + 1 : 0;
+			int wait_ms =
+			    now < late_until ? (int)((late_until - now) / 1000000) + 1 : 0;
 
 			ret = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, wait_ms);
 			if (ret == -EAGAIN) {
