@@ -74,6 +74,7 @@ struct rdmig_husk {
 	/* the userfaultfd the prebuild made in the husk (its number there) and our
 	 * copy of it; -1 when none */
 	int uffd_in_proc, uffd;
+	bool stdio_open[3]; /* the daemon's 0-2 at the fork: the husk's own */
 };
 
 static void free_pre(struct rdmig_image *pre)
@@ -166,6 +167,8 @@ int rdmig_husk_spawn(struct rdmig_husk **out)
 	if (!h)
 		return -ENOMEM;
 	h->uffd = h->uffd_in_proc = -1;
+	for (int fd = 0; fd <= 2; fd++)
+		h->stdio_open[fd] = fcntl(fd, F_GETFD) >= 0;
 	h->pid = fork();
 	if (h->pid < 0) {
 		int err = -errno;
@@ -461,6 +464,7 @@ int rdmig_restore_build(struct rdmig_husk *h, const struct rdmig_image *img,
 	pre = h->pre;
 	pre_uffd = h->uffd;
 	pre_uffd_in_proc = h->uffd_in_proc;
+	memcpy(r.stdio_open, h->stdio_open, sizeof(r.stdio_open));
 	prepared = h->t != NULL;
 	h->pid = -1; /* consumed: from here on the husk is r's (or out's) */
 	free(h);

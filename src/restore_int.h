@@ -27,8 +27,9 @@ struct rst {
 	const struct rdmig_restore_opts *o;
 	char *why; /* the first failure's sentence; never NULL inside the steps */
 	size_t whylen;
-	int uffd_in_proc; /* -1 until created */
-	int uffd;         /* the daemon's copy, -1 until taken */
+	int uffd_in_proc;   /* -1 until created */
+	int uffd;           /* the daemon's copy, -1 until taken */
+	bool stdio_open[3]; /* which of 0-2 the husk has (inherited at its fork) */
 	/* The layout rdmig_husk_prebuild built into the husk, when the build
 	 * follows it (same exe and special mappings): rst_relayout instead of the
 	 * specials and vmas steps, and rst_set_mm leaves the exe as it is. */

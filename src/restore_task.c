@@ -148,60 +148,131 @@ int rst_task_misc(struct rst *r)
 	return 0;
 }
 
-/* Move tmp (opened with O_CLOEXEC as the image's fd has it) to number fd and
- * close tmp; nothing to do when the open gave that number already. */
-static int place_fd(struct rst *r, int tmp, int fd, bool cloexec)
-{
-	int err;
+/*
+ * The descriptors, as batches of calls (rdmig_tracee_calls: one resume for a
+ * batch, where each call alone costs a stop, 20-50 us here). Each open's
+ * number is known before it runs, so the lseek, dup3 and close after it can
+ * name it in the same batch: the husk has only its own 0-2 that the image
+ * does not replace (inherited at its fork) and the prebuilt userfaultfd open
+ * (its cleaning closed the rest), and the kernel gives the lowest free number.
+ * An open that gave another number fails the restore: its husk is killed,
+ * nothing of it ran.
+ */
+#define FDS_BATCH 16 /* descriptors per batch, 4 calls each at most */
+#define FDS_CALLS (FDS_BATCH * 4 + 4)
+#define FDS_PATHS (48u << 10) /* their paths, together in the scratch area */
+#define FD_NONE UINT32_MAX    /* a call for none of the image's entries */
 
-	if (tmp == fd)
-		return 0;
-	err = rst_call(r, "dup3", NULL, SYS_dup3, tmp, fd, cloexec ? O_CLOEXEC : 0, 0, 0, 0);
-	rst_close(r, tmp);
-	return err;
+struct fds_batch {
+	struct rdmig_tracee_call c[FDS_CALLS];
+	uint32_t of[FDS_CALLS]; /* the image's fd entry each call is for, or FD_NONE */
+	int want[FDS_CALLS];    /* an openat's number ahead; -1 for the others */
+	char paths[FDS_PATHS];  /* an openat's a[1] is its offset here until sent */
+	size_t plen;
+	unsigned n;
+};
+
+/* The model of the husk's open numbers: is fd open before entry i is placed?
+ * Entries below i are open at their numbers (sorted: image.c checks). */
+static bool fd_taken(const struct rst *r, const bool *replaced, uint32_t i, int fd)
+{
+	const struct rdmig_img_fd *fds = r->img->fds;
+	uint32_t lo = 0, hi = i;
+
+	if ((fd <= 2 && r->stdio_open[fd] && !replaced[fd]) || fd == r->uffd_in_proc)
+		return true;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (fds[mid].fd == fd)
+			return true;
+		if (fds[mid].fd < fd)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
 }
 
-static int restore_stdio(struct rst *r, const struct rdmig_img_fd *f)
+static void fds_add(struct fds_batch *b, uint32_t of, int want, struct rdmig_tracee_call c)
 {
-	const char *path;
-	int tmp, err;
+	b->of[b->n] = of;
+	b->want[b->n] = want;
+	b->c[b->n++] = c;
+}
 
-	if (f->fd < 0 || f->fd > 2)
-		return rst_fail(r, -EINVAL,
-		                "the image has a terminal/pipe descriptor %d; only 0-2 "
-		                "can be connected here",
-		                (int)f->fd);
-	path = r->o->stdio_path[f->fd];
-	if (!path) {
-		/* The daemon's own descriptor, inherited at fork. */
-		err = rdmig_tracee_call(r->t, "fcntl(F_SETFD)", NULL, SYS_fcntl, f->fd, F_SETFD,
-		                        f->cloexec ? FD_CLOEXEC : 0, 0, 0, 0);
-		if (err == -EBADF)
+/* Run what b holds (its paths first, into the scratch area) and check each
+ * open's number. */
+static int fds_run(struct rst *r, struct fds_batch *b)
+{
+	const struct rdmig_image *img = r->img;
+	unsigned failed = b->n;
+	uint64_t at = 0;
+	int err;
+
+	if (!b->n)
+		return 0;
+	if (b->plen && (err = rst_to_scratch(r, b->paths, b->plen, &at)))
+		return err;
+	for (unsigned i = 0; i < b->n; i++)
+		if (b->c[i].nr == SYS_openat)
+			b->c[i].a[1] += (long)at;
+	err = rst_calls(r, b->c, b->n, &failed);
+	if (err && failed < b->n && b->of[failed] != FD_NONE) {
+		const struct rdmig_img_fd *f = &img->fds[b->of[failed]];
+
+		if (b->c[failed].nr == SYS_openat)
 			return rst_fail(
-			    r, err,
+			    r, err, "cannot open %s (fd %d) in the process being restored: %s",
+			    b->paths + (b->c[failed].a[1] - (long)at), (int)f->fd, strerror(-err));
+		return rst_fail(r, err, "%s for fd %d in the process being restored failed: %s",
+		                b->c[failed].what, (int)f->fd, strerror(-err));
+	}
+	if (err)
+		return rst_fail(r, err, "%s in the process being restored failed: %s",
+		                failed < b->n ? b->c[failed].what : "restoring the descriptors",
+		                strerror(-err));
+	for (unsigned i = 0; i < b->n; i++)
+		if (b->want[i] >= 0 && b->c[i].ret != b->want[i])
+			return rst_fail(
+			    r, -EIO,
+			    "opening fd %d's file in the process being restored gave number "
+			    "%ld, not %d: its descriptors were not the ones expected",
+			    (int)img->fds[b->of[i]].fd, b->c[i].ret, b->want[i]);
+	b->n = 0;
+	b->plen = 0;
+	return 0;
+}
+
+/* Entry i, checked here (nothing is run for it yet): its path and open flags,
+ * or NULL for an inherited stdio descriptor that only needs its flag. */
+static int fd_source(struct rst *r, uint32_t i, const char **path, int *flags)
+{
+	const struct rdmig_image *img = r->img;
+	const struct rdmig_img_fd *f = &img->fds[i];
+	const struct rdmig_img_file *file;
+	struct stat st;
+
+	*path = NULL;
+	*flags = f->cloexec ? O_CLOEXEC : 0;
+	if (f->kind == RDMIG_FD_STDIO) {
+		if (f->fd < 0 || f->fd > 2)
+			return rst_fail(r, -EINVAL,
+			                "the image has a terminal/pipe descriptor %d; only 0-2 "
+			                "can be connected here",
+			                (int)f->fd);
+		*path = r->o->stdio_path[f->fd];
+		if (!*path && !r->stdio_open[f->fd])
+			return rst_fail(
+			    r, -EBADF,
 			    "the process's fd %d was a terminal or pipe, and the daemon "
 			    "has no fd %d to give it; pass a file for it",
 			    (int)f->fd, (int)f->fd);
-		if (err)
-			return rst_fail(r, err, "fcntl on fd %d failed: %s", (int)f->fd,
-			                strerror(-err));
+		*flags |= f->fd == 0 ? O_RDONLY : O_WRONLY | O_CREAT | O_APPEND;
 		return 0;
 	}
-	if ((err = rst_open(r, path,
-	                    (f->fd == 0 ? O_RDONLY : O_WRONLY | O_CREAT | O_APPEND) |
-	                        (f->cloexec ? O_CLOEXEC : 0),
-	                    0644, &tmp)))
-		return err;
-	return place_fd(r, tmp, f->fd, f->cloexec);
-}
-
-static int restore_file_fd(struct rst *r, const struct rdmig_img_fd *f)
-{
-	const struct rdmig_image *img = r->img;
-	const struct rdmig_img_file *file;
-	struct stat st;
-	int tmp, err;
-
+	if (f->kind != RDMIG_FD_FILE && f->kind != RDMIG_FD_DEVNULL)
+		return rst_fail(r, -EINVAL, "fd %d has unknown kind %u", (int)f->fd, f->kind);
 	if (f->file >= img->nfiles)
 		return rst_fail(r, -EINVAL, "fd %d names file %u of %u", (int)f->fd, f->file,
 		                img->nfiles);
@@ -215,81 +286,85 @@ static int restore_file_fd(struct rst *r, const struct rdmig_img_fd *f)
 			                "the file %s (fd %d) is not a regular file here",
 			                file->path, (int)f->fd);
 	}
-	if ((err = rst_open(r, file->path,
-	                    (int)(f->flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC)) |
-	                        (f->cloexec ? O_CLOEXEC : 0),
-	                    0, &tmp)))
-		return err;
-	if (f->kind == RDMIG_FD_FILE && f->pos && /* an open file is at 0 */
-	    (err = rst_call(r, "lseek", NULL, SYS_lseek, tmp, (long)f->pos, SEEK_SET, 0, 0, 0))) {
-		rst_close(r, tmp);
-		return err;
-	}
-	return place_fd(r, tmp, f->fd, f->cloexec);
-}
-
-/* The husk's own 0-2 (the daemon's, inherited) that the image's descriptors
- * replace: closed first, in runs, so each open lands on its number (the husk
- * has nothing else open) instead of an open, a dup3 and a close. */
-static int close_replaced_stdio(struct rst *r)
-{
-	const struct rdmig_image *img = r->img;
-	bool replaced[4] = {false, false, false, false};
-	int err = 0;
-
-	for (uint32_t i = 0; i < img->nfds; i++) {
-		const struct rdmig_img_fd *f = &img->fds[i];
-
-		if (f->fd >= 0 && f->fd <= 2 &&
-		    (f->kind != RDMIG_FD_STDIO || r->o->stdio_path[f->fd]))
-			replaced[f->fd] = true;
-	}
-	for (int lo = 0; lo <= 2 && !err; lo++) {
-		int hi = lo;
-
-		if (!replaced[lo])
-			continue;
-		while (replaced[hi + 1])
-			hi++;
-		err = rst_call(r, "close_range(stdio)", NULL, SYS_close_range, lo, hi, 0, 0, 0, 0);
-		lo = hi;
-	}
-	return err;
+	*path = file->path;
+	/* the file exists and holds data: no creating or truncating it */
+	*flags |= (int)(f->flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC));
+	return 0;
 }
 
 int rst_fds(struct rst *r)
 {
 	const struct rdmig_image *img = r->img;
-	bool has[3] = {false, false, false};
-	int err = close_replaced_stdio(r);
+	bool replaced[3] = {false, false, false}, has[3] = {false, false, false};
+	struct fds_batch *b = malloc(sizeof(*b));
+	int low = 0, err = 0;
 
-	for (uint32_t i = 0; i < img->nfds && !err; i++) {
+	if (!b)
+		return rst_fail(r, -ENOMEM, "out of memory");
+	b->n = 0;
+	b->plen = 0;
+	for (uint32_t i = 0; i < img->nfds; i++) {
 		const struct rdmig_img_fd *f = &img->fds[i];
 
-		if (f->fd >= 0 && f->fd <= 2)
+		if (f->fd >= 0 && f->fd <= 2) {
 			has[f->fd] = true;
-		/* ascending: every lower number the image has is open again */
-		switch (f->kind) {
-		case RDMIG_FD_STDIO:
-			err = restore_stdio(r, f);
-			break;
-		case RDMIG_FD_FILE:
-		case RDMIG_FD_DEVNULL:
-			err = restore_file_fd(r, f);
-			break;
-		default:
-			err =
-			    rst_fail(r, -EINVAL, "fd %d has unknown kind %u", (int)f->fd, f->kind);
+			replaced[f->fd] = f->kind != RDMIG_FD_STDIO || r->o->stdio_path[f->fd];
 		}
 	}
-	for (int fd = 0; fd <= 2 && !err; fd++)
-		if (!has[fd]) {
-			/* Closed on the source; EBADF: the daemon had none either. */
-			long ret;
+	/* the husk's own 0-2 that the image's replace, closed first (in runs), so
+	 * each open can land on its number */
+	for (int lo = 0; lo <= 2; lo++) {
+		int hi = lo;
 
-			if (rdmig_tracee_syscall(r->t, SYS_close, (long[6]){fd}, &ret))
-				err = rst_fail(r, -ESRCH, "the husk stopped answering");
+		if (!replaced[lo] || !r->stdio_open[lo])
+			continue;
+		while (hi < 2 && replaced[hi + 1] && r->stdio_open[hi + 1])
+			hi++;
+		fds_add(b, FD_NONE, -1, RST_CALL("close_range(stdio)", SYS_close_range, lo, hi, 0));
+		lo = hi;
+	}
+	for (uint32_t i = 0; i < img->nfds && !err; i++) {
+		const struct rdmig_img_fd *f = &img->fds[i];
+		const char *path;
+		size_t len;
+		int flags;
+
+		while (fd_taken(r, replaced, i, low))
+			low++;
+		if ((err = fd_source(r, i, &path, &flags)))
+			break;
+		if (!path) {
+			fds_add(b, i, -1,
+			        RST_CALL("fcntl(F_SETFD)", SYS_fcntl, f->fd, F_SETFD,
+			                 f->cloexec ? FD_CLOEXEC : 0));
+			continue;
 		}
+		len = strlen(path) + 1;
+		if ((b->n + 4 > FDS_CALLS || b->plen + len > FDS_PATHS) && (err = fds_run(r, b)))
+			break;
+		memcpy(b->paths + b->plen, path, len);
+		fds_add(b, i, low,
+		        RST_CALL("openat", SYS_openat, AT_FDCWD, (long)b->plen, flags, 0644));
+		b->plen += len;
+		if (f->kind == RDMIG_FD_FILE && f->pos) /* an open file is at 0 */
+			fds_add(b, i, -1,
+			        RST_CALL("lseek", SYS_lseek, low, (long)f->pos, SEEK_SET));
+		if (low != f->fd) {
+			fds_add(b, i, -1,
+			        RST_CALL("dup3", SYS_dup3, low, f->fd, f->cloexec ? O_CLOEXEC : 0));
+			fds_add(b, i, -1, RST_CALL("close", SYS_close, low));
+		}
+	}
+	/* 0-2 closed on the source are closed here too */
+	for (int fd = 0; fd <= 2 && !err; fd++)
+		if (!has[fd] && r->stdio_open[fd]) {
+			if (b->n + 1 > FDS_CALLS && (err = fds_run(r, b)))
+				break;
+			fds_add(b, FD_NONE, -1, RST_CALL("close", SYS_close, fd));
+		}
+	if (!err)
+		err = fds_run(r, b);
+	free(b);
 	return err;
 }
 

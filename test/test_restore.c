@@ -58,7 +58,7 @@
 
 T_DEFINE_STATE;
 
-enum { NHUSK = 8 };
+enum { NHUSK = 9, HUSK_MISSING_FD = 8 }; /* 5-7: the prebuilt tests' */
 static struct rdmig_husk *husks[NHUSK];
 static int husk_next;
 static char tmpdir[64] = "/tmp/rdmig-restore-XXXXXX";
@@ -168,7 +168,7 @@ static const uint8_t hb_code[] = {
 struct hand_image {
 	struct rdmig_image img;
 	struct rdmig_img_vma vmas[8];
-	struct rdmig_img_file files[2];
+	struct rdmig_img_file files[3];
 	struct rdmig_img_fd fds[3];
 	struct rdmig_img_thread threads[1];
 	uint32_t groups[64];
@@ -503,6 +503,35 @@ static void refuse_changed_file(void)
 	if (!ret) {
 		rdmig_restore_abort(&r);
 	}
+}
+
+/* A descriptor's file gone on this host: refused before any descriptor is
+ * opened (the whole step is one batch of calls), with the path in the reason,
+ * and the husk is gone. */
+static void refuse_missing_fd_file(void)
+{
+	static struct hand_image h;
+	struct rdmig_restored r;
+	struct rdmig_husk *husk = husks[HUSK_MISSING_FD];
+	char out[256], gone[256], why[512] = "";
+	pid_t pid = rdmig_husk_pid(husk);
+
+	husks[HUSK_MISSING_FD] = NULL; /* the build's, whatever it says */
+	snprintf(out, sizeof(out), "%s/missing.out", tmpdir);
+	snprintf(gone, sizeof(gone), "%s/gone.log", tmpdir);
+	write_file(out, "hello");
+	hand_image(&h, out);
+	/* fd 6 names a file that is not there */
+	h.files[2] = (struct rdmig_img_file){.path = gone, .mode = S_IFREG | 0644};
+	h.img.nfiles = 3;
+	h.fds[2].file = 2;
+	int ret = rdmig_restore_build(husk, &h.img, NULL, &r, why, sizeof(why));
+	T_CHECK(ret < 0, "build of an image whose fd 6 file is missing succeeded");
+	T_CHECK(strstr(why, gone) && strstr(why, "missing") && strstr(why, "fd 6"), "why: \"%s\"",
+	        why);
+	T_CHECK(pid_gone(pid), "husk %d still exists", (int)pid);
+	if (!ret)
+		rdmig_restore_abort(&r);
 }
 
 /* ---- capture -> restore round trip ---- */
@@ -1399,6 +1428,7 @@ int main(int argc, char **argv)
 	T_RUN(prebuilt_follows); /* husks 5, 6 and 7: emptied, then prebuilt */
 	T_RUN(prebuilt_reset);
 	T_RUN(prebuilt_uffd_number_taken);
+	T_RUN(refuse_missing_fd_file);
 	for (int i = husk_next; i < NHUSK; i++)
 		rdmig_husk_destroy(husks[i]);
 	if (!getenv("RDMIG_KEEP_TMP")) {
