@@ -812,7 +812,8 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 			    now < late_until ? (int)((late_until - now) / 1000000) + 1 : 0;
 
 			ret = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, wait_ms);
-			if (ret == -EAGAIN) {
+			/* a wait that ran out is the late walk's start, not a lost link */
+			if (ret == -EAGAIN || (wait_ms && ret == -ETIMEDOUT)) {
 				late_until = 0;
 				ret = 0;
 				break;

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Real programs nobody here wrote, each migrated mid-run and required to produce
 # exactly the output of an unmigrated run; and every refusal of this version.
-#   t_programs.sh [CASE...]    cases: python_heap python_heap_untracked python_heap_precopy
+#   t_programs.sh [CASE...]    cases: python_heap held_{postcopy,late_postcopy,late_idle} python_heap_untracked python_heap_precopy
 #                              python_heap_hybrid gzip_file py_threads_{postcopy,precopy,hybrid}
 #                              forks_{postcopy,precopy,hybrid} postcopy_ops
 #                              sparse_{postcopy,precopy,hybrid} writer_hybrid
@@ -93,6 +93,20 @@ held_postcopy() {
 }
 held_late_postcopy() {
   RDMIG_HOLD=late EXTRA_CHECK=answered_after in_mode held_late_postcopy postcopy 5 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}"
+}
+
+# "late" with a process asleep through the switch and longer (idle.py): no
+# fault asks for a part, so the walk starts when its wait for one runs out.
+# That is not a lost link: the source must not reconnect.
+no_reconnect() { # NAME
+  walked_after "$1" || return 1
+  if grep -q "reconnected" "$T/$1.src.log"; then
+    fail "$1" "the source took the end of its wait for a fault for a lost link"; show_logs "$1"; return 1
+  fi
+}
+held_late_idle() {
+  RDMIG_HOLD=late EXTRA_CHECK=no_reconnect SRC_OPTS="--retry-s 3" in_mode held_late_idle postcopy 1 \
+    python3 "$HERE/idle.py" 1000000 4.5
 }
 
 python_heap_untracked() {
@@ -346,7 +360,7 @@ bad_token() {
 }
 
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(python_heap held_postcopy held_late_postcopy python_heap_untracked python_heap_precopy python_heap_hybrid
+[ ${#cases[@]} -gt 0 ] || cases=(python_heap held_postcopy held_late_postcopy held_late_idle python_heap_untracked python_heap_precopy python_heap_hybrid
   gzip_file py_threads_postcopy py_threads_precopy py_threads_hybrid
   forks_postcopy forks_held forks_precopy forks_hybrid postcopy_ops sparse_postcopy sparse_precopy
   sparse_hybrid writer_hybrid handlers_steady handlers_flipping refuse_socket refuse_shm refuse_huge_anon bad_token)
