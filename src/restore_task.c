@@ -244,7 +244,7 @@ static int fds_run(struct rst *r, struct fds_batch *b)
 	return 0;
 }
 
-/* Entry i, checked here (nothing is run for it yet): its path and open flags,
+/* Entry i, checked before its batch runs: its path and open flags,
  * or NULL for an inherited stdio descriptor that only needs its flag. */
 static int fd_source(struct rst *r, uint32_t i, const char **path, int *flags)
 {
