@@ -131,8 +131,13 @@ SHARES=(-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on
         -virtfs "local,path=$RUN,mount_tag=rdmig-ctl,security_model=none")
 [ -n "$WORKDIR" ] && SHARES+=(-virtfs "local,path=$WORKDIR,mount_tag=rdmig-work,security_model=none,multidevs=remap")
 # panic=-1 oops=panic: a kernel bug ends the run at once instead of hanging
-# until the timeout; no self-tests and no mitigations: faster under TCG.
-APPEND="console=ttyS0 quiet loglevel=3 panic=-1 oops=panic cryptomgr.notests mitigations=off"
+# until the timeout; so does a soft lockup (softlockup_panic: a CPU stuck in the
+# kernel hung a CI run for 1700 s once, with nothing but the watchdog's one-line
+# reports to show). loglevel=5 lets the watchdog's register dumps and stacks
+# (printed at the default level, 4) reach the console, and every CPU's with
+# them. No self-tests and no mitigations: faster under TCG.
+APPEND="console=ttyS0 quiet loglevel=5 panic=-1 oops=panic softlockup_panic=1"
+APPEND+=" softlockup_all_cpu_backtrace=1 cryptomgr.notests mitigations=off"
 APPEND+=" rdmig_rxe.overlay=${RDMIG_RXE_OVERLAY:-1} ${RDMIG_RXE_KCMD:-}"
 
 verbose "accel=$ACCEL smp=$SMP mem=$MEM kernel=$KERNEL ($(cat "$DIR/kver")) netdev=$NETDEV workdir=$WORKDIR"
@@ -155,8 +160,16 @@ exec 3<>"$RUN/stdout.fifo" 4<>"$RUN/stderr.fifo"; exec 3>&- 4>&-
 wait "$OPID" 2>/dev/null; OPID=
 wait "$EPID" 2>/dev/null; EPID=
 
+# The console's tail, and from the guest kernel's first report of a bug (its
+# stacks come right after it; a tail of a long report shows only its end).
 tails() {
+  local first
   if [ -s "$RUN/qemu.log" ]; then echo "---- qemu log (tail) ----" >&2; tail -n 20 "$RUN/qemu.log" >&2; fi
+  first=$(grep -n -m1 -E 'BUG:|WARNING:|Kernel panic|Oops' "$RUN/console.log" 2>/dev/null | cut -d: -f1)
+  if [ -n "$first" ]; then
+    echo "---- guest console: the kernel's first report (line $first, up to 150 lines) ----" >&2
+    sed -n "${first},$((first + 149))p" "$RUN/console.log" >&2
+  fi
   echo "---- guest console (tail) ----" >&2; tail -n "${1:-40}" "$RUN/console.log" >&2 2>/dev/null
   echo "----" >&2
 }
