@@ -986,6 +986,10 @@ static void summary(struct dst *d, const struct rdmig_faultloop_stats *s, uint64
 	       (double)(d->t_built - d->t_received) / 1e6,
 	       (double)(d->t_readied - d->t_built) / 1e6, (double)(d->t_gone - d->t_readied) / 1e6,
 	       (double)(d->t_paged - d->t_readied) / 1e6, (double)(d->t_resume - d->t_gone) / 1e6);
+	if (s->ev_fork)
+		printf("rdma_migrate dst: %" PRIu64 " forks served; %" PRIu64
+		       " pages fetched for a child went into its parent too\n",
+		       s->ev_fork, s->shared);
 	fflush(stdout);
 	if (d->o->stats_json) {
 		FILE *f = fopen(d->o->stats_json, "we");
@@ -1002,12 +1006,14 @@ static void summary(struct dst *d, const struct rdmig_faultloop_stats *s, uint64
 		    ",\"bytes_read\":%" PRIu64 ",\"downtime_phases_ns\":{\"restore\":%" PRIu64
 		    ",\"ready\":%" PRIu64 ",\"wait_go\":%" PRIu64 ",\"resume\":%" PRIu64
 		    "},\"start_paging_ns\":%" PRIu64 ",\"held_faults\":%" PRIu64
-		    ",\"held_pages_answered\":%" PRIu64 ",\"released_ns\":%" PRId64,
+		    ",\"held_pages_answered\":%" PRIu64 ",\"released_ns\":%" PRId64
+		    ",\"forks\":%" PRIu64 ",\"shared_with_parent\":%" PRIu64,
 		    (int)d->r.pid, (int)d->img.pid, d->t_resume - d->t_go, d->t_local - d->t_resume,
 		    s->faults, demand, s->faults_zero, s->faults_coalesced, pre, bytes,
 		    d->t_built - d->t_received, d->t_readied - d->t_built, d->t_gone - d->t_readied,
 		    d->t_resume - d->t_gone, d->t_paged - d->t_readied, s->faults_held,
-		    s->held_pages_in, d->t_released ? (int64_t)(d->t_released - d->t_resume) : 0);
+		    s->held_pages_in, d->t_released ? (int64_t)(d->t_released - d->t_resume) : 0,
+		    s->ev_fork, s->shared);
 		/* the timeline: [ms after resume, faults, fetched, prefetched, local, total] */
 		fprintf(f, ",\"timeline\":[");
 		for (size_t i = 0; i < d->ntl; i++)

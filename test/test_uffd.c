@@ -1098,6 +1098,54 @@ static void fork_during_postcopy(void)
 	env_fini(&e);
 }
 
+/* What a forked child fetches goes into the parent too (the pages the parent
+ * still lacked): the parent then reads them without a fault, and its next child
+ * inherits them. A page the parent had before the fork is not fetched again. */
+static void fork_child_shares_with_parent(void)
+{
+	struct env_opts eo = {.len = 8 * MiB};
+	struct rdmig_faultloop_stats s;
+	struct env e;
+	uint64_t n, faults;
+	int status = -1;
+	pid_t pid;
+
+	T_OK(env_init(&e, &eo));
+	if (!e.loop)
+		return;
+	n = e.len / PG;
+	T_CHECK(word_at(e.region) == word_at(e.image), "parent's first page");
+	pid = fork();
+	if (pid == 0)
+		child_verify(&e);
+	T_CHECK(pid > 0, "fork: %s", strerror(errno));
+	waitpid(pid, &status, 0);
+	T_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	        "first child read every page correctly (status %#x)", status);
+	s = stats(&e);
+	T_CHECK(s.faults_fetched == n && s.shared == n - 1,
+	        "every page fetched once (%llu of %llu), all but the first given to the "
+	        "parent (%llu)",
+	        (unsigned long long)s.faults_fetched, (unsigned long long)n,
+	        (unsigned long long)s.shared);
+	faults = s.faults;
+	T_CHECK(!memcmp(e.region, e.image, e.len), "parent's pages");
+	pid = fork();
+	if (pid == 0)
+		child_verify(&e);
+	T_CHECK(pid > 0, "fork: %s", strerror(errno));
+	waitpid(pid, &status, 0);
+	T_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	        "second child read every page correctly (status %#x)", status);
+	s = stats(&e);
+	T_CHECK(s.faults == faults && s.faults_fetched == n,
+	        "neither the parent nor its second child faulted (faults %llu -> %llu)",
+	        (unsigned long long)faults, (unsigned long long)s.faults);
+	T_CHECK(s.pages_remote == 0 && s.pages_installed == n, "parent's pages all local (%llu)",
+	        (unsigned long long)s.pages_installed);
+	env_fini(&e);
+}
+
 /* A page in flight in the parent at the fork is fetched again for the child. */
 static void fork_with_fetch_in_flight(void)
 {
@@ -1743,6 +1791,7 @@ int main(int argc, char **argv)
 	T_RUN(prefetch_all_local);
 	T_RUN(fork_during_postcopy);
 	T_RUN(fork_with_fetch_in_flight);
+	T_RUN(fork_child_shares_with_parent);
 	T_RUN(dontneed_racing_fetch);
 	T_RUN(dontneed_racing_prefetch);
 	T_RUN(munmap_during_postcopy);

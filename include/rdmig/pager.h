@@ -286,6 +286,7 @@ struct rdmig_faultloop_stats {
 	uint64_t fetch_errors;     /* failed fetches */
 	uint64_t retries;          /* installs retried after -EAGAIN */
 	uint64_t ev_fork, ev_remap, ev_remove, ev_unmap;
+	uint64_t shared;   /* pages fetched for a forked child installed in its parent too */
 	uint64_t inflight; /* fetches queued, posted, landed or parked now */
 	uint64_t children; /* forked children served now */
 	/* The primary target's page counts. */
