@@ -89,6 +89,7 @@ struct src {
 	struct rdmig_capture_early *early;
 	uint32_t parts_ahead; /* sent before GO */
 	bool walk_late;       /* RDMIG_HOLD=late: no walk before the first WANT */
+	uint64_t quiet_until; /* the walk's quiet start after GO: only wanted parts */
 	bool want_warned;     /* a WANT could not be answered (said once) */
 	bool finalized;       /* rdmig_precopy_final ran in the capture's idle time */
 	int idle_err;         /* what failed there */
@@ -748,7 +749,8 @@ static int expect_walking(struct src *s, uint16_t want, uint32_t upto, int timeo
 		int n, len;
 
 		rdmig_parts_stats(s->parts, &st);
-		more = st.walked < st.total && !s->walk_late;
+		more = st.walked < st.total && !s->walk_late &&
+		       (rdmig_now_ns() >= s->quiet_until || rdmig_parts_wanted(s->parts));
 		/* READY comes within the downtime: asked for without sleeping */
 		len = more ? rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, 0)
 		      : want == RDMIG_MSG_READY
@@ -796,6 +798,8 @@ static int answer_want(struct src *s, uint64_t addr)
  * it walks: the tests need a fault that finds its page held, and a process
  * that sleeps through the resume would otherwise find every part walked. */
 #define LATE_WAIT_MS 3000
+/* The held walk's quiet start after GO (switch_over). */
+#define WALK_QUIET_MS 3
 
 static int release_parts(struct src *s, struct rdmig_msg *m)
 {
@@ -805,14 +809,18 @@ static int release_parts(struct src *s, struct rdmig_msg *m)
 	for (;;) {
 		int n = 0, ret;
 
-		/* what the destination said, without waiting: WANTs first */
+		/* What the destination said, WANTs first: without waiting when a part
+		 * may be walked; waiting until one may (the late walk's first WANT, the
+		 * end of the quiet start or a WANT in it) otherwise. */
 		for (;;) {
-			uint64_t now = late_until ? rdmig_now_ns() : 0;
-			int wait_ms =
-			    now < late_until ? (int)((late_until - now) / 1000000) + 1 : 0;
+			uint64_t now = rdmig_now_ns();
+			uint64_t until = late_until                     ? late_until
+			                 : rdmig_parts_wanted(s->parts) ? 0
+			                                                : s->quiet_until;
+			int wait_ms = now < until ? (int)((until - now) / 1000000) + 1 : 0;
 
 			ret = rdmig_tp_recv(s->conn, s->msg, RDMIG_MSG_MAX, wait_ms);
-			/* a wait that ran out is the late walk's start, not a lost link */
+			/* a wait that ran out is the walk's start, not a lost link */
 			if (ret == -EAGAIN || (wait_ms && ret == -ETIMEDOUT)) {
 				late_until = 0;
 				ret = 0;
@@ -904,6 +912,12 @@ static int switch_over(struct src *s)
 		return rollback(s, "cannot hold the original stopped", -errno);
 	/* the resumed process's first faults READ the mirror right after GO */
 	rdmig_tp_serve_soon(s->data, SERVE_SOON_MS);
+	/* The walk's quiet start: for WALK_QUIET_MS the parts left go only where a
+	 * fault asks (a WANT: its pages at once, its part next). The walk is CPU
+	 * work on this thread, which answers the WANTs, and each part it sends is
+	 * work for the destination's threads, while the resumed process's first
+	 * faults wait on exactly those threads. */
+	s->quiet_until = rdmig_now_ns() + WALK_QUIET_MS * 1000000ull;
 	{
 		uint64_t v = s->t_freeze;
 		int n = rdmig_msg_encode_u64(s->msg, RDMIG_MSG_MAX, RDMIG_MSG_GO, &v, 1);

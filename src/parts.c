@@ -262,6 +262,14 @@ static int walk(struct rdmig_parts *ps, struct rdmig_precopy *pc, uint32_t i)
 	return 0;
 }
 
+bool rdmig_parts_wanted(struct rdmig_parts *ps)
+{
+	/* the ones walked meanwhile (in address order) leave the queue here */
+	while (ps && ps->want_head < ps->nwanted && ps->p[ps->want[ps->want_head]].walked)
+		ps->want_head++;
+	return ps && ps->want_head < ps->nwanted;
+}
+
 int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc)
 {
 	uint32_t i = UINT32_MAX;

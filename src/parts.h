@@ -47,6 +47,9 @@ void rdmig_parts_want(struct rdmig_parts *ps, uint64_t addr);
  * not be read. */
 int rdmig_parts_pages(struct rdmig_parts *ps, uint64_t addr, uint8_t *msg, size_t cap);
 
+/* Whether a part a fault asked for (or the registers named) waits to be walked. */
+bool rdmig_parts_wanted(struct rdmig_parts *ps);
+
 /* Walk and copy the next part (wanted ones first, then in address order).
  * Returns 1 when one was walked, 0 when every part is, or -errno. A walked part
  * waits for rdmig_parts_take: the walk runs ahead of what may be sent (before
