@@ -37,6 +37,7 @@
 struct part {
 	uint32_t vma; /* index in img->vmas */
 	uint64_t start, end;
+	uint64_t next; /* walked up to here (a step at a time) */
 	bool walked, wanted, taken;
 };
 
@@ -49,6 +50,7 @@ struct rdmig_parts {
 	uint32_t n;
 	uint32_t *order; /* walked parts, in the order they were walked (and taken) */
 	uint32_t walked, taken, cursor, nwanted;
+	uint32_t busy;  /* the part begun and not walked to its end, or UINT32_MAX */
 	uint32_t *want; /* wanted parts not walked yet, oldest first */
 	uint32_t want_head;
 	uint32_t hinted;   /* of the wanted, those the registers named */
@@ -77,6 +79,7 @@ int rdmig_parts_create(pid_t pid, struct rdmig_image *img, struct rdmig_parts **
 		return -ENOMEM;
 	ps->img = img;
 	ps->pid = pid;
+	ps->busy = UINT32_MAX;
 	ps->window = malloc((size_t)RDMIG_PAGES_MAX * PG);
 	ps->p = calloc(n, sizeof(*ps->p));
 	ps->order = calloc(n, sizeof(*ps->order));
@@ -97,8 +100,8 @@ int rdmig_parts_create(pid_t pid, struct rdmig_image *img, struct rdmig_parts **
 		for (uint64_t a = v->start; a < v->end; a += (uint64_t)RDMIG_PART_PAGES * PG) {
 			uint64_t e = a + (uint64_t)RDMIG_PART_PAGES * PG;
 
-			ps->p[ps->n++] =
-			    (struct part){.vma = i, .start = a, .end = e < v->end ? e : v->end};
+			ps->p[ps->n++] = (struct part){
+			    .vma = i, .start = a, .end = e < v->end ? e : v->end, .next = a};
 		}
 	}
 	*out = ps;
@@ -119,15 +122,18 @@ void rdmig_parts_captured(struct rdmig_parts *ps)
 		for (uint32_t r = 0; r < RDMIG_IMG_NREGS; r++)
 			rdmig_parts_want(ps, img->threads[t].regs[r]);
 	ps->hinted = ps->nwanted;
-	/* as rdmig_capture_walk_part does for the eager pages it knows of */
-	for (uint32_t w = 0; w < ps->walked; w++) {
-		const struct part *p = &ps->p[ps->order[w]];
+	/* as rdmig_capture_walk_part does for the eager pages it knows of, in what
+	 * was walked (whole parts, and the steps of the one begun) */
+	for (uint32_t i = 0; i < ps->n; i++) {
+		const struct part *p = &ps->p[i];
 		struct rdmig_img_vma *v = &img->vmas[p->vma];
 
+		if (p->next == p->start)
+			continue;
 		for (uint32_t k = 0; k < img->ncow; k++) {
 			uint64_t a = img->cow[k].addr, pg = (a - v->start) / PG;
 
-			if (a < p->start || a >= p->end || !(v->touched[pg / 8] >> (pg % 8) & 1))
+			if (a < p->start || a >= p->next || !(v->touched[pg / 8] >> (pg % 8) & 1))
 				continue;
 			v->touched[pg / 8] &= (uint8_t) ~(1u << (pg % 8));
 			ps->pages--;
@@ -235,28 +241,36 @@ static int encode(struct rdmig_parts *ps, uint32_t i, bool last, uint8_t *msg, s
 	                             v->touched + off / 8);
 }
 
+/* One step of part i's walk: [next, next + RDMIG_PART_STEP_PAGES) */
 static int walk(struct rdmig_parts *ps, struct rdmig_precopy *pc, uint32_t i)
 {
 	struct part *p = &ps->p[i];
 	struct rdmig_img_vma *v = &ps->img->vmas[p->vma], sub;
-	uint64_t off = (p->start - v->start) / PG, t0 = rdmig_now_ns();
+	uint64_t start = p->next, off = (start - v->start) / PG, t0 = rdmig_now_ns();
+	uint64_t end = p->end - start > (uint64_t)RDMIG_PART_STEP_PAGES * PG
+	                   ? start + (uint64_t)RDMIG_PART_STEP_PAGES * PG
+	                   : p->end;
 	bool known = false;
-	int64_t n = rdmig_capture_walk_part(ps->pm_fd, ps->img, v, p->start, p->end, &known);
+	int64_t n = rdmig_capture_walk_part(ps->pm_fd, ps->img, v, start, end, &known);
 	int ret;
 
 	if (n < 0)
 		return (int)n;
-	/* the part as a vma of its own, its bitmaps where its pages' bits are */
+	/* the step as a vma of its own, its bitmaps where its pages' bits are */
 	sub = *v;
-	sub.start = p->start;
-	sub.end = p->end;
+	sub.start = start;
+	sub.end = end;
 	sub.touched = v->touched + off / 8;
 	sub.written = known ? v->written + off / 8 : NULL;
 	ret = rdmig_precopy_final_part(pc, &sub);
 	if (ret < 0)
 		return ret;
-	p->walked = true;
-	ps->order[ps->walked++] = i;
+	p->next = end;
+	ps->busy = end < p->end ? i : UINT32_MAX;
+	if (end == p->end) {
+		p->walked = true;
+		ps->order[ps->walked++] = i;
+	}
 	ps->pages += (uint64_t)n;
 	ps->walk_ns += rdmig_now_ns() - t0;
 	return 0;
@@ -277,6 +291,9 @@ int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc)
 
 	if (!ps || ps->walked == ps->n)
 		return 0;
+	/* the part begun goes on: the rest of a wanted part is wanted too, and a
+	 * part left half-walked would make faults there wait longest */
+	i = ps->busy;
 	while (ps->want_head < ps->nwanted && i == UINT32_MAX) {
 		uint32_t w = ps->want[ps->want_head++];
 
