@@ -1101,26 +1101,35 @@ static void fork_during_postcopy(void)
 /* What a forked child fetches goes into the parent too (the pages the parent
  * still lacked): the parent then reads them without a fault, and its next child
  * inherits them. A page the parent had before the fork is not fetched again. */
+/* Fork a child that reads every page and exits; its wait status (-1: no fork). */
+static int fork_and_verify(const struct env *e)
+{
+	int status = -1;
+	pid_t pid = fork();
+
+	if (pid == 0)
+		child_verify(e);
+	T_CHECK(pid > 0, "fork: %s", strerror(errno));
+	if (pid > 0)
+		waitpid(pid, &status, 0);
+	return status;
+}
+
 static void fork_child_shares_with_parent(void)
 {
 	struct env_opts eo = {.len = 8 * MiB};
 	struct rdmig_faultloop_stats s;
 	struct env e;
 	uint64_t n, faults;
-	int status = -1;
-	pid_t pid;
+	int status;
 
 	T_OK(env_init(&e, &eo));
 	if (!e.loop)
 		return;
 	n = e.len / PG;
 	T_CHECK(word_at(e.region) == word_at(e.image), "parent's first page");
-	pid = fork();
-	if (pid == 0)
-		child_verify(&e);
-	T_CHECK(pid > 0, "fork: %s", strerror(errno));
-	waitpid(pid, &status, 0);
-	T_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	status = fork_and_verify(&e);
+	T_CHECK(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
 	        "first child read every page correctly (status %#x)", status);
 	s = stats(&e);
 	T_CHECK(s.faults_fetched == n && s.shared == n - 1,
@@ -1130,12 +1139,8 @@ static void fork_child_shares_with_parent(void)
 	        (unsigned long long)s.shared);
 	faults = s.faults;
 	T_CHECK(!memcmp(e.region, e.image, e.len), "parent's pages");
-	pid = fork();
-	if (pid == 0)
-		child_verify(&e);
-	T_CHECK(pid > 0, "fork: %s", strerror(errno));
-	waitpid(pid, &status, 0);
-	T_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	status = fork_and_verify(&e);
+	T_CHECK(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
 	        "second child read every page correctly (status %#x)", status);
 	s = stats(&e);
 	T_CHECK(s.faults == faults && s.faults_fetched == n,
