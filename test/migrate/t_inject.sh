@@ -67,6 +67,17 @@ one() {
     return
   fi
   if [ "$expect" = rollback ]; then
+    if [ "$SRC_RC" != 1 ]; then
+      # not rolled back: an original left stopped (a failure after the switch)
+      # would never finish, and waiting for it would hang the whole matrix
+      wait_dst 60
+      local rpid
+      rpid=$(sed -n 's/.*dst: pid \([0-9]*\) (pid [0-9]* on the source) runs here$/\1/p' \
+        "$T/$name.dst.log" | head -1)
+      kill -9 "$pid" ${rpid:+"$rpid"} 2>/dev/null
+      wait "$pid" 2>/dev/null
+      fail "$name" "src exit $SRC_RC, dst exit $DST_RC (1 and 1 expected: rolled back)"; show_logs "$name"; return
+    fi
     wait "$pid"; local prc=$?
     wait_dst 60
     if [ "$SRC_RC" != 1 ] || [ "$DST_RC" != 1 ]; then
