@@ -1020,9 +1020,10 @@ static int switch_over(struct src *s)
  * copies again about what the last one did, and HOLD_MIN_LAST pages cost the
  * freeze milliseconds on any memory (a 1 GiB random writer on memory slow to
  * write, its last round 232 thousand pages: the last copy 98 ms of a 103 ms
- * downtime, against 5-17 ms held). RDMIG_HOLD=on|off|late decides instead ("late": no walk before the
- * first fault's WANT after the resume, the tests' way to a walk that fails
- * after the switch and to a fault that finds its page held). Not after pulled
+ * downtime, against 5-17 ms held). RDMIG_HOLD=on|off|late decides instead
+ * ("late": no walk before the first fault's WANT after the resume, the
+ * tests' way to a walk that fails after the switch and to a fault that finds
+ * its page held). Not after pulled
  * rounds: the destination's arena copies of what the freeze copies again must
  * be named before the image (RUNS_FINAL), which needs the walk. */
 #define HOLD_MIN_PAGES (2ull << 30 >> 12) /* 2 GiB */

@@ -286,7 +286,7 @@ bool rdmig_parts_wanted(struct rdmig_parts *ps)
 
 int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc)
 {
-	uint32_t i = UINT32_MAX;
+	uint32_t i;
 	int ret;
 
 	if (!ps || ps->walked == ps->n)
@@ -294,12 +294,8 @@ int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc)
 	/* the part begun goes on: the rest of a wanted part is wanted too, and a
 	 * part left half-walked would make faults there wait longest */
 	i = ps->busy;
-	while (ps->want_head < ps->nwanted && i == UINT32_MAX) {
-		uint32_t w = ps->want[ps->want_head++];
-
-		if (!ps->p[w].walked)
-			i = w;
-	}
+	if (i == UINT32_MAX && rdmig_parts_wanted(ps))
+		i = ps->want[ps->want_head++];
 	while (i == UINT32_MAX && ps->cursor < ps->n) {
 		if (!ps->p[ps->cursor].walked)
 			i = ps->cursor;

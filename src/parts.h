@@ -58,10 +58,10 @@ bool rdmig_parts_wanted(struct rdmig_parts *ps);
 
 /* Walk and copy the next RDMIG_PART_STEP_PAGES of the parts (the part begun
  * first, then wanted ones, then in address order). Returns 1 when a step was
- * walked, 0 when every part is, or -errno. A part is walked when its last step
- * is; a walked part
- * waits for rdmig_parts_take: the walk runs ahead of what may be sent (before
- * the switch, the destination reads nothing until its pager runs). */
+ * walked, 0 when every part is, or -errno. A part is walked with its last
+ * step; a walked part waits for rdmig_parts_take: the walk runs ahead of what
+ * may be sent (before the switch, the destination reads nothing until its
+ * pager runs). */
 int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc);
 
 /* The PART message of the oldest walked part not taken yet, encoded into msg

@@ -1098,9 +1098,6 @@ static void fork_during_postcopy(void)
 	env_fini(&e);
 }
 
-/* What a forked child fetches goes into the parent too (the pages the parent
- * still lacked): the parent then reads them without a fault, and its next child
- * inherits them. A page the parent had before the fork is not fetched again. */
 /* Fork a child that reads every page and exits; its wait status (-1: no fork). */
 static int fork_and_verify(const struct env *e)
 {
@@ -1115,6 +1112,9 @@ static int fork_and_verify(const struct env *e)
 	return status;
 }
 
+/* What a forked child fetches goes into the parent too (the pages the parent
+ * still lacked): the parent then reads them without a fault, and its next child
+ * inherits them. A page the parent had before the fork is not fetched again. */
 static void fork_child_shares_with_parent(void)
 {
 	struct env_opts eo = {.len = 8 * MiB};
