@@ -284,8 +284,9 @@ bool rdmig_parts_wanted(struct rdmig_parts *ps)
 	return ps && ps->want_head < ps->nwanted;
 }
 
-int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc)
+int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc, uint64_t budget_ns)
 {
+	uint64_t t0;
 	uint32_t i;
 	int ret;
 
@@ -303,7 +304,13 @@ int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc)
 	}
 	if (i == UINT32_MAX)
 		return -EIO; /* walked < n, yet every part is walked: a bug */
-	ret = walk(ps, pc, i);
+	/* Only the part begun goes on within the call: the next one is chosen by
+	 * what the caller read meanwhile (a WANT), or not walked yet at all (the
+	 * quiet start after GO walks wanted parts only). */
+	t0 = rdmig_now_ns();
+	do
+		ret = walk(ps, pc, i);
+	while (ret == 0 && ps->busy == i && rdmig_now_ns() - t0 < budget_ns);
 	if (ret < 0) {
 		pr_err("walking %#" PRIx64 "-%#" PRIx64 " failed: %s", ps->p[i].start, ps->p[i].end,
 		       strerror(-ret));

@@ -20,12 +20,14 @@
 
 /* Pages per part: 64 MiB, about 0.1-0.4 ms of walk and one 2 KiB bitmap. */
 #define RDMIG_PART_PAGES 16384u
-/* Pages per step of a part's walk: 4 MiB. A part's walk copies the pages written
+/* Pages per step of a part's walk: 256 KiB, the finest grain at which a walk
+ * can stop to look at the connection. A part's walk copies the pages written
  * since their last copy, which for a process that writes faster than the
  * settling rounds copy is most of them (32 MiB of a 64 MiB part: 10-30 ms on
  * memory slow to write); walked whole, a READY or a WANT that came meanwhile
- * waited that long. A multiple of 8 (a bitmap byte). */
-#define RDMIG_PART_STEP_PAGES 1024u
+ * waited that long, and 4 MiB steps still cost the switch 1-2 ms here. A
+ * multiple of 8 (a bitmap byte). */
+#define RDMIG_PART_STEP_PAGES 64u
 
 struct rdmig_parts;
 
@@ -57,12 +59,13 @@ int rdmig_parts_pages(struct rdmig_parts *ps, uint64_t addr, uint8_t *msg, size_
 bool rdmig_parts_wanted(struct rdmig_parts *ps);
 
 /* Walk and copy the next RDMIG_PART_STEP_PAGES of the parts (the part begun
- * first, then wanted ones, then in address order). Returns 1 when a step was
+ * first, then wanted ones, then in address order), and further steps of the
+ * same part while budget_ns have not passed. Returns 1 when a step was
  * walked, 0 when every part is, or -errno. A part is walked with its last
  * step; a walked part waits for rdmig_parts_take: the walk runs ahead of what
  * may be sent (before the switch, the destination reads nothing until its
  * pager runs). */
-int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc);
+int rdmig_parts_walk(struct rdmig_parts *ps, struct rdmig_precopy *pc, uint64_t budget_ns);
 
 /* The PART message of the oldest walked part not taken yet, encoded into msg
  * (cap bytes) and counted as sent: its length, 0 when none waits, or -errno.
