@@ -17,9 +17,10 @@
 #include <string.h>
 
 struct rdmig_mirror {
-	struct rdmig_conn *conn;
+	struct rdmig_conn *conn; /* NULL until attached: buffers are only noted */
 	uint32_t n, cap;
-	struct rdmig_mr **mrs;
+	struct rdmig_mr **mrs; /* NULL: not registered yet */
+	void **bases;
 	size_t *lens;
 };
 
@@ -31,6 +32,7 @@ void rdmig_mirror_release(struct rdmig_mirror *m)
 		if (m->mrs[i] && rdmig_tp_mr_dereg(m->mrs[i]) < 0)
 			pr_warn("deregistering mirror region %u failed", i);
 	free(m->mrs);
+	free(m->bases);
 	free(m->lens);
 	free(m);
 }
@@ -47,8 +49,21 @@ int rdmig_mirror_create(struct rdmig_conn *c, struct rdmig_mirror **out)
 	return 0;
 }
 
+static int register_one(struct rdmig_mirror *m, struct rdmig_conn *c, uint32_t i, void *base,
+                        size_t len)
+{
+	int ret = rdmig_tp_mr_reg(c, base, len, RDMIG_ACCESS_REMOTE_READ, &m->mrs[i]);
+
+	if (ret < 0) {
+		m->mrs[i] = NULL;
+		pr_err("cannot register mirror region %u (%zu bytes): %s", i, len, strerror(-ret));
+	}
+	return ret;
+}
+
 int rdmig_mirror_add(struct rdmig_mirror *m, void *base, size_t len, uint32_t *reg)
 {
+	void **bases;
 	int ret;
 
 	if (m->n == RDMIG_REGIONS_MAX) {
@@ -64,20 +79,40 @@ int rdmig_mirror_add(struct rdmig_mirror *m, void *base, size_t len, uint32_t *r
 		if (!mrs)
 			return -ENOMEM;
 		m->mrs = mrs;
+		bases = realloc(m->bases, cap * sizeof(*bases));
+		if (!bases)
+			return -ENOMEM;
+		m->bases = bases;
 		lens = realloc(m->lens, cap * sizeof(*lens));
 		if (!lens)
 			return -ENOMEM;
 		m->lens = lens;
 		m->cap = cap;
 	}
-	ret = rdmig_tp_mr_reg(m->conn, base, len, RDMIG_ACCESS_REMOTE_READ, &m->mrs[m->n]);
-	if (ret < 0) {
-		pr_err("cannot register mirror region %u (%zu bytes): %s", m->n, len,
-		       strerror(-ret));
-		return ret;
+	m->mrs[m->n] = NULL;
+	if (m->conn) {
+		ret = register_one(m, m->conn, m->n, base, len);
+		if (ret < 0)
+			return ret;
 	}
+	m->bases[m->n] = base;
 	m->lens[m->n] = len;
 	*reg = m->n++;
+	return 0;
+}
+
+int rdmig_mirror_attach(struct rdmig_mirror *m, struct rdmig_conn *c)
+{
+	if (m->conn)
+		return -EALREADY;
+	for (uint32_t i = 0; i < m->n; i++) {
+		/* what was registered stays so, for rdmig_mirror_release */
+		int ret = m->mrs[i] ? 0 : register_one(m, c, i, m->bases[i], m->lens[i]);
+
+		if (ret < 0)
+			return ret;
+	}
+	m->conn = c;
 	return 0;
 }
 
@@ -97,6 +132,10 @@ int rdmig_mirror_send(struct rdmig_mirror *m, const struct rdmig_mirror_view *v,
 	if (!table || !msg) {
 		ret = -ENOMEM;
 		goto out_free;
+	}
+	if (!m->conn) {
+		pr_err("the mirror's table cannot be sent before it is registered");
+		return -ENOTCONN;
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		if (v[i].reg >= m->n || v[i].off > m->lens[v[i].reg] || !v[i].len ||
@@ -138,7 +177,10 @@ int rdmig_mirror_publish(struct rdmig_conn *c, const struct rdmig_mirror_region 
 	v = calloc(n, sizeof(*v));
 	if (!v)
 		return -ENOMEM;
-	ret = rdmig_mirror_create(c, &m);
+	/* noted first, then registered together: the source's own order (it fills
+	 * its mirror before its connections are made), so every user of the table
+	 * runs through rdmig_mirror_attach */
+	ret = rdmig_mirror_create(NULL, &m);
 	if (ret < 0)
 		goto out_free;
 	for (uint32_t i = 0; i < n; i++) {
@@ -148,6 +190,9 @@ int rdmig_mirror_publish(struct rdmig_conn *c, const struct rdmig_mirror_region 
 		v[i].id = r[i].id;
 		v[i].len = r[i].len;
 	}
+	ret = rdmig_mirror_attach(m, c);
+	if (ret < 0)
+		goto out_release;
 	/* Nothing is sent unless every registration succeeded. */
 	ret = rdmig_mirror_send(m, v, n);
 	if (ret < 0)

@@ -33,6 +33,11 @@ struct rdmig_mirror_view {
 };
 RDMIG_WUR int rdmig_mirror_create(struct rdmig_conn *c, struct rdmig_mirror **out);
 RDMIG_WUR int rdmig_mirror_add(struct rdmig_mirror *m, void *base, size_t len, uint32_t *reg);
+/* A mirror created with no connection (c NULL) only notes the buffers add()
+ * is given; this registers them all on c, and later ones as they are added.
+ * The source fills its mirror while its connections are still being made
+ * (libfabric's start alone took 0.1 s here). -EALREADY when m has one. */
+RDMIG_WUR int rdmig_mirror_attach(struct rdmig_mirror *m, struct rdmig_conn *c);
 RDMIG_WUR int rdmig_mirror_send(struct rdmig_mirror *m, const struct rdmig_mirror_view *v,
                                 uint32_t n);
 
