@@ -81,6 +81,22 @@ void rdmig_send_error(struct rdmig_conn *c, int err, const char *text)
 		pr_debug("the peer is gone; it did not get our error");
 }
 
+int rdmig_send_chunks(struct rdmig_conn *c, uint8_t *msg, uint16_t type, const uint8_t *buf,
+                      size_t len)
+{
+	int ret = 0;
+
+	for (size_t off = 0; off < len && ret >= 0;) {
+		uint32_t k = len - off > RDMIG_IMAGE_CHUNK_MAX ? RDMIG_IMAGE_CHUNK_MAX
+		                                               : (uint32_t)(len - off);
+		int n = rdmig_msg_encode_chunk(msg, RDMIG_MSG_MAX, type, len, off, buf + off, k);
+
+		ret = n < 0 ? n : rdmig_tp_send(c, msg, (size_t)n);
+		off += k;
+	}
+	return ret < 0 ? ret : 0;
+}
+
 /* Inside the downtime both sides allocate (the capture's arrays, the image's
  * buffer, the decoder's, the restore's), and the top of the heap had never been
  * touched: a page fault per page, 12-40 us each under this machine's shadow

@@ -39,6 +39,11 @@ RDMIG_WUR int rdmig_expect_got(const uint8_t *buf, int len, uint16_t want, struc
 #define RDMIG_SPIN_NS (5ull * 1000 * 1000)
 RDMIG_WUR int rdmig_recv_soon(struct rdmig_conn *c, uint8_t *buf, size_t cap, int timeout_ms);
 
+/* Send len bytes of buf as chunk messages of type (IMAGE, LAYOUT), each
+ * encoded into msg (RDMIG_MSG_MAX bytes). 0 / -errno. */
+RDMIG_WUR int rdmig_send_chunks(struct rdmig_conn *c, uint8_t *msg, uint16_t type,
+                                const uint8_t *buf, size_t len);
+
 /* Tell the peer why we give up (best effort). */
 void rdmig_send_error(struct rdmig_conn *c, int err, const char *text);
 
