@@ -27,6 +27,7 @@
 #include "rdmig/proto.h"
 #include "rdmig/tracee.h"
 
+#include "connector.h"
 #include "migrate_common.h"
 #include "pagescan.h"
 #include "parts.h"
@@ -45,8 +46,8 @@
 enum src_state {
 	SRC_INIT,
 	SRC_CHECKED,
+	SRC_TRACKING, /* the connections are made meanwhile (connector.h) */
 	SRC_CONNECTED,
-	SRC_TRACKING,
 	SRC_FROZEN,
 	SRC_SENT,
 	SRC_COMMITTED,
@@ -57,15 +58,16 @@ enum src_state {
 };
 
 static const char *const src_state_names[] = {
-    "init",      "checked", "connected", "tracking",    "frozen", "sent",
-    "committed", "serving", "done",      "rolled-back", "parked",
+    "init",      "checked", "tracking", "connected",   "frozen", "sent",
+    "committed", "serving", "done",     "rolled-back", "parked",
 };
 
 struct src {
 	const struct rdmig_migrate_opts *o;
 	enum src_state state;
-	struct rdmig_conn *conn; /* control: image and the switch messages */
-	struct rdmig_conn *data; /* the mirror's registrations and table */
+	struct rdmig_conn *conn;    /* control: image and the switch messages */
+	struct rdmig_conn *data;    /* the mirror's registrations and table */
+	struct rdmig_connector *cn; /* making those two, until joined */
 	struct rdmig_tracee *t;
 	struct rdmig_mirror *mirror;
 	struct rdmig_precopy *pc;
@@ -416,22 +418,7 @@ static void let_it_run(struct src *s)
 	pr_info("pid %d did not run within %d ms of the last round", (int)s->o->pid, WARM_MS);
 }
 
-/* An encoded image in IMAGE or LAYOUT chunks. */
-static int send_chunks(struct src *s, uint16_t type, const uint8_t *buf, size_t len)
-{
-	int ret = 0;
-
-	for (size_t off = 0; off < len && ret >= 0;) {
-		uint32_t k = len - off > RDMIG_IMAGE_CHUNK_MAX ? RDMIG_IMAGE_CHUNK_MAX
-		                                               : (uint32_t)(len - off);
-		int n = rdmig_msg_encode_chunk(s->msg, RDMIG_MSG_MAX, type, len, off, buf + off, k);
-
-		ret = n < 0 ? n : rdmig_tp_send(s->conn, s->msg, (size_t)n);
-		off += k;
-	}
-	return ret < 0 ? ret : 0;
-}
-
+/* The image, in IMAGE chunks. */
 static int send_image(struct src *s)
 {
 	uint8_t *buf;
@@ -457,60 +444,91 @@ static int send_image(struct src *s)
 		return ret;
 	}
 	s->image_bytes = len;
-	ret = send_chunks(s, RDMIG_MSG_IMAGE, buf, len);
+	ret = rdmig_send_chunks(s->conn, s->msg, RDMIG_MSG_IMAGE, buf, len);
 	free(buf);
 	return ret;
 }
 
 /* The process's map as it runs, so the destination builds it before the freeze
- * (rdmig_husk_prebuild). Only a speed-up: a layout that cannot be read is
- * skipped; a send that fails is the connection's failure. RDMIG_PREBUILD=off
- * skips it (to measure what it saves). */
-static int send_layout(struct src *s)
+ * (rdmig_husk_prebuild): encoded and handed to the connector, which sends it as
+ * soon as it is connected. Only a speed-up: a layout that cannot be read is
+ * skipped; a send that fails is the connection's failure (at the join).
+ * RDMIG_PREBUILD=off skips it (to measure what it saves). */
+static void hand_layout(struct src *s)
 {
 	const char *env = getenv("RDMIG_PREBUILD");
 	struct rdmig_image lay;
-	uint8_t *buf;
-	size_t len;
+	uint8_t *buf = NULL;
+	size_t len = 0;
 	char why[256] = "";
 	int ret;
 
 	if (env && !strcmp(env, "off"))
-		return 0;
+		goto out_hand;
 	ret = rdmig_capture_layout(s->o->pid, &lay, why, sizeof(why));
 	if (ret < 0) {
 		pr_info("pid %d: no layout sent ahead (%s)", (int)s->o->pid,
 		        why[0] ? why : strerror(-ret));
-		return 0;
+		goto out_hand;
 	}
 	/* The brk asked at the tracking start: the prebuild then sets the mm the
 	 * freeze's image most often has, and the restore skips that step. */
 	(void)rdmig_capture_early_brk(s->early, &lay.mm.brk);
 	ret = rdmig_image_encode(&lay, &buf, &len);
 	if (ret < 0) {
-		rdmig_image_free(&lay);
 		pr_info("pid %d: no layout sent ahead (cannot encode it: %s)", (int)s->o->pid,
 		        strerror(-ret));
-		return 0;
-	}
-	ret = send_chunks(s, RDMIG_MSG_LAYOUT, buf, len);
-	free(buf);
-	if (ret == 0) {
-		pr_info("pid %d: layout sent ahead (%zu bytes, %u written file pages)",
+		buf = NULL;
+	} else {
+		pr_info("pid %d: layout to send ahead (%zu bytes, %u written file pages)",
 		        (int)s->o->pid, len, lay.ncow);
-		/* kept for the freeze: the destination has these bytes now */
+		/* kept for the freeze: the destination has these bytes by then (a
+		 * failed send fails the join, and the migration with it) */
 		s->lay_cow = lay.cow;
 		s->nlay_cow = lay.ncow;
 		lay.cow = NULL;
 		lay.ncow = 0;
 	}
 	rdmig_image_free(&lay);
+out_hand:
+	rdmig_connector_layout(s->cn, buf, len);
+}
+
+/* Take the connections from the connector: 0, or -errno (with say, s->why
+ * then says why). */
+static int connect_join(struct src *s, bool say)
+{
+	const char *stage = NULL;
+	int ret;
+
+	uint64_t t0 = rdmig_now_ns();
+
+	if (!s->cn)
+		return 0;
+	ret = rdmig_connector_join(s->cn, &s->conn, &s->data, &stage);
+	s->cn = NULL;
+	/* what the connector saved is the time it took less this wait */
+	if (ret == 0)
+		pr_info("connected; the first copy waited %.1f ms for it",
+		        (double)(rdmig_now_ns() - t0) / 1e6);
+	if (ret < 0 && !say)
+		return ret;
+	if (ret < 0 && stage && !strcmp(stage, "layout"))
+		snprintf(s->why, sizeof(s->why), "cannot send the process's layout to %s: %s",
+		         s->o->addr, strerror(-ret));
+	else if (ret < 0)
+		snprintf(s->why, sizeof(s->why), "cannot connect to %s: %s%s", s->o->addr,
+		         strerror(-ret),
+		         ret == -EACCES ? " (the two sides' token files differ)" : "");
 	return ret;
 }
 
 /* Undo everything before the commit: the original runs as if nothing happened. */
 static int rollback(struct src *s, const char *what, int err)
 {
+	/* with the connections, if they were being made: the destination is told */
+	if (s->cn)
+		(void)connect_join(s, false);
 	if (kill(s->o->pid, 0) < 0 && errno == ESRCH) {
 		/* whatever failed, the real cause is this: say it in those words */
 		fprintf(stderr,
@@ -1128,36 +1146,19 @@ static int run(struct src *s)
 		        strerror(-ret), (int)o->pid);
 		return RDMIG_EXIT_ROLLED_BACK;
 	}
-	/* Two connections: the destination's pager thread owns the data one, its main
-	 * thread the control one (a connection is used by one thread at a time). */
-	ret =
-	    rdmig_tp_connect(&o->tp, o->addr, o->timeout_ms > 0 ? o->timeout_ms : 10000, &s->conn);
-	/* The control connection carries messages only: the destination READs the
-	 * mirror through the data one. Without the hint, fabric's progress thread
-	 * polled on for 0.1 ms after every message (GO, RUNNING, each PART after
-	 * the resume), CPU time the destination's first faults wanted on a
-	 * two-CPU machine (256 MiB random writer, 8 alternating pairs: the pause
-	 * the process saw, median 5.86 against 6.37 ms). */
-	if (ret == 0)
-		rdmig_tp_messages_only(s->conn);
-	if (ret == 0)
-		ret = rdmig_tp_connect(&o->tp, o->addr, o->timeout_ms > 0 ? o->timeout_ms : 10000,
-		                       &s->data);
+	ret = rdmig_connector_start(o, &s->cn);
 	if (ret < 0) {
-		fprintf(stderr, "rdma_migrate src: cannot connect to %s: %s%s\n", o->addr,
-		        strerror(-ret),
-		        ret == -EACCES ? " (the two sides' token files differ)" : "");
-		fprintf(stderr, "rdma_migrate src: nothing was done; pid %d keeps running\n",
-		        (int)o->pid);
+		fprintf(stderr,
+		        "rdma_migrate src: cannot start connecting: %s; nothing was done, "
+		        "pid %d keeps running\n",
+		        strerror(-ret), (int)o->pid);
 		return RDMIG_EXIT_ROLLED_BACK;
 	}
-	ret = src_set_state(s, SRC_CONNECTED);
-	if (ret < 0)
-		return rollback(s, "cannot start the migration", ret);
 
 	/* Tracking starts with one short stop (the tracking uffd is made inside the
-	 * process); the copy itself runs while the process runs. */
-	ret = rdmig_mirror_create(s->data, &s->mirror);
+	 * process); the copy itself runs while the process runs. The mirror is
+	 * registered once the connections are made. */
+	ret = rdmig_mirror_create(NULL, &s->mirror);
 	if (ret == 0)
 		ret = rdmig_tracee_seize(o->pid, 0, &s->t);
 	if (ret < 0)
@@ -1165,6 +1166,7 @@ static int run(struct src *s)
 	ret = rdmig_precopy_start(s->t, s->mirror, &s->pc);
 	if (ret < 0)
 		return rollback(s, "cannot start tracking the process's writes", ret);
+	rdmig_precopy_set_stop(s->pc, rdmig_connector_failed, s->cn);
 	/* What the freeze would ask by injected calls, asked in this stop and
 	 * watched from here: if nothing changes it, the freeze need not make the
 	 * process run (src/capture_calls.c). Without the watch, the freeze asks. */
@@ -1180,25 +1182,38 @@ static int run(struct src *s)
 	if (ret < 0)
 		return rollback(s, "cannot let the process run while its memory is copied", ret);
 	ret = src_set_state(s, SRC_TRACKING);
+	if (ret < 0)
+		return rollback(s, "cannot start the migration", ret);
 	/* Before the layout reads their written pages: the freeze then reads only
 	 * those written since (0.3-0.5 ms of reading for ~17 pages here). Only a
 	 * speed-up: what is not tracked is read at the freeze, as before. */
-	if (ret == 0 && ((err = rdmig_inject("src.track_files")) < 0 ||
-	                 (err = rdmig_precopy_track_files(s->pc)) < 0))
+	if ((err = rdmig_inject("src.track_files")) < 0 ||
+	    (err = rdmig_precopy_track_files(s->pc)) < 0)
 		pr_warn("pid %d: its private file mappings are not tracked (%s): their written "
 		        "pages are all read again at the freeze",
 		        (int)o->pid, strerror(-err));
 	/* first, so the destination builds the map while the first round copies */
-	if (ret == 0 && (ret = send_layout(s)) < 0)
-		return rollback(s, "cannot send the process's layout to the destination", ret);
+	hand_layout(s);
 	/* Now, not just before the freeze: there, touching 8 MiB of fresh pages
 	 * (up to 20 ms here) let the process dirty pages after the last round, which
 	 * the freeze's last copy then took (1 -> 5-10 ms in 3 runs). */
 	rdmig_heap_warm(HEAP_WARM);
-	if (ret == 0)
-		ret = rdmig_precopy_round(s->pc);
+	ret = rdmig_precopy_round(s->pc);
+	if (ret < 0 && ret != -ECANCELED)
+		return rollback(s, "copying the process's memory failed", ret);
+	/* -ECANCELED: the connector failed, which the join says */
+	rdmig_precopy_set_stop(s->pc, NULL, NULL);
+	err = connect_join(s, true);
+	if (err < 0)
+		return rollback(s, "the migration did not start", err);
 	if (ret < 0)
 		return rollback(s, "copying the process's memory failed", ret);
+	ret = rdmig_mirror_attach(s->mirror, s->data);
+	if (ret < 0)
+		return rollback(s, "cannot register the process's copy for the destination", ret);
+	ret = src_set_state(s, SRC_CONNECTED);
+	if (ret < 0)
+		return rollback(s, "cannot start the migration", ret);
 	log_precopy(s, "copied while running");
 	pull = o->mode == RDMIG_MODE_PRECOPY;
 	if (o->mode == RDMIG_MODE_HYBRID && (ret = hybrid_worth_pulling(s, &pull)) < 0)
@@ -1313,6 +1328,8 @@ int rdmig_src_run(const struct rdmig_migrate_opts *o)
 	if (!s.msg)
 		return RDMIG_EXIT_ROLLED_BACK;
 	rc = run(&s);
+	if (s.cn) /* only a path that returned before a rollback: no one to tell */
+		(void)connect_join(&s, false);
 	/* The mirror goes only when no one can need it any more: after DONE, after a
 	 * rollback, or when the destination is gone. */
 	rdmig_mirror_release(s.mirror);

@@ -76,8 +76,10 @@ struct rdmig_precopy {
 	uint32_t n, cap;
 	struct rdmig_run *log; /* runs copied since the last take_runs */
 	uint32_t nlog, caplog;
-	bool log_oom; /* a run could not be logged: take_runs fails */
-	bool final;   /* in rdmig_precopy_final: every page must be read */
+	bool log_oom;            /* a run could not be logged: take_runs fails */
+	bool final;              /* in rdmig_precopy_final: every page must be read */
+	bool (*stop)(void *arg); /* rdmig_precopy_set_stop */
+	void *stop_arg;
 	struct rdmig_precopy_stats st;
 };
 
@@ -187,6 +189,9 @@ static int copy_run(struct rdmig_precopy *p, struct range *r, uint64_t addr, uin
 		uint64_t k = len - done > COPY_CHUNK ? COPY_CHUNK : len - done;
 		struct iovec l = {dst + done, k}, rem = {(void *)(uintptr_t)(addr + done), k};
 		ssize_t got;
+
+		if (!p->final && p->stop && p->stop(p->stop_arg))
+			return -ECANCELED;
 
 		/* our pages first, in one call: faulting them in one by one inside
 		 * the copy made it 3 times slower here (an old kernel without
@@ -496,6 +501,12 @@ static int track_new(struct rdmig_precopy *p, uint64_t start, uint64_t end)
 	if (ret == -EPERM && flags) /* the mapping was replaced: the freeze copies it */
 		ret = 0;
 	return ret;
+}
+
+void rdmig_precopy_set_stop(struct rdmig_precopy *p, bool (*stop)(void *arg), void *arg)
+{
+	p->stop = stop;
+	p->stop_arg = arg;
 }
 
 bool rdmig_precopy_sees_writes(const struct rdmig_precopy *p)

@@ -53,8 +53,14 @@ RDMIG_PRECOPY_WUR int rdmig_precopy_start(struct rdmig_tracee *t, struct rdmig_m
                                           struct rdmig_precopy **out);
 
 /* While the target runs: track every anonymous range not tracked yet and copy
- * the pages written since the last round (every present page the first time). */
+ * the pages written since the last round (every present page the first time).
+ * -ECANCELED when the stop callback said so (checked every MiB copied). */
 RDMIG_PRECOPY_WUR int rdmig_precopy_round(struct rdmig_precopy *p);
+
+/* stop(arg), asked while a round copies, ends the round early when true: the
+ * source's first copy of a large process takes seconds, and a destination that
+ * could not be reached meanwhile should not wait for it. NULL: never stop. */
+void rdmig_precopy_set_stop(struct rdmig_precopy *p, bool (*stop)(void *arg), void *arg);
 
 /* Whether rounds after the first copy see what the target wrote since: only with
  * write-protect tracking (6.7+). Soft-dirty allows the first round only, and

@@ -130,6 +130,7 @@ declare -A CASES=(
   [dst.ready]="|RDMIG_INJECT=dst.ready|rollback"
   [dst.resume]="|RDMIG_INJECT=dst.resume|rollback"
   [tp.src.mr_reg]="RDMIG_INJECT_TP=mr_reg:2||rollback"
+  [tp.src.connect]="RDMIG_INJECT_TP=connect:2||rollback"
   [tp.src.send]="RDMIG_INJECT_TP=send:12||rollback"
   [tp.dst.recv]="|RDMIG_INJECT_TP=recv:9|rollback"
   [src.committed]="RDMIG_INJECT=src.committed||after"
@@ -142,7 +143,8 @@ declare -A CASES=(
   [tp.src.recv]="RDMIG_INJECT_TP=recv:3||recovered"
 )
 ORDER=(src.connected src.tracking src.track_files src.early_calls src.frozen src.capture src.final_copy src.sent dst.receiving
-       dst.prebuild dst.restoring dst.pager dst.ready dst.resume tp.src.mr_reg tp.src.send tp.dst.recv
+       dst.prebuild dst.restoring dst.pager dst.ready dst.resume tp.src.mr_reg tp.src.connect tp.src.send
+       tp.dst.recv
        src.part src.committed src.serving src.part_late src.want_pages dst.running tp.dst.post_read
        tp.src.recv)
 sel=("$@")
