@@ -26,7 +26,6 @@ struct rdmig_connector {
 	uint8_t *lay; /* what it handed, NULL: nothing to send */
 	size_t lay_len;
 	struct rdmig_conn *conn, *data;
-	const char *stage;
 	int ret;
 	atomic_bool failed; /* ret is set: the only field read before the join */
 };
@@ -54,7 +53,6 @@ static void *run(void *arg)
 	if (ret == 0)
 		ret = rdmig_tp_connect(&o->tp, o->addr, tmo, &c->data);
 	if (ret < 0) {
-		c->stage = "connect";
 		c->ret = ret;
 		atomic_store(&c->failed, true);
 		return NULL;
@@ -72,7 +70,6 @@ static void *run(void *arg)
 		          : -ENOMEM;
 		free(msg);
 		if (ret < 0) {
-			c->stage = "layout";
 			c->ret = ret;
 			atomic_store(&c->failed, true);
 		} else {
@@ -104,7 +101,7 @@ int rdmig_connector_start(const struct rdmig_migrate_opts *o, struct rdmig_conne
 	return 0;
 }
 
-static void hand(struct rdmig_connector *c, uint8_t *buf, size_t len)
+void rdmig_connector_layout(struct rdmig_connector *c, uint8_t *buf, size_t len)
 {
 	pthread_mutex_lock(&c->mu);
 	if (c->handed) {
@@ -119,26 +116,21 @@ static void hand(struct rdmig_connector *c, uint8_t *buf, size_t len)
 	pthread_mutex_unlock(&c->mu);
 }
 
-void rdmig_connector_layout(struct rdmig_connector *c, uint8_t *buf, size_t len)
-{
-	hand(c, buf, len);
-}
-
 bool rdmig_connector_failed(void *c)
 {
 	return atomic_load(&((struct rdmig_connector *)c)->failed);
 }
 
 int rdmig_connector_join(struct rdmig_connector *c, struct rdmig_conn **conn,
-                         struct rdmig_conn **data, const char **stage)
+                         struct rdmig_conn **data)
 {
 	int ret;
 
-	hand(c, NULL, 0); /* nothing more will come: a waiting thread ends */
+	/* nothing more will come: a thread still waiting for the layout ends */
+	rdmig_connector_layout(c, NULL, 0);
 	pthread_join(c->thread, NULL);
 	*conn = c->conn;
 	*data = c->data;
-	*stage = c->stage;
 	ret = c->ret;
 	free(c->lay);
 	pthread_cond_destroy(&c->cv);

@@ -36,10 +36,10 @@ void rdmig_connector_layout(struct rdmig_connector *c, uint8_t *buf, size_t len)
 bool rdmig_connector_failed(void *c);
 
 /* Wait for the thread (a connector never given a layout gives up sending one)
- * and take both connections: 0, or -errno with *stage naming what failed
- * ("connect" or "layout"). On a failed layout send the connections are still
- * handed over, so the caller can tell the destination. Frees c. */
+ * and take the connections it made: 0, or -errno. A failure with *data set
+ * was the layout's send (both were connected); the connections made are
+ * handed over either way, so the caller can tell the destination. Frees c. */
 RDMIG_WUR int rdmig_connector_join(struct rdmig_connector *c, struct rdmig_conn **conn,
-                                   struct rdmig_conn **data, const char **stage);
+                                   struct rdmig_conn **data);
 
 #endif

@@ -498,14 +498,12 @@ out_hand:
  * then says why). */
 static int connect_join(struct src *s, bool say)
 {
-	const char *stage = NULL;
-	int ret;
-
 	uint64_t t0 = rdmig_now_ns();
+	int ret;
 
 	if (!s->cn)
 		return 0;
-	ret = rdmig_connector_join(s->cn, &s->conn, &s->data, &stage);
+	ret = rdmig_connector_join(s->cn, &s->conn, &s->data);
 	s->cn = NULL;
 	/* what the connector saved is the time it took less this wait */
 	if (ret == 0)
@@ -513,7 +511,7 @@ static int connect_join(struct src *s, bool say)
 		        (double)(rdmig_now_ns() - t0) / 1e6);
 	if (ret < 0 && !say)
 		return ret;
-	if (ret < 0 && stage && !strcmp(stage, "layout"))
+	if (ret < 0 && s->data) /* both connected: the layout's send failed */
 		snprintf(s->why, sizeof(s->why), "cannot send the process's layout to %s: %s",
 		         s->o->addr, strerror(-ret));
 	else if (ret < 0)

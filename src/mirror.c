@@ -122,6 +122,10 @@ int rdmig_mirror_send(struct rdmig_mirror *m, const struct rdmig_mirror_view *v,
 	uint8_t *msg;
 	int ret, len;
 
+	if (!m->conn) {
+		pr_err("the mirror's table cannot be sent before it is registered");
+		return -ENOTCONN;
+	}
 	if (n == 0 || n > RDMIG_REGIONS_MAX) {
 		pr_err("a mirror of %u regions does not fit one table (at most %u)", n,
 		       RDMIG_REGIONS_MAX);
@@ -132,10 +136,6 @@ int rdmig_mirror_send(struct rdmig_mirror *m, const struct rdmig_mirror_view *v,
 	if (!table || !msg) {
 		ret = -ENOMEM;
 		goto out_free;
-	}
-	if (!m->conn) {
-		pr_err("the mirror's table cannot be sent before it is registered");
-		return -ENOTCONN;
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		if (v[i].reg >= m->n || v[i].off > m->lens[v[i].reg] || !v[i].len ||
