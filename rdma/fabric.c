@@ -1859,6 +1859,21 @@ out_rearm:
 	return ret;
 }
 
+/* The thread breaks the connection on the EQ's FI_SHUTDOWN and on a flushed
+ * receive; what sits in the CQ is read here first, as recv would. */
+static int fabric_check(struct rdmig_conn *bc)
+{
+	struct fabric_conn *c = fabric_conn_of(bc);
+	int ret;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->state == FABRIC_UP)
+		fabric_drive_locked(c);
+	ret = c->state == FABRIC_UP ? 0 : c->err;
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
 static int fabric_event_fd(struct rdmig_conn *bc)
 {
 	struct fabric_conn *c = fabric_conn_of(bc);
@@ -1884,5 +1899,6 @@ const struct rdmig_transport_ops rdmig_fabric_ops = {
     .send = fabric_send,
     .recv = fabric_recv,
     .event_fd = fabric_event_fd,
+    .check = fabric_check,
     .serve_soon = fabric_serve_soon,
 };

@@ -80,7 +80,55 @@ int rdmig_tp_local_port(struct rdmig_listener *l)
 	return l->ops->local_port(l);
 }
 
-int rdmig_tp_accept(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn **out)
+/* How long one wait of accept_next lasts before it looks at its watch again:
+ * what a peer that went away costs at most, against a wake-up per slice. */
+#define WATCH_SLICE_MS 200
+
+/* The backend's accept, in slices while watch stands (watch NULL: one wait). A
+ * slice that ends without a peer consumed nothing: the listener's next event
+ * waits for the next slice. */
+static int accept_watching(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn *watch,
+                           struct rdmig_conn **c)
+{
+	struct timespec ts;
+	uint64_t end = 0;
+	int ret;
+
+	if (!watch || timeout_ms == 0)
+		return l->ops->accept(l, timeout_ms, c);
+	if (timeout_ms >= 0) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		end = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 +
+		      (uint64_t)timeout_ms;
+	}
+	for (;;) {
+		int slice = WATCH_SLICE_MS;
+
+		if (end) {
+			uint64_t now;
+
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+			if (now >= end)
+				return -ETIMEDOUT;
+			if (end - now < (uint64_t)slice)
+				slice = (int)(end - now);
+		}
+		ret = l->ops->accept(l, slice, c);
+		if (ret != -ETIMEDOUT)
+			return ret;
+		ret = rdmig_tp_check(watch);
+		if (ret < 0) {
+			pr_info("the peer's first connection broke (%s) while its next one was "
+			        "awaited",
+			        strerror(-ret));
+			return ret;
+		}
+	}
+}
+
+static int accept_common(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn *watch,
+                         struct rdmig_conn **out)
 {
 	struct rdmig_conn *c = NULL;
 	int ret;
@@ -89,7 +137,7 @@ int rdmig_tp_accept(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn 
 	ret = rdmig_inject_tp("accept");
 	if (ret < 0)
 		return ret;
-	ret = l->ops->accept(l, timeout_ms, &c);
+	ret = accept_watching(l, timeout_ms, watch, &c);
 	if (ret < 0)
 		return ret;
 	c->ops = l->ops;
@@ -105,6 +153,17 @@ int rdmig_tp_accept(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn 
 	}
 	*out = c;
 	return 0;
+}
+
+int rdmig_tp_accept(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn **out)
+{
+	return accept_common(l, timeout_ms, NULL, out);
+}
+
+int rdmig_tp_accept_next(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn *watch,
+                         struct rdmig_conn **out)
+{
+	return accept_common(l, timeout_ms, watch, out);
 }
 
 void rdmig_tp_close_listener(struct rdmig_listener *l)
@@ -326,6 +385,13 @@ int rdmig_tp_recv(struct rdmig_conn *c, void *buf, size_t cap, int timeout_ms)
 int rdmig_tp_event_fd(struct rdmig_conn *c)
 {
 	return c->ops->event_fd(c);
+}
+
+int rdmig_tp_check(struct rdmig_conn *c)
+{
+	if (c->injected)
+		return -ECONNRESET;
+	return c->ops->check(c);
 }
 
 void rdmig_tp_messages_only(struct rdmig_conn *c)

@@ -1351,6 +1351,18 @@ static int verbs_recv(struct rdmig_conn *base, void *buf, size_t cap, int timeou
 	return ret;
 }
 
+/* DISCONNECTED waits on the connection's own rdma_cm channel until progress
+ * reads it; messages it finds stay queued for recv. */
+static int verbs_check(struct rdmig_conn *base)
+{
+	struct verbs_conn *c = rdmig_container_of(base, struct verbs_conn, base);
+
+	if (!c->err)
+		verbs_progress(c);
+	verbs_kick_update(c);
+	return c->err;
+}
+
 static int verbs_event_fd(struct rdmig_conn *base)
 {
 	return rdmig_container_of(base, struct verbs_conn, base)->epfd;
@@ -1374,4 +1386,5 @@ const struct rdmig_transport_ops rdmig_verbs_ops = {
     .send = verbs_send,
     .recv = verbs_recv,
     .event_fd = verbs_event_fd,
+    .check = verbs_check,
 };

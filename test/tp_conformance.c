@@ -957,6 +957,123 @@ static void messages_only(void)
 	cl_close(&cl, 4096);
 }
 
+/* The child's side of watched_accept: two connections, then (after the parent's
+ * go, a byte on the pipe) a third that it drops without the fourth. */
+static void watched_child(int go) __attribute__((noreturn));
+static void watched_child(int go)
+{
+	struct rdmig_conn *c1 = NULL, *c2 = NULL, *c3 = NULL;
+	char hostport[128], b;
+	int port;
+
+	rdmig_log_set_tag("peer");
+	if (read(go, &port, sizeof(port)) != sizeof(port) || port <= 0)
+		_exit(2);
+	snprintf(hostport, sizeof(hostport), strchr(cfg.addr, ':') ? "[%s]:%d" : "%s:%d", cfg.addr,
+	         port);
+	if (rdmig_tp_connect(&cfg.tp, hostport, 10000, &c1) < 0 || rdmig_tp_send(c1, "m1", 2) < 0 ||
+	    rdmig_tp_connect(&cfg.tp, hostport, 10000, &c2) < 0 || rdmig_tp_send(c2, "m2", 2) < 0)
+		_exit(3);
+	if (read(go, &b, 1) != 1)
+		_exit(4);
+	rdmig_tp_close(c2);
+	rdmig_tp_close(c1);
+	if (rdmig_tp_connect(&cfg.tp, hostport, 10000, &c3) < 0)
+		_exit(5);
+	/* the parent's accept is done with its handshake before this is closed */
+	if (read(go, &b, 1) != 1)
+		_exit(6);
+	rdmig_tp_close(c3);
+	_exit(0);
+}
+
+/*
+ * A listener awaiting a peer's second connection (rdmig_tp_accept_next): it gets
+ * it while the first stands, and stops waiting once the first breaks, long
+ * before its timeout. rdmig_tp_check looks without taking a message.
+ */
+static void watched_accept(void)
+{
+	struct rdmig_conn *c1 = NULL, *c2 = NULL, *c3 = NULL, *c4 = NULL;
+	struct rdmig_listener *l = NULL;
+	char hp[128], buf[16];
+	int pfd[2], ret, st = 0, port = -1;
+	pid_t pid;
+
+	ret = pipe(pfd) < 0 ? -errno : 0;
+	T_OK(ret);
+	if (ret < 0)
+		return;
+	pid = fork();
+	if (pid == 0) {
+		/* A new program, not a fork that goes on: the device contexts rdma_cm
+		 * opened for the earlier cases belong to this process's memory, and a
+		 * forked child's verbs calls on them are refused (EPERM). */
+		char fd[16];
+
+		close(pfd[1]);
+		snprintf(fd, sizeof(fd), "%d", pfd[0]);
+		execl("/proc/self/exe", "tp_conformance", "--transport", cfg.tp.transport,
+		      "--provider", cfg.tp.provider ? cfg.tp.provider : "", "--addr", cfg.addr,
+		      "--token-file", cfg.token, "--peer-fd", fd, (char *)NULL);
+		_exit(7);
+	}
+	close(pfd[0]);
+	T_CHECK(pid > 0, "fork: %s", strerror(errno));
+	if (pid < 0) {
+		close(pfd[1]);
+		return;
+	}
+	snprintf(hp, sizeof(hp), strchr(cfg.addr, ':') ? "[%s]:0" : "%s:0", cfg.addr);
+	T_OK(ret = rdmig_tp_listen(&cfg.tp, hp, &l));
+	if (ret == 0)
+		port = rdmig_tp_local_port(l);
+	/* a port of -1 ends the child at once */
+	T_OK(write(pfd[1], &port, sizeof(port)) == sizeof(port) ? 0 : -EIO);
+	if (ret < 0 || port <= 0)
+		goto out;
+	T_OK(ret = rdmig_tp_accept(l, 20000, &c1));
+	if (ret < 0)
+		goto out;
+	/* m1 comes meanwhile: looking does not take it */
+	for (int i = 0; i < 5; i++) {
+		ret = rdmig_tp_check(c1);
+		T_CHECK(ret == 0, "check %d of a standing connection: %s", i, strerror(-ret));
+		usleep(20000);
+	}
+	T_OK(ret = rdmig_tp_accept_next(l, 20000, c1, &c2));
+	if (ret < 0)
+		goto out;
+	ret = rdmig_tp_recv(c1, buf, sizeof(buf), 10000);
+	T_CHECK(ret == 2 && !memcmp(buf, "m1", 2), "the first connection's message: %d", ret);
+	ret = rdmig_tp_recv(c2, buf, sizeof(buf), 10000);
+	T_CHECK(ret == 2 && !memcmp(buf, "m2", 2), "the second connection's message: %d", ret);
+	T_OK(write(pfd[1], "g", 1) == 1 ? 0 : -EIO);
+	T_OK(ret = rdmig_tp_accept(l, 20000, &c3));
+	if (ret < 0)
+		goto out;
+	T_OK(write(pfd[1], "g", 1) == 1 ? 0 : -EIO);
+	/* the peer drops c3 and never makes a fourth: without the watch this
+	 * would wait the whole 60 s */
+	ret = rdmig_tp_accept_next(l, 60000, c3, &c4);
+	T_CHECK(ret < 0 && ret != -ETIMEDOUT,
+	        "awaiting the second connection of a peer that went: %s, want its error",
+	        ret < 0 ? strerror(-ret) : "a connection");
+	ret = rdmig_tp_check(c3);
+	T_CHECK(ret < 0, "check of a connection whose peer went: %d", ret);
+out:
+	close(pfd[1]);
+	if (pid > 0)
+		waitpid(pid, &st, 0);
+	T_CHECK(pid > 0 && WIFEXITED(st) && (WEXITSTATUS(st) == 0 || port <= 0),
+	        "the peer's side failed (status 0x%x)", st);
+	rdmig_tp_close(c4);
+	rdmig_tp_close(c3);
+	rdmig_tp_close(c2);
+	rdmig_tp_close(c1);
+	rdmig_tp_close_listener(l);
+}
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: tp_conformance --transport fabric|verbs [--provider P] [--addr A]\n"
@@ -967,7 +1084,7 @@ static void usage(void)
 int main(int argc, char **argv)
 {
 	char dir[] = "/tmp/rdmig-conf.XXXXXX";
-	int ret;
+	int ret, peer_fd = -1;
 
 	cfg.tp.transport = "fabric";
 	cfg.addr = "127.0.0.1";
@@ -991,11 +1108,21 @@ int main(int argc, char **argv)
 			cfg.cycles = atoi(v);
 		else if (!strcmp(a, "--only"))
 			t_state.only = v;
+		else if (!strcmp(a, "--token-file")) /* internal: watched_accept's peer */
+			snprintf(cfg.token, sizeof(cfg.token), "%s", v);
+		else if (!strcmp(a, "--peer-fd"))
+			peer_fd = atoi(v);
 		else
 			usage();
 	}
 	if (cfg.region_bytes < (8u << 20))
 		usage();
+	if (peer_fd >= 0) {
+		if (cfg.tp.provider && !*cfg.tp.provider)
+			cfg.tp.provider = NULL;
+		cfg.tp.token_file = cfg.token;
+		watched_child(peer_fd);
+	}
 	signal(SIGPIPE, SIG_IGN);
 	if (!mkdtemp(dir)) {
 		perror("mkdtemp");
@@ -1021,6 +1148,7 @@ int main(int argc, char **argv)
 	T_RUN(write_random);
 	T_RUN(bad_input);
 	T_RUN(messages_only);
+	T_RUN(watched_accept);
 	T_RUN(authentication);
 	T_RUN(cycles);
 	T_RUN(peer_death);

@@ -141,6 +141,11 @@ struct rdmig_transport_ops {
 	/* Optional (NULL: nothing to do): rdmig_tp_serve_soon() was called; wake
 	 * whatever sleeps in the backend so it sees the new deadline. */
 	void (*serve_soon)(struct rdmig_conn *c);
+
+	/* Whether the connection still stands, looking at what the transport has
+	 * heard without taking any message: 0, or the error that broke it
+	 * (-ECONNRESET: the peer went). Messages that came stay for recv. */
+	int (*check)(struct rdmig_conn *c);
 };
 
 /* The backends linked into this build. */
@@ -157,6 +162,12 @@ RDMIG_WUR int rdmig_tp_local_port(struct rdmig_listener *l);
 /* Accept one peer and authenticate it. A peer that fails the handshake is
  * disconnected and -EACCES returned (the listener stays usable). */
 RDMIG_WUR int rdmig_tp_accept(struct rdmig_listener *l, int timeout_ms, struct rdmig_conn **out);
+/* The same, for a second connection of a peer already connected on watch: the
+ * wait ends early, with watch's error, once watch breaks (a peer that went
+ * away between its two connects is not waited for until timeout_ms). Counted as
+ * one accept by fault injection. */
+RDMIG_WUR int rdmig_tp_accept_next(struct rdmig_listener *l, int timeout_ms,
+                                   struct rdmig_conn *watch, struct rdmig_conn **out);
 void rdmig_tp_close_listener(struct rdmig_listener *l);
 /* Connect and authenticate; -EACCES when the peer does not prove the secret. */
 RDMIG_WUR int rdmig_tp_connect(const struct rdmig_tp_opts *o, const char *hostport, int timeout_ms,
@@ -181,6 +192,9 @@ RDMIG_WUR int rdmig_tp_wait(struct rdmig_conn *c, struct rdmig_completion *out, 
 int rdmig_tp_send(struct rdmig_conn *c, const void *msg, size_t len);
 RDMIG_WUR int rdmig_tp_recv(struct rdmig_conn *c, void *buf, size_t cap, int timeout_ms);
 int rdmig_tp_event_fd(struct rdmig_conn *c);
+/* Whether c still stands (its ops' check): 0 or the error that broke it; never
+ * takes a message. */
+int rdmig_tp_check(struct rdmig_conn *c);
 /* The peer only exchanges messages on c: it never reads or writes memory
  * registered here. A hint for the backend, off by default: fabric's progress
  * thread then no longer polls on after traffic (it does so to serve a peer's
