@@ -708,7 +708,7 @@ static int reconnect(struct dst *d, int why)
 	} while (ret == -EACCES && left > 0);
 	if (ret == 0) {
 		rdmig_tp_messages_only(ctl);
-		ret = rdmig_tp_accept(d->lis, left > 1000 ? left : 1000, &d->next_data);
+		ret = rdmig_tp_accept_next(d->lis, left > 1000 ? left : 1000, ctl, &d->next_data);
 	}
 	if (ret == 0)
 		ret =
@@ -1056,7 +1056,7 @@ static int done_again(struct dst *d, const uint64_t *v, int len)
 		ret = rdmig_tp_accept(d->lis, wait, &ctl);
 	while (ret == -EACCES);
 	if (ret == 0)
-		ret = rdmig_tp_accept(d->lis, wait, &data);
+		ret = rdmig_tp_accept_next(d->lis, wait, ctl, &data);
 	if (ret == 0)
 		ret = rdmig_mirror_recv_table(data, wait, &regions, &nr); /* not needed now */
 	if (ret == 0) {
@@ -1174,8 +1174,29 @@ static int run(struct dst *d)
 	/* messages only (the source's control connection says why) */
 	if (ret == 0)
 		rdmig_tp_messages_only(d->ctl);
+	/* Its data connection follows at once; a source that fails or is stopped
+	 * in between closes the control one, which ends the wait. */
 	if (ret == 0)
-		ret = rdmig_tp_accept(d->lis, step, &d->data);
+		ret = rdmig_tp_accept_next(d->lis, step, d->ctl, &d->data);
+	if (ret < 0 && d->ctl && rdmig_tp_check(d->ctl) < 0) {
+		struct rdmig_msg em;
+		int len = rdmig_tp_recv(d->ctl, d->msg, RDMIG_MSG_MAX, 0);
+
+		/* the ERROR a source that gave up sent before closing, when it came */
+		if (len > 0 && rdmig_msg_decode(d->msg, (size_t)len, &em) == 0 &&
+		    em.type == RDMIG_MSG_ERROR)
+			fprintf(stderr,
+			        "rdma_migrate dst: the source gave up before making its data "
+			        "connection: %s; nothing was restored here\n",
+			        em.u.error.text);
+		else
+			fprintf(stderr,
+			        "rdma_migrate dst: the source went away before making its data "
+			        "connection (%s): it failed or was stopped; nothing was restored "
+			        "here, its log says why\n",
+			        strerror(-ret));
+		return RDMIG_EXIT_ROLLED_BACK;
+	}
 	if (ret < 0) {
 		fprintf(stderr, "rdma_migrate dst: accepting the source failed: %s\n",
 		        strerror(-ret));

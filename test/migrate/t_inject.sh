@@ -19,12 +19,13 @@ python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/ref" </dev/null
 # "complete" (a failure that costs only time: the prebuild of the husk, the watch
 # on the process's calls, the tracking of file mappings, the answer to a held
 # fault, which then waits for its part's walk), where a side must say
-# what it could not do
+# what it could not do; a rollback with a SAYS entry must say that too
 declare -A SAYS=(
   [dst.prebuild]="could not build the process's memory map ahead"
   [src.track_files]="private file mappings are not tracked"
   [src.early_calls]="its calls cannot be watched"
   [src.want_pages]="a fault on the destination waits for its part's walk"
+  [tp.src.connect]="the source gave up before making its data connection"
 )
 one() {
   local name=$1 senv=$2 denv=$3 expect=$4
@@ -85,6 +86,9 @@ one() {
     fi
     if [ "$prc" != 0 ] || ! cmp -s "$T/ref" "$T/$name.out"; then
       fail "$name" "the original did not finish as if nothing happened (exit $prc)"; show_logs "$name"; return
+    fi
+    if [ -n "${SAYS[$name]:-}" ] && ! grep -q "${SAYS[$name]}" "$T/$name".*.log; then
+      fail "$name" "no side said: ${SAYS[$name]}"; show_logs "$name"; return
     fi
     grep -h "rolled back\|aborted" "$T/$name".*.log | head -2 | sed 's/^/  # /'
     ok "$name"
