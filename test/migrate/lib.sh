@@ -31,14 +31,14 @@ fail() { echo "not ok $1: $2"; FAILED=$((FAILED + 1)); }
 finish() { echo "$PASSED passed, $FAILED failed"; [ "$FAILED" -eq 0 ]; }
 
 # start_dst NAME [NETNS_PREFIX...] -- [dst options]: starts a destination daemon
-# listening on an ephemeral port of $ADDR; sets DST_PID and DST_PORT. Its output
-# goes to $T/NAME.dst.log.
+# listening on an ephemeral port of $ADDR (on $DST_LISTEN_PORT when set); sets
+# DST_PID and DST_PORT. Its output goes to $T/NAME.dst.log.
 start_dst() {
   local name=$1; shift
   local pre=()
   while [ $# -gt 0 ] && [ "$1" != -- ]; do pre+=("$1"); shift; done
   [ "${1:-}" = -- ] && shift
-  "${pre[@]}" "$MIG" dst --listen "$ADDR:0" --transport "$TRANSPORT" --provider "$PROVIDER" \
+  "${pre[@]}" "$MIG" dst --listen "$ADDR:${DST_LISTEN_PORT:-0}" --transport "$TRANSPORT" --provider "$PROVIDER" \
     --token-file "$T/token" "$@" >"$T/$name.dst.log" 2>&1 &
   DST_PID=$!
   BG_PIDS+=("$DST_PID")
@@ -71,6 +71,22 @@ wait_dst() {
   done
   kill -9 "$DST_PID" 2>/dev/null
   DST_RC=124
+}
+
+# wait_proc PID SECONDS: waits for a child process and returns its status; one
+# still there after SECONDS (an original a failed migration left stopped) is
+# killed, and 124 returned, so that a wrong outcome fails its case instead of
+# hanging the whole script.
+wait_proc() {
+  local i
+  for i in $(seq 1 $(($2 * 10))); do
+    kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null; return $?; }
+    sleep 0.1
+  done
+  echo "  # pid $1 still there after $2 s: killed"
+  kill -9 "$1" 2>/dev/null
+  wait "$1" 2>/dev/null
+  return 124
 }
 
 # wait_for_lines FILE N SECONDS: until FILE has at least N lines.

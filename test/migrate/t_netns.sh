@@ -30,7 +30,7 @@ pid=$!
 wait_for_lines "$T/heap.out" 5 60
 migrate netns "$pid" ip netns exec "$NS_SRC"
 wait_dst 300
-wait "$pid" 2>/dev/null
+wait_proc "$pid" 300
 if [ "$SRC_RC" != 0 ] || [ "$DST_RC" != 0 ]; then
   fail python_heap_two_hosts "src exit $SRC_RC, dst exit $DST_RC"; show_logs netns
 elif ! grep -q "exited with status 0" "$T/netns.dst.log"; then

@@ -26,7 +26,7 @@ run_migrated() {
   fi
   migrate "$name" "$pid"
   wait_dst 300
-  wait "$pid" 2>/dev/null # the original: killed by the source once all pages moved
+  wait_proc "$pid" 300 # the original: killed by the source once all pages moved
 }
 
 check_migrated() { # NAME REF OUT
@@ -174,7 +174,7 @@ forks_mode() { # MODE
     sleep 0.05
   done
   wait_dst 300
-  wait "$pid" 2>/dev/null
+  wait_proc "$pid" 300
   check_migrated "$name" "$T/$name.ref" "$T/$name.out"
 }
 # Each worker reads most of the parent's heap. A page fetched for a worker goes
@@ -245,7 +245,7 @@ postcopy_ops() {
   wait_dst 300
   wait "$mig"
   SRC_RC=$(cat "$T/$name.src.rc" 2>/dev/null || echo 99)
-  wait "$pid" 2>/dev/null
+  wait_proc "$pid" 300
   check_migrated "$name" "$T/ops.ref" "$T/ops.out"
 }
 
@@ -315,7 +315,7 @@ gzip_file() {
   if ! kill -0 "$pid" 2>/dev/null; then fail gzip_file "gzip finished before the migration: make the input larger"; return; fi
   migrate gzip_file "$pid"
   wait_dst 300
-  wait "$pid" 2>/dev/null
+  wait_proc "$pid" 300
   check_migrated gzip_file "$T/gz.ref" "$T/gz.out"
   gzip -t "$T/gz.out" 2>/dev/null || echo "  # gzip -t: the migrated output is not a valid gzip file"
 }
