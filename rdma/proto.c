@@ -86,6 +86,8 @@ static unsigned u64_fields(uint16_t type)
 		return 2;
 	case RDMIG_MSG_DONE:
 		return 4;
+	case RDMIG_MSG_SESSION:
+		return 3;
 	case RDMIG_MSG_ROUND_DONE:
 	case RDMIG_MSG_WANT:
 		return 1;
@@ -102,6 +104,8 @@ int rdmig_msg_encode_u64(void *buf, size_t cap, uint16_t type, const uint64_t *v
 		return -EINVAL;
 	if (type == RDMIG_MSG_WANT && v[0] >= RDMIG_PART_ADDR_END)
 		return -EINVAL; /* the decoder would refuse it */
+	if (type == RDMIG_MSG_SESSION && (v[2] & ~(uint64_t)RDMIG_SESSION_RETURNING))
+		return -EINVAL;
 	p = put_hdr(buf, cap, type, 8 * (size_t)n);
 	if (!p)
 		return -ENOSPC;
@@ -356,12 +360,15 @@ static int decode_payload(uint16_t type, const uint8_t *p, uint32_t plen, struct
 	case RDMIG_MSG_DONE:
 	case RDMIG_MSG_ROUND_DONE:
 	case RDMIG_MSG_WANT:
+	case RDMIG_MSG_SESSION:
 		if (plen != 8 * u64_fields(type))
 			return -EBADMSG;
 		for (unsigned i = 0; i < u64_fields(type); i++)
 			m->u.u64[i] = get_le64(p + 8 * i);
 		/* any address inside the page will do, but only a user-space one */
 		if (type == RDMIG_MSG_WANT && m->u.u64[0] >= RDMIG_PART_ADDR_END)
+			return -EBADMSG;
+		if (type == RDMIG_MSG_SESSION && (m->u.u64[2] & ~(uint64_t)RDMIG_SESSION_RETURNING))
 			return -EBADMSG;
 		return 0;
 	case RDMIG_MSG_IMAGE:
@@ -464,9 +471,10 @@ int rdmig_msg_region(const struct rdmig_msg *m, uint32_t i, struct rdmig_region 
 
 const char *rdmig_msg_type_name(uint16_t type)
 {
-	static const char *const names[] = {
-	    "?",  "HELLO",   "AUTH", "AUTH_OK", "ERROR",      "REGIONS", "BYE",  "IMAGE", "READY",
-	    "GO", "RUNNING", "DONE", "RUNS",    "ROUND_DONE", "LAYOUT",  "PART", "WANT",  "PAGES"};
+	static const char *const names[] = {"?",       "HELLO", "AUTH",  "AUTH_OK",    "ERROR",
+	                                    "REGIONS", "BYE",   "IMAGE", "READY",      "GO",
+	                                    "RUNNING", "DONE",  "RUNS",  "ROUND_DONE", "LAYOUT",
+	                                    "PART",    "WANT",  "PAGES", "SESSION"};
 	_Static_assert(sizeof(names) / sizeof(names[0]) == RDMIG_MSG_TYPE_MAX + 1,
 	               "a name for every type");
 

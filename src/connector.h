@@ -15,6 +15,7 @@
 
 #include "rdmig/migrate.h"
 #include "rdmig/transport.h"
+#include "session.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -22,8 +23,11 @@
 
 struct rdmig_connector;
 
-/* Start connecting to o->addr (control, then data). 0 / -errno (no thread). */
+/* Start connecting to o->addr (control, then data), each opened with
+ * session's SESSION; the destination takes the control one or says it serves
+ * another migration. 0 / -errno (no thread). */
 RDMIG_WUR int rdmig_connector_start(const struct rdmig_migrate_opts *o,
+                                    const struct rdmig_session *session,
                                     struct rdmig_connector **out);
 
 /* Hand over the encoded layout (malloc'd; owned from now on), sent as LAYOUT
@@ -37,9 +41,11 @@ bool rdmig_connector_failed(void *c);
 
 /* Wait for the thread (a connector never given a layout gives up sending one)
  * and take the connections it made: 0, or -errno. A failure with *data set
- * was the layout's send (both were connected); the connections made are
- * handed over either way, so the caller can tell the destination. Frees c. */
+ * was the layout's send (both were connected); -EBUSY: the destination serves
+ * another migration. why gets the destination's words when it refused us
+ * ("" otherwise). The connections made are handed over either way, so the
+ * caller can tell the destination. Frees c. */
 RDMIG_WUR int rdmig_connector_join(struct rdmig_connector *c, struct rdmig_conn **conn,
-                                   struct rdmig_conn **data);
+                                   struct rdmig_conn **data, char *why, size_t cap);
 
 #endif

@@ -29,6 +29,7 @@
 
 #include "arena.h"
 #include "migrate_common.h"
+#include "session.h"
 #include "switchsrc.h"
 #include "uffd.h"
 
@@ -77,6 +78,7 @@ struct dst {
 	struct rdmig_listener *lis;
 	struct rdmig_conn *ctl, *data;
 	struct rdmig_conn *next_data; /* a reconnection's, until the switch takes it */
+	struct rdmig_session session; /* the migration ours are of: its first SESSION */
 	struct rdmig_region *regions;
 	uint32_t nregions;
 	/* pre-copy and hybrid: what was pulled before the switch */
@@ -680,6 +682,118 @@ static void close_old_data(void *arg)
 	d->next_data = NULL;
 }
 
+/* Milliseconds left until deadline (rdmig_now_ns; 0: none, -1 returned). */
+static int ms_left(uint64_t deadline)
+{
+	uint64_t now = rdmig_now_ns();
+
+	if (!deadline)
+		return -1;
+	return now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+}
+
+/* How long a new connection has to say which migration it is of: its source
+ * sends SESSION as soon as it is connected. */
+#define SESSION_WAIT_MS 5000
+
+/* c said it belongs to another migration, or nothing we could take: told (when
+ * it can hear it) and closed. */
+static void turn_away(struct rdmig_conn *c, int ret, unsigned flags, bool learn)
+{
+	if (ret == 0 && learn && (flags & RDMIG_SESSION_RETURNING)) {
+		rdmig_send_error(c, ESRCH, RDMIG_SESSION_UNKNOWN_TEXT);
+		fprintf(stderr, "rdma_migrate dst: turned away a source coming back to a "
+		                "migration this destination never had\n");
+	} else if (ret == 0) {
+		rdmig_send_error(c, EBUSY, RDMIG_SESSION_BUSY_TEXT);
+		fprintf(stderr, "rdma_migrate dst: turned away a source of another migration\n");
+	} else {
+		pr_warn("a new connection did not say which migration it is of (%s): closed",
+		        strerror(-ret));
+	}
+	rdmig_tp_close(c);
+}
+
+/* Accept this migration's control connection within timeout_ms (-1: for
+ * ever). learn: the first source that starts a migration is ours (the first
+ * connection of all); otherwise only a returning d->session is. Its SESSION is
+ * answered with ours. A peer without the token, another migration's source,
+ * and one coming back to a migration we never had, are turned away, and the
+ * wait goes on. */
+static int accept_ctl(struct dst *d, int timeout_ms, bool learn, struct rdmig_conn **out)
+{
+	uint64_t deadline = timeout_ms < 0 ? 0 : rdmig_now_ns() + (uint64_t)timeout_ms * 1000000;
+	struct rdmig_session got;
+	struct rdmig_conn *c;
+	unsigned flags = 0;
+	int ret;
+
+	*out = NULL;
+	for (;;) {
+		int left = ms_left(deadline);
+
+		if (left == 0)
+			return -ETIMEDOUT;
+		ret = rdmig_tp_accept(d->lis, left, &c);
+		if (ret == -EACCES) {
+			fprintf(stderr, "rdma_migrate dst: turned away a peer that does not hold "
+			                "the token\n");
+			continue;
+		}
+		if (ret < 0)
+			return ret;
+		ret = rdmig_session_recv(c, SESSION_WAIT_MS, &got, &flags);
+		if (ret == 0 && learn && !(flags & RDMIG_SESSION_RETURNING))
+			break;
+		if (ret == 0 && !learn && rdmig_session_eq(&got, &d->session))
+			break;
+		turn_away(c, ret, flags, learn);
+	}
+	if (learn)
+		d->session = got;
+	ret = rdmig_session_send(c, &d->session, flags);
+	if (ret < 0) {
+		rdmig_tp_close(c);
+		return ret;
+	}
+	/* messages only (the source's control connection says why) */
+	rdmig_tp_messages_only(c);
+	*out = c;
+	return 0;
+}
+
+/* Accept the data connection that goes with ctl (the same SESSION) within
+ * timeout_ms; the wait ends early if ctl breaks (rdmig_tp_accept_next). Any
+ * other connection meanwhile is turned away. */
+static int accept_data(struct dst *d, struct rdmig_conn *ctl, int timeout_ms,
+                       struct rdmig_conn **out)
+{
+	uint64_t deadline = rdmig_now_ns() + (uint64_t)timeout_ms * 1000000;
+	struct rdmig_session got;
+	struct rdmig_conn *c;
+	unsigned flags = 0;
+	int ret;
+
+	*out = NULL;
+	for (;;) {
+		int left = ms_left(deadline);
+
+		if (left == 0)
+			return -ETIMEDOUT;
+		ret = rdmig_tp_accept_next(d->lis, left, ctl, &c);
+		if (ret == -EACCES)
+			continue;
+		if (ret < 0)
+			return ret;
+		ret = rdmig_session_recv(c, SESSION_WAIT_MS, &got, &flags);
+		if (ret == 0 && rdmig_session_eq(&got, &d->session))
+			break;
+		turn_away(c, ret, flags, false);
+	}
+	*out = c;
+	return 0;
+}
+
 /* The link to the source broke after the switch: wait up to --retry-s for it to
  * connect again (both connections), take its new mirror table, put a source on
  * the new data connection behind the loop's switch, and post the failed fetches
@@ -702,14 +816,10 @@ static int reconnect(struct dst *d, int why)
 	/* the source sees its control connection go and reconnects */
 	rdmig_tp_close(d->ctl);
 	d->ctl = NULL;
-	do {
-		ret = rdmig_tp_accept(d->lis, left, &ctl);
-		left = d->o->retry_ms - (int)((rdmig_now_ns() - t0) / 1000000);
-	} while (ret == -EACCES && left > 0);
-	if (ret == 0) {
-		rdmig_tp_messages_only(ctl);
-		ret = rdmig_tp_accept_next(d->lis, left > 1000 ? left : 1000, ctl, &d->next_data);
-	}
+	ret = accept_ctl(d, left, false, &ctl);
+	left = d->o->retry_ms - (int)((rdmig_now_ns() - t0) / 1000000);
+	if (ret == 0)
+		ret = accept_data(d, ctl, left > 1000 ? left : 1000, &d->next_data);
 	if (ret == 0)
 		ret =
 		    rdmig_mirror_recv_table(d->next_data, left > 1000 ? left : 1000, &regions, &n);
@@ -1052,11 +1162,9 @@ static int done_again(struct dst *d, const uint64_t *v, int len)
 	uint32_t nr;
 	int ret, wait = d->o->retry_ms > 1000 ? d->o->retry_ms : 1000;
 
-	do
-		ret = rdmig_tp_accept(d->lis, wait, &ctl);
-	while (ret == -EACCES);
+	ret = accept_ctl(d, wait, false, &ctl);
 	if (ret == 0)
-		ret = rdmig_tp_accept_next(d->lis, wait, ctl, &data);
+		ret = accept_data(d, ctl, wait, &data);
 	if (ret == 0)
 		ret = rdmig_mirror_recv_table(data, wait, &regions, &nr); /* not needed now */
 	if (ret == 0) {
@@ -1163,21 +1271,12 @@ static int run(struct dst *d)
 		fprintf(stderr, "rdma_migrate dst: %s\n", strerror(-ret));
 		return RDMIG_EXIT_ROLLED_BACK;
 	}
-	/* A peer that fails the handshake is turned away; we keep listening. */
-	do {
-		ret = rdmig_tp_accept(d->lis, -1, &d->ctl);
-		if (ret == -EACCES)
-			fprintf(stderr,
-			        "rdma_migrate dst: turned away a peer that does not hold the "
-			        "token\n");
-	} while (ret == -EACCES);
-	/* messages only (the source's control connection says why) */
+	/* The first source to connect is ours. Its data connection follows at
+	 * once; a source that fails or is stopped in between closes the control
+	 * one, which ends the wait. */
+	ret = accept_ctl(d, -1, true, &d->ctl);
 	if (ret == 0)
-		rdmig_tp_messages_only(d->ctl);
-	/* Its data connection follows at once; a source that fails or is stopped
-	 * in between closes the control one, which ends the wait. */
-	if (ret == 0)
-		ret = rdmig_tp_accept_next(d->lis, step, d->ctl, &d->data);
+		ret = accept_data(d, d->ctl, step, &d->data);
 	if (ret < 0 && d->ctl && rdmig_tp_check(d->ctl) < 0) {
 		struct rdmig_msg em;
 		int len = rdmig_tp_recv(d->ctl, d->msg, RDMIG_MSG_MAX, 0);

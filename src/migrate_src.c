@@ -32,6 +32,7 @@
 #include "pagescan.h"
 #include "parts.h"
 #include "procfs.h"
+#include "session.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -65,9 +66,10 @@ static const char *const src_state_names[] = {
 struct src {
 	const struct rdmig_migrate_opts *o;
 	enum src_state state;
-	struct rdmig_conn *conn;    /* control: image and the switch messages */
-	struct rdmig_conn *data;    /* the mirror's registrations and table */
-	struct rdmig_connector *cn; /* making those two, until joined */
+	struct rdmig_conn *conn;      /* control: image and the switch messages */
+	struct rdmig_conn *data;      /* the mirror's registrations and table */
+	struct rdmig_connector *cn;   /* making those two, until joined */
+	struct rdmig_session session; /* sent first on each connection we make */
 	struct rdmig_tracee *t;
 	struct rdmig_mirror *mirror;
 	struct rdmig_precopy *pc;
@@ -503,7 +505,9 @@ static int connect_join(struct src *s, bool say)
 
 	if (!s->cn)
 		return 0;
-	ret = rdmig_connector_join(s->cn, &s->conn, &s->data);
+	char said[RDMIG_ERRTEXT_MAX + 1];
+
+	ret = rdmig_connector_join(s->cn, &s->conn, &s->data, said, sizeof(said));
 	s->cn = NULL;
 	/* what the connector saved is the time it took less this wait */
 	if (ret == 0)
@@ -511,7 +515,10 @@ static int connect_join(struct src *s, bool say)
 		        (double)(rdmig_now_ns() - t0) / 1e6);
 	if (ret < 0 && !say)
 		return ret;
-	if (ret < 0 && s->data) /* both connected: the layout's send failed */
+	if (ret < 0 && said[0])
+		snprintf(s->why, sizeof(s->why), "the destination at %s refused the migration: %s",
+		         s->o->addr, said);
+	else if (ret < 0 && s->data) /* both connected: the layout's send failed */
 		snprintf(s->why, sizeof(s->why), "cannot send the process's layout to %s: %s",
 		         s->o->addr, strerror(-ret));
 	else if (ret < 0)
@@ -653,6 +660,7 @@ static void summary(struct src *s)
 static int reconnect(struct src *s, int why)
 {
 	const struct rdmig_migrate_opts *o = s->o;
+	char said[RDMIG_ERRTEXT_MAX + 1] = "";
 	uint64_t t0 = rdmig_now_ns();
 	int ret = why;
 
@@ -671,8 +679,23 @@ static int reconnect(struct src *s, int why)
 		ret = rdmig_tp_connect(&o->tp, o->addr, 1000, &s->conn);
 		if (ret == 0) {
 			rdmig_tp_messages_only(s->conn);
-			ret = rdmig_tp_connect(&o->tp, o->addr, 1000, &s->data);
+			ret = rdmig_session_offer(s->conn, &s->session, RDMIG_SESSION_RETURNING,
+			                          1000, said, sizeof(said));
 		}
+		if (ret == -EBUSY || ret == -ESRCH) {
+			/* another migration's destination, or one started anew (ours,
+			 * and the process it held, are gone): waiting cannot help */
+			fprintf(stderr,
+			        "rdma_migrate src: %s refused to take us back: %s; giving up\n",
+			        o->addr, said);
+			rdmig_tp_close(s->conn);
+			s->conn = NULL;
+			return ret;
+		}
+		if (ret == 0)
+			ret = rdmig_tp_connect(&o->tp, o->addr, 1000, &s->data);
+		if (ret == 0)
+			ret = rdmig_session_send(s->data, &s->session, RDMIG_SESSION_RETURNING);
 		if (ret == 0)
 			ret = rdmig_mirror_create(s->data, &s->mirror);
 		if (ret == 0)
@@ -1144,7 +1167,9 @@ static int run(struct src *s)
 		        strerror(-ret), (int)o->pid);
 		return RDMIG_EXIT_ROLLED_BACK;
 	}
-	ret = rdmig_connector_start(o, &s->cn);
+	ret = rdmig_session_new(&s->session);
+	if (ret == 0)
+		ret = rdmig_connector_start(o, &s->session, &s->cn);
 	if (ret < 0) {
 		fprintf(stderr,
 		        "rdma_migrate src: cannot start connecting: %s; nothing was done, "

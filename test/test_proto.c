@@ -331,6 +331,25 @@ static void part_want(void)
 	        "encoder: WANT past the end");
 	T_CHECK(rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_WANT, &v, 2) == -EINVAL,
 	        "WANT with two fields");
+
+	/* SESSION: id, id, flags; no field fewer or more, no unknown flag */
+	uint64_t id[3] = {0x0123456789abcdefull, 0xfedcba9876543210ull, RDMIG_SESSION_RETURNING};
+	n = rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_SESSION, id, 3);
+	T_CHECK(n == RDMIG_HDR_LEN + 24, "length %d", n);
+	T_OK(rdmig_msg_decode(buf, (size_t)n, &m));
+	T_CHECK(m.type == RDMIG_MSG_SESSION && m.u.u64[0] == id[0] && m.u.u64[1] == id[1] &&
+	            m.u.u64[2] == RDMIG_SESSION_RETURNING &&
+	            !strcmp(rdmig_msg_type_name(RDMIG_MSG_SESSION), "SESSION"),
+	        "SESSION");
+	put_le64(buf + RDMIG_HDR_LEN + 16, 2);
+	T_CHECK(rdmig_msg_decode(buf, (size_t)n, &m) == -EBADMSG, "SESSION with an unknown flag");
+	put_le32(buf + 8, 16);
+	T_CHECK(rdmig_msg_decode(buf, RDMIG_HDR_LEN + 16, &m) == -EBADMSG, "SESSION of two fields");
+	T_CHECK(rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_SESSION, id, 2) == -EINVAL,
+	        "encoder: SESSION of two fields");
+	id[2] = 2;
+	T_CHECK(rdmig_msg_encode_u64(buf, sizeof(buf), RDMIG_MSG_SESSION, id, 3) == -EINVAL,
+	        "encoder: SESSION with an unknown flag");
 }
 
 /* A PAGES message by hand: header, then addr, pages, mask and nd data bytes

@@ -82,7 +82,7 @@
 #include "rdmig/transport.h"
 
 #define RDMIG_PROTO_MAGIC 0x474d4452u /* "RDMG" on the wire */
-#define RDMIG_PROTO_VERSION 4u        /* 2: LAYOUT; 3: PART, WANT; 4: PAGES */
+#define RDMIG_PROTO_VERSION 5u        /* 2: LAYOUT; 3: PART, WANT; 4: PAGES; 5: SESSION */
 #define RDMIG_HDR_LEN 16u
 #define RDMIG_NONCE_LEN 32u
 #define RDMIG_MAC_LEN 32u
@@ -105,8 +105,11 @@
 #define RDMIG_PART_PAGES_MAX (((RDMIG_MSG_MAX - RDMIG_HDR_LEN - 16u) * 8u) & ~63u)
 /* Pages one PAGES answer carries at most (32 KiB: a fault's neighbours). */
 #define RDMIG_PAGES_MAX 8u
-/* Fixed u64 fields of GO, RUNNING, DONE, ROUND_DONE, WANT. */
+/* Fixed u64 fields of GO, RUNNING, DONE, ROUND_DONE, WANT, SESSION. */
 #define RDMIG_MSG_U64_MAX 4u
+/* SESSION flags (no others are taken): a source coming back after a lost
+ * link, not the start of a migration */
+#define RDMIG_SESSION_RETURNING 1u
 
 /* A region table fits one message: 16 + 8 + n*32 <= RDMIG_MSG_MAX. */
 #define RDMIG_REGIONS_MAX 2000u
@@ -129,7 +132,8 @@ enum rdmig_msg_type {
 	RDMIG_MSG_PART = 15,       /* src: a part of the held anonymous pages is released */
 	RDMIG_MSG_WANT = 16,       /* dst: a fault waits on a held page: walk its part next */
 	RDMIG_MSG_PAGES = 17,      /* src: held pages a fault waits on, with their data */
-	RDMIG_MSG_TYPE_MAX = 17,
+	RDMIG_MSG_SESSION = 18,    /* src: which migration this connection is of; dst: taken */
+	RDMIG_MSG_TYPE_MAX = 18,
 };
 
 enum rdmig_role {
@@ -184,8 +188,8 @@ struct rdmig_msg {
 			const uint8_t *data; /* 4096 bytes per bit set, in the received buffer */
 		} pages;
 		/* GO {freeze_ns}, RUNNING {pid, resume_ns}, DONE {faults, fetched,
-		 * prefetched, bytes}, ROUND_DONE {round}, WANT {addr}: their fixed
-		 * number of u64 fields. */
+		 * prefetched, bytes}, ROUND_DONE {round}, WANT {addr}, SESSION {id,
+		 * id, flags}: their fixed number of u64 fields. */
 		uint64_t u64[RDMIG_MSG_U64_MAX];
 	} u;
 };

@@ -9,6 +9,9 @@
 #   after the switch   the side that failed exits 3 with a message, the original
 #                      is left stopped (never two copies running), and the output
 #                      so far is a prefix of the right one: never a wrong line.
+# Two more cases bring a source that is not the destination's own (foreign:
+# another migration's; returning: one coming back to a destination started
+# anew): it is turned away, and no process gets another's pages.
 #   t_inject.sh [POINT...]   (default: all)
 . "$(dirname "$0")/lib.sh"
 
@@ -35,7 +38,7 @@ one() {
   wait_for_lines "$T/$name.out" 3 60
   SRC_OPTS="--retry-s 3" migrate "$name" "$pid" env $senv
   if [ "$expect" = recovered ]; then
-    wait "$pid" 2>/dev/null
+    wait_proc "$pid" 120
     wait_dst 120
     local dpid
     if [ "$SRC_RC" != 0 ] || [ "$DST_RC" != 0 ] || ! grep -q "exited with status 0" "$T/$name.dst.log"; then
@@ -53,7 +56,7 @@ one() {
   fi
   if [ "$expect" = complete ]; then
     # a step that only costs time: the migration still completes, and says so
-    wait "$pid" 2>/dev/null
+    wait_proc "$pid" 120
     wait_dst 120
     if [ "$SRC_RC" != 0 ] || [ "$DST_RC" != 0 ] || ! grep -q "exited with status 0" "$T/$name.dst.log"; then
       fail "$name" "src exit $SRC_RC, dst exit $DST_RC (0 and 0 expected)"; show_logs "$name"; return
@@ -79,7 +82,7 @@ one() {
       wait "$pid" 2>/dev/null
       fail "$name" "src exit $SRC_RC, dst exit $DST_RC (1 and 1 expected: rolled back)"; show_logs "$name"; return
     fi
-    wait "$pid"; local prc=$?
+    wait_proc "$pid" 120; local prc=$?
     wait_dst 60
     if [ "$SRC_RC" != 1 ] || [ "$DST_RC" != 1 ]; then
       fail "$name" "src exit $SRC_RC, dst exit $DST_RC (1 and 1 expected)"; show_logs "$name"; return
@@ -118,6 +121,112 @@ one() {
   ok "$name"
 }
 
+# A second migration's source reaching a destination whose own source is gone
+# and may come back (--retry-s): it must be turned away, never taken for the
+# returning source. Both processes run without ASLR and hold different values
+# at the same addresses, so a destination that took the second source's mirror
+# for its own would feed the first process the second one's pages. Must hold:
+# the second source exits 1 saying the destination serves another migration,
+# its original finishes here exactly as unmigrated; the destination says it
+# turned a source away, and exits 3 when its own does not come back; the
+# first process's output is a prefix of its right one.
+foreign() {
+  local name=foreign a=foreign.a b=foreign.b apid bpid dpid
+  setarch -R python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" 1 >"$T/ref.seed1" </dev/null
+  # the destination's 40th READ fails: the link is lost after the switch
+  start_dst "$name" env RDMIG_INJECT_TP=post_read:40 -- --wait --timeout-ms 20000 --retry-s 15 ||
+    { fail "$name" "no destination"; return; }
+  (clean setarch -R python3 "$HERE/heap.py" "${HEAP_ARGS[@]}") >"$T/$a.out" </dev/null 2>"$T/$a.proc.err" &
+  apid=$!
+  wait_for_lines "$T/$a.out" 3 60
+  # its source does not wait for the destination to come back: it gives up (exit 3)
+  SRC_OPTS="--retry-s 0" migrate "$a" "$apid"
+  local i
+  for i in $(seq 1 300); do grep -q "waiting up to" "$T/$name.dst.log" && break; sleep 0.1; done
+  if ! grep -q "waiting up to" "$T/$name.dst.log"; then
+    kill -9 "$apid" 2>/dev/null; wait "$apid" 2>/dev/null
+    fail "$name" "the destination did not wait for its source (src exit $SRC_RC)"; show_logs "$name"; show_logs "$a"; return
+  fi
+  (clean setarch -R python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" 1) >"$T/$b.out" </dev/null 2>"$T/$b.proc.err" &
+  bpid=$!
+  wait_for_lines "$T/$b.out" 3 60
+  migrate "$b" "$bpid"
+  local brc=$SRC_RC
+  wait_proc "$bpid" 120; local prc=$?
+  wait_dst 60
+  dpid=$(sed -n -e 's/.*dst: pid \([0-9]*\) (pid [0-9]* on the source) runs here$/\1/p' \
+    "$T/$name.dst.log" | head -1)
+  local lines_a; lines_a=$(wc -l <"$T/$a.out")
+  kill -9 "$apid" ${dpid:+"$dpid"} 2>/dev/null
+  wait "$apid" 2>/dev/null
+  if [ "$brc" != 1 ] || ! grep -q "serves another migration" "$T/$b.src.log"; then
+    fail "$name" "the second source exited $brc without saying the destination serves another migration"
+    show_logs "$b"; show_logs "$name"; return
+  fi
+  if [ "$prc" != 0 ] || ! cmp -s "$T/ref.seed1" "$T/$b.out"; then
+    fail "$name" "the second original did not finish as if nothing happened (exit $prc)"; show_logs "$b"; return
+  fi
+  if ! grep -q "turned away a source of another migration" "$T/$name.dst.log" || [ "$DST_RC" != 3 ]; then
+    fail "$name" "dst exit $DST_RC (3 expected), or it did not say it turned the second source away"
+    show_logs "$name"; return
+  fi
+  if ! head -n "$lines_a" "$T/ref" | cmp -s - "$T/$a.out"; then
+    fail "$name" "the first process's output is not a prefix of the right one: wrong data"; show_logs "$name"; return
+  fi
+  grep -h "turned away\|serves another" "$T/$name.dst.log" "$T/$b.src.log" | head -2 | cut -c1-150 | sed 's/^/  # /'
+  ok "$name"
+}
+
+# A source that lost its destination after the switch and reconnects to one
+# started anew on the same port (the old one gone, and with it what it held)
+# is refused at once, never taken for the start of a new migration: it exits 3
+# saying so, before its --retry-s is up, and leaves its original stopped; the
+# new destination says it turned it away and goes on waiting for a migration
+# of its own.
+returning() {
+  local name=returning pid port dpid st
+  start_dst "$name" env RDMIG_INJECT=dst.running -- --timeout-ms 20000 --retry-s 3 ||
+    { fail "$name" "no destination"; return; }
+  port=$DST_PORT
+  (clean python3 "$HERE/heap.py" "${HEAP_ARGS[@]}") >"$T/$name.out" </dev/null 2>"$T/$name.proc.err" &
+  pid=$!
+  wait_for_lines "$T/$name.out" 3 60
+  (SRC_OPTS="--retry-s 60" migrate "$name" "$pid"; exit "$SRC_RC") &
+  local mig=$!
+  # the first destination fails once the process runs there, and exits 3
+  wait_dst 60
+  dpid=$(sed -n 's/.* pid \([0-9]*\) waits on the pages.*/\1/p' "$T/$name.dst.log" | head -1)
+  mv "$T/$name.dst.log" "$T/$name.first.dst.log"
+  if [ "$DST_RC" != 3 ]; then
+    kill -9 "$pid" ${dpid:+"$dpid"} "$mig" 2>/dev/null; wait "$mig" 2>/dev/null
+    fail "$name" "the first destination exited $DST_RC, not 3"; show_logs "$name.first"; return
+  fi
+  DST_LISTEN_PORT=$port start_dst "$name" -- --timeout-ms 20000 ||
+    { kill -9 "$pid" ${dpid:+"$dpid"} "$mig" 2>/dev/null; fail "$name" "no second destination on port $port"; return; }
+  wait_proc "$mig" 50
+  local rc=$?
+  st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)
+  sleep 0.3
+  local alive=no
+  kill -0 "$DST_PID" 2>/dev/null && alive=yes
+  kill -9 "$pid" ${dpid:+"$dpid"} "$DST_PID" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  wait "$DST_PID" 2>/dev/null
+  if [ "$rc" != 3 ] || ! grep -q "has no migration to take back" "$T/$name.src.log"; then
+    fail "$name" "the source exited $rc without saying the new destination has no migration to take back"
+    show_logs "$name"; return
+  fi
+  if ! grep -q "turned away a source coming back" "$T/$name.dst.log" || [ "$alive" != yes ]; then
+    fail "$name" "the new destination did not turn the source away and go on listening (alive: $alive)"
+    show_logs "$name"; return
+  fi
+  if [ "$st" != T ] && [ "$st" != t ]; then
+    fail "$name" "the original is '$st', not stopped"; show_logs "$name"; return
+  fi
+  grep -h "turned away\|take back" "$T/$name.dst.log" "$T/$name.src.log" | head -2 | cut -c1-150 | sed 's/^/  # /'
+  ok "$name"
+}
+
 declare -A CASES=(
   [src.connected]="RDMIG_INJECT=src.connected||rollback"
   [src.tracking]="RDMIG_INJECT=src.tracking||rollback"
@@ -135,8 +244,8 @@ declare -A CASES=(
   [dst.resume]="|RDMIG_INJECT=dst.resume|rollback"
   [tp.src.mr_reg]="RDMIG_INJECT_TP=mr_reg:2||rollback"
   [tp.src.connect]="RDMIG_INJECT_TP=connect:2||rollback"
-  [tp.src.send]="RDMIG_INJECT_TP=send:12||rollback"
-  [tp.dst.recv]="|RDMIG_INJECT_TP=recv:9|rollback"
+  [tp.src.send]="RDMIG_INJECT_TP=send:14||rollback"
+  [tp.dst.recv]="|RDMIG_INJECT_TP=recv:11|rollback"
   [src.committed]="RDMIG_INJECT=src.committed||after"
   [src.serving]="RDMIG_INJECT=src.serving||after"
   [src.part]="RDMIG_HOLD=on RDMIG_INJECT=src.part||rollback"
@@ -144,16 +253,19 @@ declare -A CASES=(
   [src.want_pages]="RDMIG_HOLD=late RDMIG_INJECT=src.want_pages||complete"
   [dst.running]="|RDMIG_INJECT=dst.running|after"
   [tp.dst.post_read]="|RDMIG_INJECT_TP=post_read:40|recovered"
-  [tp.src.recv]="RDMIG_INJECT_TP=recv:3||recovered"
+  [tp.src.recv]="RDMIG_INJECT_TP=recv:4||recovered"
+  [foreign]="special"
+  [returning]="special"
 )
 ORDER=(src.connected src.tracking src.track_files src.early_calls src.frozen src.capture src.final_copy src.sent dst.receiving
        dst.prebuild dst.restoring dst.pager dst.ready dst.resume tp.src.mr_reg tp.src.connect tp.src.send
        tp.dst.recv
        src.part src.committed src.serving src.part_late src.want_pages dst.running tp.dst.post_read
-       tp.src.recv)
+       tp.src.recv foreign returning)
 sel=("$@")
 [ ${#sel[@]} -gt 0 ] || sel=("${ORDER[@]}")
 for c in "${sel[@]}"; do
+  if [ "${CASES[$c]:-}" = special ]; then echo "-- $c"; "$c"; continue; fi
   IFS='|' read -r senv denv expect <<<"${CASES[$c]}"
   echo "-- $c ($expect)"
   one "$c" "$senv" "$denv" "$expect"
