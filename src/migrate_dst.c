@@ -714,27 +714,30 @@ static void turn_away(struct rdmig_conn *c, int ret, unsigned flags, bool learn)
 	rdmig_tp_close(c);
 }
 
-/* Accept this migration's control connection within timeout_ms (-1: for
- * ever). learn: the first source that starts a migration is ours (the first
- * connection of all); otherwise only a returning d->session is. Its SESSION is
- * answered with ours. A peer without the token, another migration's source,
- * and one coming back to a migration we never had, are turned away, and the
- * wait goes on. */
-static int accept_ctl(struct dst *d, int timeout_ms, bool learn, struct rdmig_conn **out)
+/* Accept a connection of this migration within timeout_ms (-1: for ever): a
+ * control one, or with watch (its control connection) the data one that goes
+ * with it, the wait ending early if watch breaks (rdmig_tp_accept_next).
+ * learn: the first source that starts a migration is ours (the first
+ * connection of all); otherwise only d->session's is. A peer without the
+ * token, another migration's source, and one coming back to a migration we
+ * never had are turned away, and the wait goes on. *flags: its SESSION's. */
+static int accept_own(struct dst *d, int timeout_ms, struct rdmig_conn *watch, bool learn,
+                      struct rdmig_conn **out, unsigned *flags)
 {
 	uint64_t deadline = timeout_ms < 0 ? 0 : rdmig_now_ns() + (uint64_t)timeout_ms * 1000000;
 	struct rdmig_session got;
 	struct rdmig_conn *c;
-	unsigned flags = 0;
 	int ret;
 
 	*out = NULL;
+	*flags = 0;
 	for (;;) {
 		int left = ms_left(deadline);
 
 		if (left == 0)
 			return -ETIMEDOUT;
-		ret = rdmig_tp_accept(d->lis, left, &c);
+		ret = watch ? rdmig_tp_accept_next(d->lis, left, watch, &c)
+		            : rdmig_tp_accept(d->lis, left, &c);
 		if (ret == -EACCES) {
 			fprintf(stderr, "rdma_migrate dst: turned away a peer that does not hold "
 			                "the token\n");
@@ -742,16 +745,28 @@ static int accept_ctl(struct dst *d, int timeout_ms, bool learn, struct rdmig_co
 		}
 		if (ret < 0)
 			return ret;
-		ret = rdmig_session_recv(c, SESSION_WAIT_MS, &got, &flags);
-		if (ret == 0 && learn && !(flags & RDMIG_SESSION_RETURNING))
+		ret = rdmig_session_recv(c, SESSION_WAIT_MS, &got, flags);
+		if (ret == 0 && (learn ? !(*flags & RDMIG_SESSION_RETURNING)
+		                       : rdmig_session_eq(&got, &d->session)))
 			break;
-		if (ret == 0 && !learn && rdmig_session_eq(&got, &d->session))
-			break;
-		turn_away(c, ret, flags, learn);
+		turn_away(c, ret, *flags, learn);
 	}
 	if (learn)
 		d->session = got;
-	ret = rdmig_session_send(c, &d->session, flags);
+	*out = c;
+	return 0;
+}
+
+/* This migration's control connection (accept_own), its SESSION answered with
+ * ours: the source waits for that before it goes on. */
+static int accept_ctl(struct dst *d, int timeout_ms, bool learn, struct rdmig_conn **out)
+{
+	struct rdmig_conn *c;
+	unsigned flags;
+	int ret = accept_own(d, timeout_ms, NULL, learn, &c, &flags);
+
+	if (ret == 0)
+		ret = rdmig_session_send(c, &d->session, flags);
 	if (ret < 0) {
 		rdmig_tp_close(c);
 		return ret;
@@ -762,36 +777,13 @@ static int accept_ctl(struct dst *d, int timeout_ms, bool learn, struct rdmig_co
 	return 0;
 }
 
-/* Accept the data connection that goes with ctl (the same SESSION) within
- * timeout_ms; the wait ends early if ctl breaks (rdmig_tp_accept_next). Any
- * other connection meanwhile is turned away. */
+/* The data connection that goes with ctl (accept_own; no answer). */
 static int accept_data(struct dst *d, struct rdmig_conn *ctl, int timeout_ms,
                        struct rdmig_conn **out)
 {
-	uint64_t deadline = rdmig_now_ns() + (uint64_t)timeout_ms * 1000000;
-	struct rdmig_session got;
-	struct rdmig_conn *c;
-	unsigned flags = 0;
-	int ret;
+	unsigned flags;
 
-	*out = NULL;
-	for (;;) {
-		int left = ms_left(deadline);
-
-		if (left == 0)
-			return -ETIMEDOUT;
-		ret = rdmig_tp_accept_next(d->lis, left, ctl, &c);
-		if (ret == -EACCES)
-			continue;
-		if (ret < 0)
-			return ret;
-		ret = rdmig_session_recv(c, SESSION_WAIT_MS, &got, &flags);
-		if (ret == 0 && rdmig_session_eq(&got, &d->session))
-			break;
-		turn_away(c, ret, flags, false);
-	}
-	*out = c;
-	return 0;
+	return accept_own(d, timeout_ms, ctl, false, out, &flags);
 }
 
 /* The link to the source broke after the switch: wait up to --retry-s for it to
