@@ -15,7 +15,8 @@
 #   t_inject.sh [POINT...]   (default: all)
 . "$(dirname "$0")/lib.sh"
 
-HEAP_ARGS=(300000 30)
+# (the soft-RoCE guest, under emulation, sets smaller ones: test/rxe/guest-inject.sh)
+HEAP_ARGS=("${RDMIG_INJECT_HEAP_N:-300000}" "${RDMIG_INJECT_HEAP_STEPS:-30}")
 python3 "$HERE/heap.py" "${HEAP_ARGS[@]}" >"$T/ref" </dev/null
 
 # one NAME SRC_ENV DST_ENV EXPECT: EXPECT is "rollback", "after", "recovered" or
