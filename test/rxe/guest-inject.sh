@@ -13,4 +13,9 @@ export RDMIG_BUILD=$build RDMIG_MIG_ADDR=$RDMIG_RXE_ADDR RDMIG_MIG_TRANSPORT=ver
 export RDMIG_INJECT_HEAP_N=${RDMIG_INJECT_HEAP_N:-150000}
 export RDMIG_INJECT_HEAP_STEPS=${RDMIG_INJECT_HEAP_STEPS:-20}
 echo "== failure injection: verbs on rxe0 ($RDMIG_RXE_ADDR)"
-exec "$here/migrate/t_inject.sh"
+# the kernel's static keys held on while the call watches come and go (why:
+# hold-perf-keys.py)
+python3 "$here/rxe/hold-perf-keys.py" & holder=$!
+"$here/migrate/t_inject.sh"; rc=$?
+kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
+exit $rc

@@ -16,6 +16,10 @@ export RDMIG_WRITER_SWEEPS=${RDMIG_WRITER_SWEEPS:-60}
 export RDMIG_FORKS_N=${RDMIG_FORKS_N:-100000} RDMIG_FORKS_STEPS=${RDMIG_FORKS_STEPS:-80}
 export RDMIG_OPS_MB=${RDMIG_OPS_MB:-16}
 echo "== migration: verbs on rxe0 ($RDMIG_RXE_ADDR)"
+# the kernel's static keys held on while the call watches come and go (why:
+# hold-perf-keys.py)
+python3 "$here/rxe/hold-perf-keys.py" & holder=$!
+trap 'kill "$holder" 2>/dev/null' EXIT
 # First the restore's round trips: this guest's kernel runs THP "always" (the
 # host's: "madvise"), and they check that after a build nothing but the eagerly
 # sent pages is present: one write into a range that may hold a huge page used
